@@ -1,0 +1,5 @@
+"""``python -m cartloom``: the same CLI as the ``cartloom`` command."""
+
+from cartloom.cli import main
+
+main()

@@ -1,0 +1,60 @@
+"""The Faust app, built once from :mod:`cartloom.settings`; the one place adapters are chosen.
+
+``cartloom worker`` and ``faust -A cartloom.app worker`` both run this ``app``. Importing
+this module builds the app object and nothing else; agents, tables and views are found
+through the explicit ``AUTODISCOVER`` list when the worker starts.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from cartloom.settings import Settings, get_settings
+from cartloom.topology import Topology, load_topology
+
+#: Modules whose decorators register agents, tables, services and web views.
+AUTODISCOVER = [
+    "cartloom.agents.orders",
+    "cartloom.agents.materialise",
+    "cartloom.web.views",
+]
+
+
+def create_app(settings: Settings, topology: Topology) -> faust.App:
+    """Build the Faust app from CartLoom's settings alone.
+
+    ``env={}`` stops Faust from reading its own environment variables (``BROKER_URL``,
+    ``STORE``...), which would otherwise silently override what is passed here.
+    """
+    return faust.App(
+        settings.app_id,
+        env={},
+        autodiscover=AUTODISCOVER,
+        origin="cartloom",
+        broker=settings.broker_url,
+        store=settings.store,
+        datadir=str(settings.data_dir),
+        processing_guarantee="at_least_once",
+        topic_partitions=topology.default_partitions,
+        topic_replication_factor=topology.default_replication_factor,
+        topic_allow_declare=True,
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_rebalance_timeout=settings.broker_rebalance_timeout,
+        broker_heartbeat_interval=settings.broker_heartbeat_interval,
+        stream_buffer_maxsize=settings.stream_buffer_maxsize,
+        web_enabled=True,
+        web_bind=settings.web_bind,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+        table_standby_replicas=1,
+        # Table keys are the producers' key bytes (so partition routing agrees); values JSON.
+        key_serializer="raw",
+        value_serializer="json",
+        logging_config=None,
+    )
+
+
+settings = get_settings()
+topology = load_topology(settings.topics_file)
+app = create_app(settings, topology)

@@ -1,0 +1,166 @@
+"""The ``cartloom`` command line (typer): worker, dev stack, topics and load generation."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from dotenv import load_dotenv
+from rich.console import Console
+
+cli = typer.Typer(help="CartLoom: real-time e-commerce backend on Faust and Kafka.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+dev_cli = typer.Typer(help="The embedded local stack (broker, redis-server, moto_server).",
+                      no_args_is_help=True)
+topics_cli = typer.Typer(help="Kafka topics as declared in topics.yaml.", no_args_is_help=True)
+cli.add_typer(dev_cli, name="dev")
+cli.add_typer(topics_cli, name="topics")
+console = Console()
+
+StateDir = Annotated[Path, typer.Option(help="Where the local stack keeps pids, logs, dev.env.")]
+DEFAULT_STATE_DIR = Path(".cartloom")
+
+
+@cli.callback()
+def _load_env(
+    env_file: Annotated[
+        Path, typer.Option(help="Settings file loaded into the environment if it exists.")
+    ] = DEFAULT_STATE_DIR / "dev.env",
+) -> None:
+    """Load the local stack's settings (real environment variables win)."""
+    if env_file.exists():
+        load_dotenv(env_file, override=False)
+
+
+@cli.command()
+def worker(
+    loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
+    create_topics: Annotated[bool, typer.Option(help="Create missing topics first.")] = True,
+) -> None:
+    """Run a CartLoom worker (same as ``faust -A cartloom.app worker``)."""
+    from cartloom.app import app, settings, topology
+    from cartloom.kafka_admin import apply_topics
+
+    if create_topics:
+        asyncio.run(apply_topics(settings.bootstrap_servers, topology.all_topics(settings.app_id)))
+    sys.argv = ["cartloom", "worker", "--loglevel", loglevel]
+    app.main()
+
+
+@dev_cli.command("up")
+def dev_up(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
+    """Start the local stack on free loopback ports (no-op if it already runs)."""
+    from cartloom.devstack.stack import ENV_FILE, up
+
+    state, started = asyncio.run(up(state_dir))
+    console.print("started" if started else "already running", style="bold")
+    for name, server in state.servers.items():
+        console.print(f"  {name:<9} pid {server.pid:<7} 127.0.0.1:{server.port}")
+    console.print(f"settings written to {state_dir / ENV_FILE}:")
+    for name, value in state.env.items():
+        console.print(f"  {name}={value}")
+
+
+@dev_cli.command("down")
+def dev_down(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
+    """Stop exactly the servers ``dev up`` started."""
+    from cartloom.devstack.stack import down
+
+    stopped = down(state_dir)
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@dev_cli.command("status")
+def dev_status(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
+    """Show the local stack's servers; exit 1 if it is not running."""
+    from cartloom.devstack.processes import is_running
+    from cartloom.devstack.stack import load_state
+
+    state = load_state(state_dir)
+    if state is None:
+        console.print("not running")
+        raise typer.Exit(1)
+    for name, server in state.servers.items():
+        alive = "running" if is_running(server) else "DEAD"
+        console.print(f"  {name:<9} pid {server.pid:<7} 127.0.0.1:{server.port}  {alive}")
+    if not state.running():
+        raise typer.Exit(1)
+
+
+@dev_cli.command("demo")
+def dev_demo(
+    orders: Annotated[int, typer.Option(help="How many orders to publish.")] = 2000,
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+) -> None:
+    """Start stack and worker, publish orders, and watch them land in DynamoDB and Redis."""
+    from cartloom.devstack.demo import run_demo
+
+    if not asyncio.run(run_demo(state_dir, orders, console)):
+        console.print("not every order arrived in time; see .cartloom/logs/", style="red")
+        raise typer.Exit(1)
+    console.print("every valid order is in DynamoDB and Redis", style="bold green")
+
+
+@topics_cli.command("apply")
+def topics_apply() -> None:
+    """Create every topic of topics.yaml (and table changelogs) that is missing."""
+    from cartloom.kafka_admin import apply_topics
+    from cartloom.settings import load_settings
+    from cartloom.topology import load_topology
+
+    settings = load_settings()
+    specs = load_topology(settings.topics_file).all_topics(settings.app_id)
+    created = asyncio.run(apply_topics(settings.bootstrap_servers, specs))
+    console.print(f"created: {', '.join(created)}" if created else "all topics exist")
+
+
+@topics_cli.command("check")
+def topics_check() -> None:
+    """Report drift between topics.yaml and the broker; exit 1 if there is any."""
+    from cartloom.kafka_admin import check_topics
+    from cartloom.settings import load_settings
+    from cartloom.topology import load_topology
+
+    settings = load_settings()
+    specs = load_topology(settings.topics_file).all_topics(settings.app_id)
+    drift = asyncio.run(check_topics(settings.bootstrap_servers, specs))
+    for item in drift:
+        console.print(f"drift: {item}", style="red")
+    if drift:
+        raise typer.Exit(1)
+    console.print(f"{len(specs)} topics match topics.yaml")
+
+
+@cli.command()
+def loadgen(
+    orders: Annotated[int, typer.Option(help="How many orders.")] = 10_000,
+    skus: Annotated[int, typer.Option(help="How many distinct SKUs.")] = 50,
+    invalid_share: Annotated[float, typer.Option(help="Share of malformed orders.")] = 0.0,
+    prefix: Annotated[str, typer.Option(help="Order id prefix.")] = "load",
+) -> None:
+    """Publish sample orders to the orders topic with a plain Kafka producer."""
+    from rich.progress import Progress
+
+    from cartloom.loadgen import LoadPlan, publish, sample_orders
+    from cartloom.settings import load_settings
+
+    settings = load_settings()
+    plan = LoadPlan(orders=orders, skus=skus, invalid_share=invalid_share, prefix=prefix)
+    with Progress(console=console) as progress:
+        task = progress.add_task("publishing orders", total=orders)
+        asyncio.run(publish(settings.bootstrap_servers, "orders", sample_orders(plan),
+                            lambda n: progress.advance(task, n)))
+
+
+def main() -> None:
+    """Entry point of the ``cartloom`` console script."""
+    from cartloom.settings import SettingsError
+
+    try:
+        cli()
+    except SettingsError as exc:
+        console.print(str(exc), style="red")
+        raise SystemExit(2) from None

@@ -1,0 +1,47 @@
+"""Dead-letter topics: where an event goes, with its reason and origin, instead of being lost.
+
+Faust acknowledges an event whose agent raises and never processes it again; CartLoom's
+agents catch every failure per event and call :func:`send_to_dead_letter`, so the
+partition keeps moving and nothing disappears silently. The send goes through Faust's
+producer, which is flushed before offsets are committed (at-least-once).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from cartloom import metrics
+from cartloom.domain.errors import RejectReason
+
+REASON_HEADER = "cartloom-reason"
+DETAIL_HEADER = "cartloom-detail"
+ORIGIN_TOPIC_HEADER = "cartloom-origin-topic"
+ORIGIN_PARTITION_HEADER = "cartloom-origin-partition"
+ORIGIN_OFFSET_HEADER = "cartloom-origin-offset"
+_MAX_DETAIL = 1000
+
+
+def dead_letter_headers(message: Any, reason: RejectReason, detail: str) -> dict[str, bytes]:
+    """Headers that say why ``message`` was refused and where it came from."""
+    return {
+        REASON_HEADER: reason.value.encode(),
+        DETAIL_HEADER: detail[:_MAX_DETAIL].encode(errors="replace"),
+        ORIGIN_TOPIC_HEADER: str(message.topic).encode(),
+        ORIGIN_PARTITION_HEADER: str(message.partition).encode(),
+        ORIGIN_OFFSET_HEADER: str(message.offset).encode(),
+    }
+
+
+async def send_to_dead_letter(
+    dlq: faust.TopicT, event: faust.EventT, reason: RejectReason, detail: str
+) -> None:
+    """Copy ``event``'s original bytes to ``dlq`` with the reason, and count it."""
+    message = event.message
+    await dlq.send(
+        key=message.key,
+        value=message.value,
+        headers=dead_letter_headers(message, reason, detail),
+    )
+    metrics.DEAD_LETTERS.labels(topic=message.topic, reason=reason.value).inc()

@@ -1,0 +1,153 @@
+"""``cartloom dev demo``: the main job on the local stack, shown as it happens.
+
+Starts the stack (if needed) and a worker, publishes sample orders with a plain Kafka
+producer, and follows them into DynamoDB and Redis with live progress bars.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import orjson
+from aiobotocore.session import get_session
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cartloom.devstack.processes import free_port
+from cartloom.devstack.stack import StackState, up
+from cartloom.loadgen import LoadPlan, is_valid_index, publish, sample_orders
+from cartloom.settings import Settings, load_settings
+from cartloom.sinks.dynamodb import dynamodb_client_config
+from cartloom.sinks.redis import redis_client
+
+
+async def run_demo(state_dir: Path, orders: int, console: Console) -> bool:
+    """Run the whole demo; True when every valid order reached both stores."""
+    state, started = await up(state_dir)
+    console.print(f"[bold]local stack[/] {'started' if started else 'already running'}")
+    for name, value in state.env.items():
+        if name.startswith("CARTLOOM_") and "TIMEOUT" not in name and "INTERVAL" not in name:
+            console.print(f"  {name}={value}")
+    os.environ.update({k: v for k, v in state.env.items() if k not in os.environ})
+    web_port = free_port()
+    worker = _start_worker(state, state_dir, web_port)
+    try:
+        await _wait_ready(web_port, worker, console)
+        return await _publish_and_follow(load_settings(), web_port, orders, console)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        console.print("worker stopped; the stack keeps running: [bold]cartloom dev down[/]")
+
+
+def _start_worker(state: StackState, state_dir: Path, web_port: int) -> subprocess.Popen[bytes]:
+    log_path = state_dir / "logs" / "worker.log"
+    env = {**os.environ, **state.env, "CARTLOOM_WEB_PORT": str(web_port)}
+    with log_path.open("ab") as log:
+        return subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "cartloom", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+async def _wait_ready(port: int, worker: subprocess.Popen[bytes], console: Console) -> None:
+    with console.status("starting a worker (joining the consumer group)..."):
+        deadline = time.monotonic() + 120
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                if worker.poll() is not None:
+                    raise RuntimeError("the worker exited; see .cartloom/logs/worker.log")
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+                        if response.status == 200:
+                            console.print(f"worker ready on http://127.0.0.1:{port}")
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
+    raise RuntimeError("the worker was not ready within 120 s")
+
+
+async def _publish_and_follow(settings: Settings, port: int, count: int, console: Console) -> bool:
+    plan = LoadPlan(orders=count, invalid_share=0.02, prefix=f"demo-{uuid.uuid4().hex[:6]}")
+    valid = sum(is_valid_index(plan, n) for n in range(count))
+    columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        sent = progress.add_task("published to orders", total=count)
+        in_dynamo = progress.add_task("in DynamoDB (orders table)", total=valid)
+        in_redis = progress.add_task("in Redis (cartloom:order:*)", total=valid)
+        await publish(settings.bootstrap_servers, "orders", sample_orders(plan),
+                      lambda n: progress.advance(sent, n))
+        deadline = time.monotonic() + 120
+        done = (0, 0)
+        while time.monotonic() < deadline and done != (valid, valid):
+            done = (await _count_dynamodb(settings, plan.prefix),
+                    await _count_redis(settings, plan.prefix))
+            progress.update(in_dynamo, completed=done[0])
+            progress.update(in_redis, completed=done[1])
+            await asyncio.sleep(0.3)
+    console.print(f"{count - valid} malformed orders were sent on purpose: they are in orders.dlq")
+    await _show_sample(settings, port, f"{plan.prefix}-0000000", console)
+    return done == (valid, valid)
+
+
+async def _count_dynamodb(settings: Settings, prefix: str) -> int:
+    session = get_session()
+    total = 0
+    async with session.create_client(
+        "dynamodb", endpoint_url=settings.dynamodb_endpoint, config=dynamodb_client_config(settings)
+    ) as client:
+        paginator = client.get_paginator("scan")
+        async for page in paginator.paginate(
+            TableName=settings.dynamodb_table("orders"),
+            Select="COUNT",
+            FilterExpression="begins_with(order_id, :p)",
+            ExpressionAttributeValues={":p": {"S": prefix}},
+        ):
+            total += page["Count"]
+    return total
+
+
+async def _count_redis(settings: Settings, prefix: str) -> int:
+    client = redis_client(settings)
+    try:
+        return sum([1 async for _ in client.scan_iter(f"cartloom:order:{prefix}-*", count=1000)])
+    finally:
+        await client.aclose()
+
+
+async def _show_sample(settings: Settings, port: int, order_id: str, console: Console) -> None:
+    client = redis_client(settings)
+    try:
+        cached = await client.hget(f"cartloom:order:{order_id}", "doc")
+    finally:
+        await client.aclose()
+    async with aiohttp.ClientSession() as http, http.get(
+        f"http://127.0.0.1:{port}/orders/{order_id}"
+    ) as response:
+        live = await response.json()
+    table = Table(title=f"order {order_id}")
+    table.add_column("where")
+    table.add_column("status")
+    table.add_column("version")
+    table.add_column("lines")
+    for where, view in (("GET /orders/{id}", live), ("Redis", orjson.loads(cached or b"{}"))):
+        table.add_row(where, str(view.get("status")), str(view.get("version")),
+                      str(view.get("lines")))
+    console.print(table)

@@ -1,0 +1,119 @@
+"""Starting, probing and stopping the local stack's server processes by pid."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class StackError(RuntimeError):
+    """A server of the local stack could not be started or did not become ready."""
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    """A started server: enough to find it again and stop exactly it."""
+
+    name: str
+    pid: int
+    port: int
+    start_ticks: int  # /proc start time: tells our process from a later one given the same pid
+    log: str
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def spawn(name: str, argv: Sequence[str], log_dir: Path, port: int) -> ServerProcess:
+    """Start ``argv`` in its own session (it outlives the CLI), output to ``log_dir/name.log``."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(  # noqa: S603 - argv is built by CartLoom, not a shell string
+            list(argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return ServerProcess(name, process.pid, port, _start_ticks(process.pid) or 0, str(log_path))
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name, or None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()
+
+
+def _start_ticks(pid: int) -> int | None:
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None  # field 22 of stat: start time in clock ticks
+
+
+def is_running(server: ServerProcess) -> bool:
+    """True while the recorded process is alive: same pid *and* same start time (no pid reuse)."""
+    fields = _proc_stat(server.pid)
+    if fields is None or fields[0] == "Z":
+        return False
+    return int(fields[19]) == server.start_ticks
+
+
+def stop(server: ServerProcess, timeout: float = 10.0) -> None:
+    """SIGTERM the server's process group, SIGKILL it after ``timeout``; reap if it is ours."""
+    if not is_running(server):
+        return
+    _signal_group(server.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(server.pid)
+        if not is_running(server):
+            return
+        time.sleep(0.05)
+    _signal_group(server.pid, signal.SIGKILL)
+    _reap(server.pid)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        return
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return
+
+
+async def wait_until(
+    server: ServerProcess, probe: Callable[[], Awaitable[bool]], timeout: float = 30.0
+) -> None:
+    """Poll ``probe`` until it answers True; fail early if the process died."""
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while time.monotonic() < deadline:
+        if not is_running(server):
+            raise StackError(f"{server.name} exited during start-up; see {server.log}")
+        try:
+            if await probe():
+                return
+        except Exception as exc:  # not ready yet: connection refused, broker loading...
+            last_error = exc
+        await asyncio.sleep(0.1)
+    raise StackError(f"{server.name} not ready after {timeout:.0f}s ({last_error!r}); see {server.log}")

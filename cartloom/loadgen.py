@@ -1,0 +1,89 @@
+"""``cartloom loadgen``: publishes realistic orders to the ``orders`` topic with a plain producer."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What to publish: how many orders, over which SKUs, and how many of them broken."""
+
+    orders: int
+    skus: int = 50
+    max_lines: int = 3
+    invalid_share: float = 0.0
+    prefix: str = "load"
+    seed: int = 7
+
+
+def sample_orders(plan: LoadPlan) -> Iterator[tuple[str, bytes]]:
+    """``(key, value)`` pairs per ``plan``; every ``1/invalid_share``-th order is malformed."""
+    rng = random.Random(plan.seed)  # noqa: S311 - load shape, not security
+    now = datetime.now(UTC).isoformat()
+    invalid_every = round(1 / plan.invalid_share) if plan.invalid_share > 0 else 0
+    for n in range(plan.orders):
+        order_id = f"{plan.prefix}-{n:07d}"
+        lines = [
+            {"sku": f"SKU-{rng.randrange(plan.skus):05d}", "quantity": rng.randint(1, 3)}
+            for _ in range(rng.randint(1, plan.max_lines))
+        ]
+        order: dict[str, Any] = {
+            "order_id": order_id,
+            "source": "loadgen",
+            "created_at": now,
+            "lines": lines,
+            "currency": "EUR",
+            "total_price": f"{rng.randint(5, 500)}.00",
+        }
+        if invalid_every and n % invalid_every == invalid_every - 1:
+            order["lines"] = []  # breaks the contract: lines must be non-empty
+        yield order_id, orjson.dumps(order)
+
+
+def is_valid_index(plan: LoadPlan, n: int) -> bool:
+    """Whether order ``n`` of ``plan`` is a valid one."""
+    if plan.invalid_share <= 0:
+        return True
+    invalid_every = round(1 / plan.invalid_share)
+    return n % invalid_every != invalid_every - 1
+
+
+async def publish(
+    bootstrap_servers: str,
+    topic: str,
+    messages: Iterator[tuple[str, bytes]],
+    on_sent: Callable[[int], None] = lambda _: None,
+) -> int:
+    """Send every message (key = order id) and wait for the broker to take them all."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers,
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+        acks="all",
+    )
+    await producer.start()
+    sent = 0
+    try:
+        pending = []
+        for key, value in messages:
+            pending.append(await producer.send(topic, value=value, key=key.encode()))
+            sent += 1
+            if len(pending) >= 1000:
+                for future in pending:
+                    await future
+                on_sent(len(pending))
+                pending.clear()
+        for future in pending:
+            await future
+        on_sent(len(pending))
+    finally:
+        await producer.stop()
+    return sent

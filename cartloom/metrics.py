@@ -1,0 +1,43 @@
+"""CartLoom's domain metrics, declared once; Faust's own figures come from its Prometheus sensor.
+
+Label values are bounded sets (topics, reason codes, stores, outcomes): never order ids or SKUs.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+ORDERS_RECEIVED = Counter(
+    "cartloom_orders_received_total",
+    "Orders accepted into the orders table for the first time.",
+)
+ORDERS_DUPLICATE = Counter(
+    "cartloom_orders_duplicate_total",
+    "Order messages for an order already known (redeliveries, replays); changed nothing.",
+)
+DEAD_LETTERS = Counter(
+    "cartloom_dead_letters_total",
+    "Messages sent to a dead-letter topic, by source topic and reason.",
+    ["topic", "reason"],
+)
+SINK_WRITES = Counter(
+    "cartloom_sink_writes_total",
+    "Items offered to a store, by store and outcome (written, stale, deleted).",
+    ["store", "outcome"],
+)
+SINK_FAILURES = Counter(
+    "cartloom_sink_failures_total",
+    "Batches a store failed to take and that will be retried, by store.",
+    ["store"],
+)
+SINK_COALESCED = Counter(
+    "cartloom_sink_coalesced_total",
+    "Changes dropped before writing because a newer version of the key was in the batch.",
+    ["store"],
+)
+SINK_BATCH_SECONDS = Histogram(
+    "cartloom_sink_batch_seconds",
+    "Time to write one coalesced batch to a store.",
+    ["store"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)

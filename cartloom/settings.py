@@ -1,0 +1,99 @@
+"""CartLoom's settings: the one home of every ``CARTLOOM_*`` environment variable.
+
+Values come from the process environment only. ``cartloom dev up`` writes the local
+stack's addresses to ``.cartloom/dev.env`` and the CLI loads that file into the
+environment before reading settings (real environment variables win), so the same
+class serves the local stack, the tests and production.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "CARTLOOM_"
+
+
+class SettingsError(ValueError):
+    """A ``CARTLOOM_*`` variable holds a value CartLoom cannot use; the message names it."""
+
+
+class Settings(BaseSettings):
+    """Every CartLoom setting, typed and defaulted; ``.env.example`` lists them all."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    app_id: str = Field("cartloom", description="Faust app id: consumer group and table prefix.")
+    broker_url: str = Field("kafka://127.0.0.1:9092", description="Kafka bootstrap URL(s).")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the cache views.")
+    dynamodb_endpoint: str | None = Field(None, description="DynamoDB endpoint; unset = AWS.")
+    table_prefix: str = Field("cartloom-", description="Prefix of the DynamoDB table names.")
+    web_host: str = Field("127.0.0.1", description="Host name other workers use to reach this one.")
+    web_bind: str = Field("0.0.0.0", description="Address the web server listens on.")  # noqa: S104
+    web_port: int = Field(6066, ge=1, le=65535, description="Port of the web views.")
+    store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://.")
+    data_dir: Path = Field(Path(".cartloom/data"), description="Faust data directory.")
+    topics_file: Path | None = Field(None, description="Override the bundled topics.yaml.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    broker_session_timeout: float = Field(60.0, gt=0, description="Seconds; tests use ~6.")
+    broker_rebalance_timeout: float = Field(60.0, gt=0, description="Seconds; tests use ~6.")
+    broker_heartbeat_interval: float = Field(3.0, gt=0, description="Seconds; tests use 1.")
+    stream_buffer_maxsize: int = Field(4096, ge=1, description="Events buffered per partition.")
+
+    sinks_enabled: bool = Field(True, description="Run the DynamoDB and Redis sinks in the worker.")
+    sink_batch_max: int = Field(1000, ge=1, description="Most changes read per sink batch.")
+    sink_concurrency: int = Field(32, ge=1, description="Conditional writes in flight per store.")
+    sink_retry_max_seconds: float = Field(30.0, gt=0, description="Longest back-off on an outage.")
+
+    shopify_webhook_secret: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Comma-separated; several allow rotation."
+    )
+    shopify_api_url: str | None = Field(None, description="Admin API base URL or a simulator.")
+    shopify_access_token: SecretStr | None = Field(None, description="Admin API access token.")
+    shopify_api_version: str = Field("2025-10", description="Pinned Admin API version.")
+
+    @field_validator("shopify_webhook_secret", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """The broker URL as ``host:port[,host:port]`` for plain Kafka clients."""
+        return ",".join(
+            part.split("://", 1)[-1] for part in self.broker_url.split(";") if part.strip()
+        )
+
+    def dynamodb_table(self, entity: str) -> str:
+        """Name of the DynamoDB table that holds ``entity`` (orders, inventory, products)."""
+        return f"{self.table_prefix}{entity}"
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment; raise :class:`SettingsError` naming bad ones."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            problems.append(f"{env_name(field)}: {error['msg']} (got {error.get('input')!r})")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

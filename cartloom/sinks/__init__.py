@@ -1,0 +1,1 @@
+"""Sinks: materialise table changes into DynamoDB and Redis, never going backwards."""

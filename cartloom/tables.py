@@ -1,0 +1,33 @@
+"""Changelog-backed Faust tables, each co-partitioned with its source topic by construction.
+
+Table values are the JSON documents that are materialised to DynamoDB and Redis, so the
+sinks read the changelog topics directly (see ``docs/`` and :mod:`cartloom.sinks`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from cartloom.app import app, topology
+
+
+def declared_table(name: str) -> faust.Table[str, Any]:
+    """The table ``name`` from ``topics.yaml``, with its source topic's partition count."""
+    spec = topology.tables[name]
+    table = app.Table(
+        spec.name,
+        default=None,
+        partitions=topology.table_partitions(spec.name),
+        key_type=str,
+        help=spec.description,
+    )
+    # Faust would encode str keys as JSON ('"id"'); the raw codec keeps the producers' key
+    # bytes, so web-view routing hashes the same bytes as the producer's partitioner and
+    # the sinks read plain ids. Set before the lazy changelog topic and store are built.
+    table.key_serializer = "raw"
+    return table
+
+
+order_by_id = declared_table("order_by_id")
