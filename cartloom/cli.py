@@ -11,10 +11,14 @@ import typer
 from dotenv import load_dotenv
 from rich.console import Console
 
-cli = typer.Typer(help="CartLoom: real-time e-commerce backend on Faust and Kafka.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-dev_cli = typer.Typer(help="The embedded local stack (broker, redis-server, moto_server).",
-                      no_args_is_help=True)
+cli = typer.Typer(
+    help="CartLoom: real-time e-commerce backend on Faust and Kafka.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+dev_cli = typer.Typer(
+    help="The embedded local stack (broker, redis-server, moto_server).", no_args_is_help=True
+)
 topics_cli = typer.Typer(help="Kafka topics as declared in topics.yaml.", no_args_is_help=True)
 cli.add_typer(dev_cli, name="dev")
 cli.add_typer(topics_cli, name="topics")
@@ -151,8 +155,14 @@ def loadgen(
     plan = LoadPlan(orders=orders, skus=skus, invalid_share=invalid_share, prefix=prefix)
     with Progress(console=console) as progress:
         task = progress.add_task("publishing orders", total=orders)
-        asyncio.run(publish(settings.bootstrap_servers, "orders", sample_orders(plan),
-                            lambda n: progress.advance(task, n)))
+        asyncio.run(
+            publish(
+                settings.bootstrap_servers,
+                "orders",
+                sample_orders(plan),
+                lambda n: progress.advance(task, n),
+            )
+        )
 
 
 def main() -> None:

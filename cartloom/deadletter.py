@@ -35,7 +35,7 @@ def dead_letter_headers(message: Any, reason: RejectReason, detail: str) -> dict
 
 
 async def send_to_dead_letter(
-    dlq: faust.TopicT, event: faust.EventT, reason: RejectReason, detail: str
+    dlq: faust.TopicT, event: faust.EventT[Any], reason: RejectReason, detail: str
 ) -> None:
     """Copy ``event``'s original bytes to ``dlq`` with the reason, and count it."""
     message = event.message

@@ -1,4 +1,4 @@
-"""``cartloom loadgen``: publishes realistic orders to the ``orders`` topic with a plain producer."""
+"""``cartloom loadgen``: publishes sample orders to the ``orders`` topic with a plain producer."""
 
 from __future__ import annotations
 

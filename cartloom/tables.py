@@ -6,14 +6,14 @@ sinks read the changelog topics directly (see ``docs/`` and :mod:`cartloom.sinks
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import faust
 
 from cartloom.app import app, topology
 
 
-def declared_table(name: str) -> faust.Table[str, Any]:
+def declared_table(name: str) -> faust.types.TableT[str, Any]:
     """The table ``name`` from ``topics.yaml``, with its source topic's partition count."""
     spec = topology.tables[name]
     table = app.Table(
@@ -26,7 +26,7 @@ def declared_table(name: str) -> faust.Table[str, Any]:
     # Faust would encode str keys as JSON ('"id"'); the raw codec keeps the producers' key
     # bytes, so web-view routing hashes the same bytes as the producer's partitioner and
     # the sinks read plain ids. Set before the lazy changelog topic and store are built.
-    table.key_serializer = "raw"
+    cast(Any, table).key_serializer = "raw"
     return table
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import faust
 
@@ -35,7 +36,7 @@ async def accept_orders(stream: faust.StreamT[bytes]) -> None:
             )
 
 
-def accept_order(event: faust.EventT) -> None:
+def accept_order(event: faust.EventT[Any]) -> None:
     """Validate one ``orders`` event and store it unless the order is already known."""
     key = _decode_key(event.key)
     order = parse_order(decode_json_object(event.value), key=key)

@@ -56,7 +56,7 @@ def _start_worker(state: StackState, state_dir: Path, web_port: int) -> subproce
     log_path = state_dir / "logs" / "worker.log"
     env = {**os.environ, **state.env, "CARTLOOM_WEB_PORT": str(web_port)}
     with log_path.open("ab") as log:
-        return subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        return subprocess.Popen(
             [sys.executable, "-m", "cartloom", "worker"],
             env=env,
             stdout=log,
@@ -86,19 +86,29 @@ async def _wait_ready(port: int, worker: subprocess.Popen[bytes], console: Conso
 async def _publish_and_follow(settings: Settings, port: int, count: int, console: Console) -> bool:
     plan = LoadPlan(orders=count, invalid_share=0.02, prefix=f"demo-{uuid.uuid4().hex[:6]}")
     valid = sum(is_valid_index(plan, n) for n in range(count))
-    columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         sent = progress.add_task("published to orders", total=count)
         in_dynamo = progress.add_task("in DynamoDB (orders table)", total=valid)
         in_redis = progress.add_task("in Redis (cartloom:order:*)", total=valid)
-        await publish(settings.bootstrap_servers, "orders", sample_orders(plan),
-                      lambda n: progress.advance(sent, n))
+        await publish(
+            settings.bootstrap_servers,
+            "orders",
+            sample_orders(plan),
+            lambda n: progress.advance(sent, n),
+        )
         deadline = time.monotonic() + 120
         done = (0, 0)
         while time.monotonic() < deadline and done != (valid, valid):
-            done = (await _count_dynamodb(settings, plan.prefix),
-                    await _count_redis(settings, plan.prefix))
+            done = (
+                await _count_dynamodb(settings, plan.prefix),
+                await _count_redis(settings, plan.prefix),
+            )
             progress.update(in_dynamo, completed=done[0])
             progress.update(in_redis, completed=done[1])
             await asyncio.sleep(0.3)
@@ -138,9 +148,10 @@ async def _show_sample(settings: Settings, port: int, order_id: str, console: Co
         cached = await client.hget(f"cartloom:order:{order_id}", "doc")
     finally:
         await client.aclose()
-    async with aiohttp.ClientSession() as http, http.get(
-        f"http://127.0.0.1:{port}/orders/{order_id}"
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/orders/{order_id}") as response,
+    ):
         live = await response.json()
     table = Table(title=f"order {order_id}")
     table.add_column("where")
@@ -148,6 +159,7 @@ async def _show_sample(settings: Settings, port: int, order_id: str, console: Co
     table.add_column("version")
     table.add_column("lines")
     for where, view in (("GET /orders/{id}", live), ("Redis", orjson.loads(cached or b"{}"))):
-        table.add_row(where, str(view.get("status")), str(view.get("version")),
-                      str(view.get("lines")))
+        table.add_row(
+            where, str(view.get("status")), str(view.get("version")), str(view.get("lines"))
+        )
     console.print(table)

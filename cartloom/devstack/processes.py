@@ -12,6 +12,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+#: Handles of the servers this process started, kept so they are reaped (not leaked) on stop.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
 
 class StackError(RuntimeError):
     """A server of the local stack could not be started or did not become ready."""
@@ -47,6 +50,7 @@ def spawn(name: str, argv: Sequence[str], log_dir: Path, port: int) -> ServerPro
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    _children[process.pid] = process
     return ServerProcess(name, process.pid, port, _start_ticks(process.pid) or 0, str(log_path))
 
 
@@ -95,6 +99,11 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
 
 
 def _reap(pid: int) -> None:
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            del _children[pid]
+        return
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
@@ -102,10 +111,10 @@ def _reap(pid: int) -> None:
 
 
 async def wait_until(
-    server: ServerProcess, probe: Callable[[], Awaitable[bool]], timeout: float = 30.0
+    server: ServerProcess, probe: Callable[[], Awaitable[bool]], within: float = 30.0
 ) -> None:
     """Poll ``probe`` until it answers True; fail early if the process died."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     last_error: BaseException | None = None
     while time.monotonic() < deadline:
         if not is_running(server):
@@ -116,4 +125,6 @@ async def wait_until(
         except Exception as exc:  # not ready yet: connection refused, broker loading...
             last_error = exc
         await asyncio.sleep(0.1)
-    raise StackError(f"{server.name} not ready after {timeout:.0f}s ({last_error!r}); see {server.log}")
+    raise StackError(
+        f"{server.name} not ready after {within:.0f}s ({last_error!r}); see {server.log}"
+    )

@@ -41,7 +41,7 @@ ENV_FILE = "dev.env"
 #: Credentials and region moto accepts; only ever used against the local endpoint.
 LOCAL_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "cartloom-local",
-    "AWS_SECRET_ACCESS_KEY": "cartloom-local",  # noqa: S105 - a placeholder moto accepts
+    "AWS_SECRET_ACCESS_KEY": "cartloom-local",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 #: Short group timeouts: against the embedded broker the first join takes ~4 s, not ~30 s.

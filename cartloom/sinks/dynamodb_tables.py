@@ -22,7 +22,7 @@ def table_definition(name: str, key_attribute: str) -> dict[str, Any]:
     }
 
 
-async def ensure_tables(settings: Settings, timeout: float = 30.0) -> list[str]:
+async def ensure_tables(settings: Settings, within: float = 30.0) -> list[str]:
     """Create the missing tables and wait until all are ACTIVE; return the names created."""
     session = get_session()
     async with session.create_client(
@@ -37,7 +37,7 @@ async def ensure_tables(settings: Settings, timeout: float = 30.0) -> list[str]:
             if name not in existing:
                 await client.create_table(**table_definition(name, key_attribute))
                 created.append(name)
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             for entity in KEY_ATTRIBUTE:
                 waiter = client.get_waiter("table_exists")
                 await waiter.wait(

@@ -87,11 +87,11 @@ class Materialiser:
         """Ask :meth:`run` to finish after the batch in hand."""
         self._stopping.set()
 
-    async def _write_batch(self, batch: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
+    async def _write_batch(
+        self, batch: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]
+    ) -> None:
         changes = [
-            change
-            for tp, records in batch.items()
-            for change in self._decode(tp.topic, records)
+            change for tp, records in batch.items() for change in self._decode(tp.topic, records)
         ]
         coalesced = coalesce(changes)
         store = self.sink.name

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -15,7 +15,7 @@ from cartloom.tables import order_by_id
 class OrderQuery(View):
     """``GET /orders/{order_id}``: the order's current view, or 404."""
 
-    @app.table_route(table=order_by_id, match_info="order_id")
+    @app.table_route(table=order_by_id, match_info="order_id")  # type: ignore[arg-type]
     async def get(self, request: Request, order_id: str) -> Response:
         """Answer from the table partition this worker owns (Faust forwards otherwise)."""
         view: Any = order_by_id.get(order_id)
@@ -39,7 +39,7 @@ class Readiness(View):
 
     async def get(self, request: Request) -> Response:
         """Readiness as a Kubernetes probe expects it: 503 until the worker can serve."""
-        recovered = app.tables.recovery.completed.is_set()
+        recovered = cast(Any, app.tables).recovery.completed.is_set()
         rebalancing = bool(app.rebalancing)
         ready = recovered and not rebalancing
         body = {"ready": ready, "recovered": recovered, "rebalancing": rebalancing}

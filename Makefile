@@ -1,0 +1,49 @@
+# One list of commands: the README, CI (.ci/run) and developers all call these targets.
+VENV    ?= .venv
+PYTHON  ?= python3
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-stamp
+ORDERS  ?= 2000
+
+.DEFAULT_GOAL := help
+.PHONY: help install lint typecheck test test-unit test-integration demo dev-up dev-down bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## Create .venv and install CartLoom with its dev and local-stack extras
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+lint: install ## ruff (lint + format check) and the import contracts (pure domain)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+typecheck: install ## mypy --strict on the cartloom package
+	$(BIN)/mypy
+
+test-unit: install ## Fast inner loop: pure logic only, no servers
+	$(BIN)/pytest tests/unit -q
+
+test-integration: install ## Real servers: broker, redis-server, moto_server, workers
+	$(BIN)/pytest tests/integration tests/e2e -q
+
+test: lint typecheck ## Everything CI runs: lint, types, unit, integration and e2e tests
+	$(BIN)/pytest -q
+
+demo: install ## The main job: local stack + worker, publish orders, watch them land
+	$(BIN)/cartloom dev demo --orders $(ORDERS)
+
+dev-up: install ## Start the embedded local stack (broker, redis-server, moto_server)
+	$(BIN)/cartloom dev up
+
+dev-down: install ## Stop the local stack
+	$(BIN)/cartloom dev down
+
+clean: dev-down ## Stop the stack and remove local state
+	rm -rf .cartloom

@@ -1,0 +1,112 @@
+"""Real-server test harness: the local stack and CartLoom workers as processes, with deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+
+from cartloom.devstack.processes import free_port
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]],
+    *,
+    timeout: float = 60.0,
+    interval: float = 0.2,
+    what: str = "condition",
+) -> T:
+    """Poll ``probe`` until it returns something other than None/False; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last is not None and last is not False:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout:.0f}s (last value {last!r})")
+
+
+@dataclass
+class WorkerProcess:
+    """A ``cartloom worker`` subprocess and how to reach it."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_worker(
+    stack_env: dict[str, str],
+    log_dir: Path,
+    name: str = "worker",
+    extra_env: dict[str, str] | None = None,
+) -> WorkerProcess:
+    """Start a worker against the stack; its settings come only from ``stack_env``."""
+    port = free_port()
+    data_dir = log_dir / f"{name}-data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARTLOOM_")}
+    env.update(stack_env)
+    env.update(
+        {
+            "CARTLOOM_WEB_PORT": str(port),
+            "CARTLOOM_DATA_DIR": str(data_dir),
+            "CARTLOOM_LOG_LEVEL": "info",
+            **(extra_env or {}),
+        }
+    )
+    log = log_dir / f"{name}.log"
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cartloom", "--env-file", str(log_dir / "none.env"), "worker"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    return WorkerProcess(process, port, log)
+
+
+async def wait_ready(worker: WorkerProcess, timeout: float = 120.0) -> None:
+    """Wait until the worker's ``/readyz`` answers 200; fail with its log if it dies."""
+
+    async def probe() -> bool:
+        if worker.process.poll() is not None:
+            raise AssertionError(f"worker exited early:\n{worker.log_tail()}")
+        try:
+            async with aiohttp.ClientSession() as http, http.get(f"{worker.url}/readyz") as resp:
+                return resp.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    try:
+        await eventually(probe, timeout=timeout, what="worker ready")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{worker.log_tail()}") from None

@@ -1,0 +1,80 @@
+"""Session fixtures: the real servers (broker, redis-server, moto_server) and one worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiobotocore.session import get_session
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+
+from cartloom.devstack.stack import StackState, down, up
+from tests.harness import WorkerProcess, start_worker, wait_ready
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def stack(stack_dir: Path) -> Iterator[StackState]:
+    """The embedded stack on free ports, started once per test session."""
+    state, _ = asyncio.run(up(stack_dir))
+    for name, value in state.env.items():
+        if name.startswith("AWS_"):
+            os.environ.setdefault(name, value)
+    yield state
+    down(stack_dir)
+
+
+@pytest.fixture(scope="session")
+async def worker(stack: StackState, stack_dir: Path) -> AsyncIterator[WorkerProcess]:
+    """One CartLoom worker shared by the tests that only need the stream running."""
+    process = start_worker(stack.env, stack_dir, "worker")
+    try:
+        await wait_ready(process)
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def bootstrap(stack: StackState) -> str:
+    return stack.env["CARTLOOM_BROKER_URL"].split("://", 1)[1]
+
+
+@pytest.fixture(scope="session")
+async def producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    """A plain Kafka producer: the tests publish as an outside system would."""
+    client = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await client.start()
+    yield client
+    await client.stop()
+
+
+@pytest.fixture(scope="session")
+async def redis(stack: StackState) -> AsyncIterator[Redis]:
+    client = Redis.from_url(stack.env["CARTLOOM_REDIS_URL"])
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+async def dynamodb(stack: StackState) -> AsyncIterator[Any]:
+    session = get_session()
+    async with session.create_client(
+        "dynamodb",
+        endpoint_url=stack.env["CARTLOOM_DYNAMODB_ENDPOINT"],
+        region_name=stack.env["AWS_DEFAULT_REGION"],
+        aws_access_key_id=stack.env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=stack.env["AWS_SECRET_ACCESS_KEY"],
+    ) as client:
+        yield client
