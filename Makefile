@@ -13,7 +13,8 @@ help: ## List the targets
 
 install: $(STAMP) ## Create .venv and install CartLoom with its dev and local-stack extras
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/system-deps.sh
+	bash scripts/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
