@@ -4,6 +4,11 @@
 set -euo pipefail
 
 NEEDED=(
+  # tests/deploy: `docker-compose config` validates docker-compose.yml without a Docker engine.
+  "docker-compose:docker-compose"
+  # tests/deploy: `kubectl kustomize` renders deploy/k8s. Any kubectl >= 1.20 will do (the
+  # manifests stay within what its embedded kustomize understands); Debian's is 1.20.
+  "kubectl:kubernetes-client"
 )
 
 missing=()
