@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import faust
 
+from cartloom.faust_types import RawKeyTable
 from cartloom.settings import Settings, get_settings
 from cartloom.topology import Topology, load_topology
 
@@ -52,6 +53,7 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         key_serializer="raw",
         value_serializer="json",
         logging_config=None,
+        Table=RawKeyTable,
     )
 
 

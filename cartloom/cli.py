@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -167,10 +168,20 @@ def loadgen(
 
 def main() -> None:
     """Entry point of the ``cartloom`` console script."""
-    from cartloom.settings import SettingsError
+    from aiokafka.errors import KafkaConnectionError
 
+    from cartloom.devstack.processes import StackError
+    from cartloom.settings import SettingsError
+    from cartloom.topology import TopologyError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # aiokafka logs every refused connection while a broker starts; the CLI reports failures.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         cli()
-    except SettingsError as exc:
+    except (SettingsError, TopologyError) as exc:
         console.print(str(exc), style="red")
         raise SystemExit(2) from None
+    except (StackError, KafkaConnectionError) as exc:
+        console.print(f"error: {exc}", style="red")
+        raise SystemExit(1) from None

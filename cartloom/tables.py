@@ -6,7 +6,7 @@ sinks read the changelog topics directly (see ``docs/`` and :mod:`cartloom.sinks
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import faust
 
@@ -16,18 +16,13 @@ from cartloom.app import app, topology
 def declared_table(name: str) -> faust.types.TableT[str, Any]:
     """The table ``name`` from ``topics.yaml``, with its source topic's partition count."""
     spec = topology.tables[name]
-    table = app.Table(
+    return app.Table(  # a RawKeyTable (see cartloom.faust_types): keys are raw bytes
         spec.name,
         default=None,
         partitions=topology.table_partitions(spec.name),
         key_type=str,
         help=spec.description,
     )
-    # Faust would encode str keys as JSON ('"id"'); the raw codec keeps the producers' key
-    # bytes, so web-view routing hashes the same bytes as the producer's partitioner and
-    # the sinks read plain ids. Set before the lazy changelog topic and store are built.
-    cast(Any, table).key_serializer = "raw"
-    return table
 
 
 order_by_id = declared_table("order_by_id")
