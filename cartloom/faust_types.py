@@ -7,7 +7,7 @@ from typing import Any
 import faust
 
 
-class RawKeyTable(faust.Table):  # type: ignore[misc]
+class RawKeyTable(faust.Table):  # type: ignore[type-arg]
     """A table whose ``str`` keys travel as the producers' raw key bytes, not as JSON.
 
     Faust encodes ``str`` keys as JSON (``'"o-1"'``). Raw bytes keep the changelog keys
