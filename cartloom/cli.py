@@ -23,6 +23,8 @@ dev_cli = typer.Typer(
 topics_cli = typer.Typer(help="Kafka topics as declared in topics.yaml.", no_args_is_help=True)
 cli.add_typer(dev_cli, name="dev")
 cli.add_typer(topics_cli, name="topics")
+dynamodb_cli = typer.Typer(help="The DynamoDB tables the sinks write.", no_args_is_help=True)
+cli.add_typer(dynamodb_cli, name="dynamodb")
 console = Console()
 
 StateDir = Annotated[Path, typer.Option(help="Where the local stack keeps pids, logs, dev.env.")]
@@ -137,6 +139,19 @@ def topics_check() -> None:
     if drift:
         raise typer.Exit(1)
     console.print(f"{len(specs)} topics match topics.yaml")
+
+
+@dynamodb_cli.command("create-tables")
+def dynamodb_create_tables(
+    within: Annotated[float, typer.Option(help="Seconds to wait for ACTIVE tables.")] = 60.0,
+) -> None:
+    """Create the missing {prefix}orders/inventory/products tables and wait until ACTIVE."""
+    from cartloom.settings import load_settings
+    from cartloom.sinks.dynamodb_tables import ensure_tables
+
+    settings = load_settings()
+    created = asyncio.run(ensure_tables(settings, within=within))
+    console.print(f"created: {', '.join(created)}" if created else "all tables exist")
 
 
 @cli.command()
