@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="Host name other workers use to reach this one.")
     web_bind: str = Field("0.0.0.0", description="Address the web server listens on.")  # noqa: S104
     web_port: int = Field(6066, ge=1, le=65535, description="Port of the web views.")
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token the live-query endpoints require; unset = open."
+    )
+    query_wait_max_seconds: float = Field(
+        5.0, gt=0, le=60, description="Longest ?min_version= wait of a live query."
+    )
     store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://.")
     data_dir: Path = Field(Path(".cartloom/data"), description="Faust data directory.")
     topics_file: Path | None = Field(None, description="Override the bundled topics.yaml.")
