@@ -5,7 +5,7 @@ Label values are bounded sets (topics, reason codes, stores, outcomes): never or
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 ORDERS_RECEIVED = Counter(
     "cartloom_orders_received_total",
@@ -40,4 +40,22 @@ SINK_BATCH_SECONDS = Histogram(
     "Time to write one coalesced batch to a store.",
     ["store"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+
+# --- Live queries and readiness (cartloom.web) ---
+LIVE_QUERIES = Counter(
+    "cartloom_live_queries_total",
+    "Live queries answered, by entity and outcome (found, not_found, forwarded, unavailable,"
+    " version_timeout, unauthorized, owner_unreachable).",
+    ["entity", "outcome"],
+)
+LIVE_QUERY_SECONDS = Histogram(
+    "cartloom_live_query_seconds",
+    "Time to answer a live query, by entity and route (local or forwarded).",
+    ["entity", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+WORKER_READY = Gauge(
+    "cartloom_worker_ready",
+    "1 when the worker is ready (tables recovered, partitions assigned, broker reachable).",
 )

@@ -1,55 +1,38 @@
-"""Web views: live table queries, health, readiness and Prometheus metrics."""
+"""Every worker's web views: live queries per table, health, readiness and metrics.
+
+Importing this module (it is in ``cartloom.app.AUTODISCOVER``) registers the pages and
+installs Faust's Prometheus monitor. A live query is registered for each queryable table
+that :mod:`cartloom.tables` declares; see :mod:`cartloom.web.queries` for the routing.
+"""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from cartloom import tables
+from cartloom.app import app, settings
+from cartloom.observability import install_prometheus_monitor
+from cartloom.web.health import BrokerProbe, register_health
+from cartloom.web.queries import LiveQuery, register_live_query
 
-from cartloom.app import app
-from cartloom.tables import order_by_id
-
-
-@app.page("/orders/{order_id}")
-class OrderQuery(View):
-    """``GET /orders/{order_id}``: the order's current view, or 404."""
-
-    @app.table_route(table=order_by_id, match_info="order_id")  # type: ignore[arg-type]
-    async def get(self, request: Request, order_id: str) -> Response:
-        """Answer from the table partition this worker owns (Faust forwards otherwise)."""
-        view: Any = order_by_id.get(order_id)
-        if view is None:
-            return self.json({"error": "order not found", "order_id": order_id}, status=404)
-        return self.json(view)
+#: (path, table name in cartloom.tables, path parameter, entity, 404 message).
+QUERYABLE = [
+    ("/orders/{order_id}", "order_by_id", "order_id", "order", "order not found"),
+    ("/inventory/{sku}", "inventory_by_sku", "sku", "inventory", "sku not found"),
+    ("/products/{product_id}", "product_by_id", "product_id", "product", "product not found"),
+]
 
 
-@app.page("/healthz")
-class Health(View):
-    """``GET /healthz``: 200 while the process and its event loop are alive."""
-
-    async def get(self, request: Request) -> Response:
-        """Liveness: reaching this code is the whole check."""
-        return self.json({"status": "ok"})
-
-
-@app.page("/readyz")
-class Readiness(View):
-    """``GET /readyz``: 200 once table recovery has finished and no rebalance is running."""
-
-    async def get(self, request: Request) -> Response:
-        """Readiness as a Kubernetes probe expects it: 503 until the worker can serve."""
-        recovered = cast(Any, app.tables).recovery.completed.is_set()
-        rebalancing = bool(app.rebalancing)
-        ready = recovered and not rebalancing
-        body = {"ready": ready, "recovered": recovered, "rebalancing": rebalancing}
-        return self.json(body, status=200 if ready else 503)
+def live_queries() -> dict[str, LiveQuery]:
+    """The live queries of the tables that exist, by path (a table not declared is skipped)."""
+    found: dict[str, LiveQuery] = {}
+    for path, table_name, param, entity, not_found in QUERYABLE:
+        table: Any = getattr(tables, table_name, None)
+        if table is not None:
+            found[path] = LiveQuery(table, param, entity, not_found)
+    return found
 
 
-@app.page("/metrics")
-class Metrics(View):
-    """``GET /metrics``: every CartLoom metric in Prometheus text format."""
-
-    async def get(self, request: Request) -> Response:
-        """Render the default registry."""
-        return self.bytes(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+install_prometheus_monitor(app)
+register_health(app, BrokerProbe(settings.bootstrap_servers))
+VIEWS = {path: register_live_query(app, path, q, settings) for path, q in live_queries().items()}
