@@ -42,6 +42,8 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         broker_session_timeout=settings.broker_session_timeout,
         broker_rebalance_timeout=settings.broker_rebalance_timeout,
         broker_heartbeat_interval=settings.broker_heartbeat_interval,
+        # Static membership: a restarted pod takes its partitions back without a rebalance.
+        consumer_group_instance_id=settings.group_instance_id,
         stream_buffer_maxsize=settings.stream_buffer_maxsize,
         web_enabled=True,
         web_bind=settings.web_bind,

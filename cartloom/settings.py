@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     broker_session_timeout: float = Field(60.0, gt=0, description="Seconds; tests use ~6.")
     broker_rebalance_timeout: float = Field(60.0, gt=0, description="Seconds; tests use ~6.")
     broker_heartbeat_interval: float = Field(3.0, gt=0, description="Seconds; tests use 1.")
+    group_instance_id: str | None = Field(
+        None, description="Kafka static membership id, unique per worker (a StatefulSet pod name)."
+    )
     stream_buffer_maxsize: int = Field(4096, ge=1, description="Events buffered per partition.")
 
     sinks_enabled: bool = Field(True, description="Run the DynamoDB and Redis sinks in the worker.")
