@@ -1,0 +1,216 @@
+"""Live queries across two workers: every key read through both, always the active owner's value.
+
+The two workers run in their own consumer group (app id ``cartloom-lq``), so they split
+the partitions between them and each holds the other's partitions as standby copies: a
+reader that answered from a standby (FACTS.md) would show up as a wrong ``Served-By`` or
+a stale value here.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from cartloom.devstack.stack import StackState
+from cartloom.topology import load_topology
+from cartloom.web.queries import FORWARDED_HEADER, PARTITION_HEADER, SERVED_BY_HEADER
+from cartloom.web.routing import key_partition
+from tests.harness import WorkerProcess, eventually, start_worker, wait_ready
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "lq-" + uuid.uuid4().hex
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+LQ_ENV = {
+    "CARTLOOM_APP_ID": "cartloom-lq",
+    "CARTLOOM_SINKS_ENABLED": "false",
+    "CARTLOOM_API_TOKEN": TOKEN,
+    "CARTLOOM_QUERY_WAIT_MAX_SECONDS": "2",
+}
+ORDER_PARTITIONS = load_topology(None).table_partitions("order_by_id")
+
+
+async def readyz(worker: WorkerProcess) -> dict[str, Any] | None:
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"{worker.url}/readyz") as resp:
+            body: dict[str, Any] = await resp.json()
+            return body if resp.status == 200 else None
+    except aiohttp.ClientError:
+        return None
+
+
+@pytest.fixture(scope="module")
+async def pair(stack: StackState, stack_dir: Path) -> AsyncIterator[list[WorkerProcess]]:
+    """Two workers of one group, both ready and each holding some active partitions."""
+    first = start_worker(stack.env, stack_dir, "lq-1", extra_env=LQ_ENV)
+    workers = [first]
+    try:
+        await wait_ready(first)
+        second = start_worker(stack.env, stack_dir, "lq-2", extra_env=LQ_ENV)
+        workers.append(second)
+        await wait_ready(second)
+
+        async def split() -> bool:
+            reports = [await readyz(w) for w in workers]
+            return all(r is not None and r["active_partitions"] > 0 for r in reports)
+
+        await eventually(split, timeout=120, what="both workers own active partitions")
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def order(order_id: str, sku: str = "SKU-LQ") -> bytes:
+    return orjson.dumps(
+        {
+            "order_id": order_id,
+            "source": "pos",
+            "created_at": datetime.now(UTC).isoformat(),
+            "lines": [{"sku": sku, "quantity": 1}],
+        }
+    )
+
+
+async def query(
+    worker: WorkerProcess, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, Any, dict[str, str]]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{worker.url}{path}", headers=AUTH if headers is None else headers) as resp,
+    ):
+        return resp.status, await resp.json(), dict(resp.headers)
+
+
+async def stable_read(worker: WorkerProcess, path: str) -> tuple[int, Any, dict[str, str]]:
+    """A read that retries only the documented 503 + Retry-After (ownership moving)."""
+
+    async def attempt() -> tuple[int, Any, dict[str, str]] | None:
+        answer = await query(worker, path)
+        return None if answer[0] == 503 else answer
+
+    return await eventually(attempt, timeout=60, what=f"non-503 answer to {path}")
+
+
+async def test_every_key_reads_the_owners_value_through_both_workers(
+    pair: list[WorkerProcess], producer: AIOKafkaProducer
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    ids = [f"lq-{run}-{n:03d}" for n in range(24)]
+    for order_id in ids:
+        await producer.send_and_wait("orders", order(order_id), key=order_id.encode())
+
+    owners: dict[str, str] = {}
+    for order_id in ids:
+        path = f"/orders/{order_id}"
+        status, body, _ = await eventually(
+            lambda p=path: _found(pair[0], p), timeout=90, what=f"{order_id} readable"
+        )
+        answers = [await stable_read(w, path) for w in pair]
+        for status, body, headers in answers:
+            assert status == 200
+            assert body["order_id"] == order_id
+            assert body["status"] == "received"
+            assert body["version"] == 1
+            expected_partition = key_partition(order_id.encode(), ORDER_PARTITIONS)
+            assert headers[PARTITION_HEADER] == str(expected_partition)
+        served_by = {headers[SERVED_BY_HEADER] for _, _, headers in answers}
+        assert len(served_by) == 1, f"{order_id} answered by two different workers: {served_by}"
+        owners[order_id] = served_by.pop()
+
+    # Both workers own part of the keys, so both the local and the forwarded path ran.
+    assert set(owners.values()) == {w.url for w in pair}
+
+    # A redelivered message changes nothing; every worker still answers the owner's copy.
+    for order_id in ids[:6]:
+        await producer.send_and_wait("orders", order(order_id, "SKU-OTHER"), key=order_id.encode())
+    for order_id in ids[:6]:
+        for worker in pair:
+            status, body, headers = await stable_read(worker, f"/orders/{order_id}")
+            assert (status, body["version"]) == (200, 1)
+            assert body["lines"] == [{"sku": "SKU-LQ", "quantity": 1}]
+            assert headers[SERVED_BY_HEADER] == owners[order_id]
+
+
+async def _found(worker: WorkerProcess, path: str) -> tuple[int, Any, dict[str, str]] | None:
+    answer = await query(worker, path)
+    return answer if answer[0] == 200 else None
+
+
+async def test_min_version_waits_for_the_write(
+    pair: list[WorkerProcess], producer: AIOKafkaProducer
+) -> None:
+    order_id = f"lq-ryw-{uuid.uuid4().hex[:8]}"
+    await producer.send_and_wait("orders", order(order_id), key=order_id.encode())
+    # Read-your-writes: no polling by the client, the owner waits until version 1 exists.
+    for worker in pair:
+        status, body, _ = await stable_read(worker, f"/orders/{order_id}?min_version=1")
+        assert status == 200
+        assert body["version"] == 1
+
+
+async def test_min_version_not_reached_is_a_bounded_503(pair: list[WorkerProcess]) -> None:
+    order_id = f"lq-never-{uuid.uuid4().hex[:8]}"
+    for worker in pair:
+        started = time.monotonic()
+        status, body, headers = await query(worker, f"/orders/{order_id}?min_version=3")
+        assert status == 503
+        assert body["error"] == "version not reached"
+        assert body["version"] is None
+        assert headers["Retry-After"] == "1"
+        assert time.monotonic() - started < 15  # bounded by CARTLOOM_QUERY_WAIT_MAX_SECONDS=2
+
+
+async def test_bad_min_version_is_400(pair: list[WorkerProcess]) -> None:
+    status, body, _ = await query(pair[0], "/orders/x?min_version=soon")
+    assert status == 400
+    assert "min_version" in body["error"]
+
+
+async def test_unknown_key_is_404_on_both_workers(pair: list[WorkerProcess]) -> None:
+    order_id = f"lq-missing-{uuid.uuid4().hex}"
+    for worker in pair:
+        status, body, _ = await stable_read(worker, f"/orders/{order_id}")
+        assert status == 404
+        assert body == {"error": "order not found", "order_id": order_id}
+
+
+async def test_queries_need_the_bearer_token_but_probes_do_not(pair: list[WorkerProcess]) -> None:
+    for worker in pair:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            status, _, answer_headers = await query(worker, "/orders/any", headers)
+            assert status == 401
+            assert answer_headers["WWW-Authenticate"].startswith("Bearer")
+        async with aiohttp.ClientSession() as http:
+            for path in ("/healthz", "/readyz", "/metrics"):
+                async with http.get(f"{worker.url}{path}") as resp:
+                    assert resp.status == 200, path
+
+
+async def test_a_forwarded_request_is_never_forwarded_again(
+    pair: list[WorkerProcess], producer: AIOKafkaProducer
+) -> None:
+    order_id = f"lq-hop-{uuid.uuid4().hex[:8]}"
+    await producer.send_and_wait("orders", order(order_id), key=order_id.encode())
+    _, _, headers = await eventually(
+        lambda: _found(pair[0], f"/orders/{order_id}"), timeout=90, what="order readable"
+    )
+    owner = headers[SERVED_BY_HEADER]
+    other = next(w for w in pair if w.url != owner)
+    # A request that already took its one hop, arriving at a worker that is not the owner
+    # (as after an ownership move), is refused with 503 rather than bounced on.
+    status, body, answer_headers = await query(
+        other, f"/orders/{order_id}", {**AUTH, FORWARDED_HEADER: owner}
+    )
+    assert status == 503
+    assert answer_headers["Retry-After"] == "1"
+    assert "not the recovered owner" in body["error"]
