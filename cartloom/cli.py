@@ -181,6 +181,27 @@ def loadgen(
         )
 
 
+@cli.command()
+def audit(
+    store: Annotated[
+        list[str] | None, typer.Option(help="dynamodb or redis; repeat for both (default).")
+    ] = None,
+    sample: Annotated[int, typer.Option(help="Check N random keys (0 = every key).")] = 0,
+    settle: Annotated[
+        float, typer.Option(help="Seconds to re-check differing keys while changes land.")
+    ] = 10.0,
+    strict: Annotated[bool, typer.Option(help="Count in-flight differences too.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    show: Annotated[int, typer.Option(help="Differences listed per store.")] = 20,
+) -> None:
+    """Compare the tables (from their changelogs) with DynamoDB and Redis; exit 1 on divergence."""
+    from cartloom.audit import audit_command
+
+    code = audit_command(store or [], sample, settle, strict, json_output, show)
+    if code:
+        raise typer.Exit(code)
+
+
 def main() -> None:
     """Entry point of the ``cartloom`` console script."""
     from aiokafka.errors import KafkaConnectionError

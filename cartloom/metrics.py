@@ -22,17 +22,27 @@ DEAD_LETTERS = Counter(
 )
 SINK_WRITES = Counter(
     "cartloom_sink_writes_total",
-    "Items offered to a store, by store and outcome (written, stale, deleted).",
+    "Items offered to a store, by store and outcome (written, stale, deleted, rejected).",
     ["store", "outcome"],
 )
 SINK_FAILURES = Counter(
     "cartloom_sink_failures_total",
-    "Batches a store failed to take and that will be retried, by store.",
+    "Write attempts a store failed (in whole or in part) and that are retried, by store.",
     ["store"],
 )
 SINK_COALESCED = Counter(
     "cartloom_sink_coalesced_total",
     "Changes dropped before writing because a newer version of the key was in the batch.",
+    ["store"],
+)
+SINK_UNUSABLE = Counter(
+    "cartloom_sink_unusable_records_total",
+    "Changelog records a sink skipped because they carry no key or no JSON object, by store.",
+    ["store"],
+)
+SINK_LAG = Gauge(
+    "cartloom_sink_lag_records",
+    "Changelog records not yet written to a store (the sink group's lag), by store.",
     ["store"],
 )
 SINK_BATCH_SECONDS = Histogram(

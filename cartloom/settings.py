@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     sink_batch_max: int = Field(1000, ge=1, description="Most changes read per sink batch.")
     sink_concurrency: int = Field(32, ge=1, description="Conditional writes in flight per store.")
     sink_retry_max_seconds: float = Field(30.0, gt=0, description="Longest back-off on an outage.")
+    redis_closed_order_ttl_seconds: int = Field(
+        604_800, ge=0, description="TTL of closed orders in Redis (0 = keep); see docs/sinks.md."
+    )
 
     shopify_webhook_secret: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Comma-separated; several allow rotation."

@@ -9,7 +9,7 @@ import mode
 from cartloom.app import app, settings, topology
 from cartloom.sinks.base import Sink
 from cartloom.sinks.dynamodb import DynamoDBSink
-from cartloom.sinks.materialiser import Materialiser
+from cartloom.sinks.materialiser import Materialiser, sink_group_id
 from cartloom.sinks.redis import RedisSink
 
 
@@ -27,7 +27,7 @@ def build_materialiser(sink: Sink) -> Materialiser:
     return Materialiser(
         sink,
         bootstrap_servers=settings.bootstrap_servers,
-        group_id=f"{settings.app_id}-sink-{sink.name}",
+        group_id=sink_group_id(settings.app_id, sink.name),
         entities=changelog_entities(),
         batch_max=settings.sink_batch_max,
         retry_max_seconds=settings.sink_retry_max_seconds,

@@ -3,8 +3,9 @@
 A sink takes a batch of :class:`ViewChange` and writes each one unless the store already
 holds that key at the same or a newer ``version``; the store itself enforces that
 (DynamoDB condition expression, Redis Lua script), so redelivered and reordered changes
-are no-ops. ``write`` either takes the whole batch or raises; a raised batch is retried
-whole, which the version rule makes safe.
+are no-ops. ``write`` either takes the whole batch or raises; when part of a batch was
+taken it raises :class:`PartialWrite` naming what is left, and only that is retried. A
+retried change is safe because of the version rule.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ KEY_ATTRIBUTE: dict[str, str] = {
     "inventory": "sku",
     "products": "product_id",
 }
+
+#: Order statuses after which nothing a storefront does depends on the cached copy.
+CLOSED_ORDER_STATUSES = frozenset({"rejected", "fulfilled", "cancelled", "refunded"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,11 +42,16 @@ class ViewChange:
 
 @dataclass(slots=True)
 class WriteOutcome:
-    """What a store did with a batch."""
+    """What a store did with a batch.
+
+    ``rejected`` counts changes the store refused for good (a DynamoDB item over 400 KB):
+    they are logged with their key and counted, and ``cartloom audit`` reports them.
+    """
 
     written: int = 0
     stale: int = 0
     deleted: int = 0
+    rejected: int = 0
     stale_keys: list[str] = field(default_factory=list)
 
     def add(self, other: WriteOutcome) -> None:
@@ -50,7 +59,28 @@ class WriteOutcome:
         self.written += other.written
         self.stale += other.stale
         self.deleted += other.deleted
+        self.rejected += other.rejected
         self.stale_keys.extend(other.stale_keys)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredView:
+    """One view as a store holds it: its ``version`` and the document (None if unreadable)."""
+
+    version: int
+    document: dict[str, Any] | None
+
+
+class PartialWrite(Exception):  # noqa: N818 - a condition the materialiser handles, not a bug
+    """Part of a batch was taken: ``outcome`` says how, ``remaining`` must be retried."""
+
+    def __init__(
+        self, outcome: WriteOutcome, remaining: Sequence[ViewChange], cause: BaseException
+    ) -> None:
+        super().__init__(f"{len(remaining)} change(s) not written: {cause!r}")
+        self.outcome = outcome
+        self.remaining = list(remaining)
+        self.cause = cause
 
 
 class Sink(Protocol):
@@ -65,15 +95,20 @@ class Sink(Protocol):
         """Close clients; called once, after the last ``write``."""
 
     async def write(self, changes: Sequence[ViewChange]) -> WriteOutcome:
-        """Write every change whose version is newer than the stored one; raise on failure."""
+        """Write every change whose version is newer than the stored one.
+
+        Raises :class:`PartialWrite` when only some changes were taken, or any other
+        exception when nothing is known to be taken; either way the caller retries.
+        """
         ...
 
 
 def coalesce(changes: Iterable[ViewChange]) -> list[ViewChange]:
     """Keep only the newest change of each (entity, key), in first-seen order.
 
-    Between two documents the higher version wins; a deletion on either side is ordered by
-    its position in the log, so the later one wins.
+    Between two documents the higher version wins and an equal version is a duplicate
+    (the first one stays, as in the stores, which refuse an equal version); a deletion on
+    either side is ordered by its position in the log, so the later one wins.
     """
     newest: dict[tuple[str, str], ViewChange] = {}
     for change in changes:
@@ -83,7 +118,7 @@ def coalesce(changes: Iterable[ViewChange]) -> list[ViewChange]:
             kept is None
             or change.document is None
             or kept.document is None
-            or change.version >= kept.version
+            or change.version > kept.version
         ):
             newest[slot] = change
     return list(newest.values())
@@ -95,3 +130,25 @@ def document_version(document: dict[str, Any] | None) -> int:
         return 0
     version = document.get("version", 0)
     return version if isinstance(version, int) and not isinstance(version, bool) else 0
+
+
+def redis_ttl_seconds(entity: str, document: dict[str, Any], closed_order_ttl: int) -> int:
+    """Seconds a Redis view may live (0 = no expiry), per the cache policy in ``docs/sinks.md``.
+
+    Closed orders expire after ``closed_order_ttl``: a reader that misses falls back to
+    DynamoDB, so staleness is impossible and only latency is traded. Open orders,
+    inventory and products never expire: storefronts check stock and status against them.
+    """
+    if entity == "orders" and document.get("status") in CLOSED_ORDER_STATUSES:
+        return max(closed_order_ttl, 0)
+    return 0
+
+
+def expires_at(document: dict[str, Any] | None) -> int | None:
+    """The document's DynamoDB TTL (``expires_at``, epoch seconds), if it carries one."""
+    if document is None:
+        return None
+    value = document.get("expires_at")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return int(value)
+    return None

@@ -3,29 +3,43 @@
 ``BatchWriteItem`` cannot carry a condition, so it could overwrite a newer item with an
 older one; each change is a ``PutItem`` with ``attribute_not_exists(version) OR version <
 :v``. A failed condition is a stale change, counted and skipped. Throttling and transient
-errors are retried by botocore's own retry mode; anything else fails the batch, which the
-materialiser retries whole.
+errors are retried by botocore's own retry mode; what still fails is handed back to the
+materialiser as a :class:`PartialWrite`, which retries just those changes. A change
+DynamoDB can never take (an item over 400 KB) is counted as rejected and logged.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+import math
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
 import orjson
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from botocore.exceptions import ClientError
 
 from cartloom.settings import Settings
-from cartloom.sinks.base import KEY_ATTRIBUTE, ViewChange, WriteOutcome
+from cartloom.sinks.base import (
+    KEY_ATTRIBUTE,
+    PartialWrite,
+    StoredView,
+    ViewChange,
+    WriteOutcome,
+)
 
-_GUARD = "attribute_not_exists(#v) OR #v < :v"
+log = logging.getLogger(__name__)
+
+GUARD = "attribute_not_exists(#v) OR #v < :v"
+#: Errors that retrying cannot fix: the item itself is unacceptable.
+PERMANENT_ERRORS = frozenset({"ValidationException", "ItemCollectionSizeLimitExceededException"})
 
 
 def dynamodb_client_config(settings: Settings) -> AioConfig:
-    """Client config shared by the sink, the table tools and the audit."""
+    """Client config shared by the sink, the table tools, the reader and the audit."""
     return AioConfig(
         retries={"mode": "standard", "max_attempts": 4},
         max_pool_connections=max(10, settings.sink_concurrency),
@@ -35,13 +49,18 @@ def dynamodb_client_config(settings: Settings) -> AioConfig:
 
 
 def to_item(entity: str, change: ViewChange) -> dict[str, Any]:
-    """The DynamoDB item for ``change``: scalar fields as attributes, the whole view as ``doc``."""
+    """The DynamoDB item for ``change``: scalar fields as attributes, the whole view as ``doc``.
+
+    Top-level strings, finite numbers and booleans are copied as attributes (so a
+    document's ``expires_at`` becomes the table's TTL attribute); ``doc`` keeps the
+    whole view as JSON, which is what readers and the audit use.
+    """
     assert change.document is not None
     item: dict[str, Any] = {}
     for name, value in change.document.items():
         if isinstance(value, bool):
             item[name] = {"BOOL": value}
-        elif isinstance(value, int | float):
+        elif isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
             item[name] = {"N": str(value)}
         elif isinstance(value, str):
             item[name] = {"S": value}
@@ -49,6 +68,55 @@ def to_item(entity: str, change: ViewChange) -> dict[str, Any]:
     item["version"] = {"N": str(change.version)}
     item["doc"] = {"S": orjson.dumps(change.document).decode()}
     return item
+
+
+def from_item(item: dict[str, Any]) -> StoredView:
+    """The :class:`StoredView` of a DynamoDB item written by :func:`to_item`."""
+    try:
+        document = orjson.loads(item["doc"]["S"]) if "doc" in item else None
+    except orjson.JSONDecodeError:
+        document = None
+    return StoredView(int(item["version"]["N"]), document if isinstance(document, dict) else None)
+
+
+async def read_items(
+    client: Any, settings: Settings, entity: str, keys: Iterable[str]
+) -> dict[str, StoredView]:
+    """The stored views of ``keys`` (absent ones left out), by consistent ``BatchGetItem``."""
+    table = settings.dynamodb_table(entity)
+    attribute = KEY_ATTRIBUTE[entity]
+    wanted = list(dict.fromkeys(keys))
+    found: dict[str, StoredView] = {}
+    for start in range(0, len(wanted), 100):
+        request: dict[str, Any] = {
+            table: {
+                "Keys": [{attribute: {"S": key}} for key in wanted[start : start + 100]],
+                "ConsistentRead": True,
+            }
+        }
+        while request:
+            response = await client.batch_get_item(RequestItems=request)
+            for item in response["Responses"].get(table, []):
+                found[item[attribute]["S"]] = from_item(item)
+            request = response.get("UnprocessedKeys") or {}
+    return found
+
+
+async def scan_items(
+    client: Any, settings: Settings, entity: str
+) -> AsyncIterator[tuple[str, StoredView]]:
+    """Every item of ``entity``'s table, by a consistent paginated ``Scan``."""
+    attribute = KEY_ATTRIBUTE[entity]
+    paginator = client.get_paginator("scan")
+    pages = paginator.paginate(
+        TableName=settings.dynamodb_table(entity),
+        ProjectionExpression="#k, version, doc",
+        ExpressionAttributeNames={"#k": attribute},
+        ConsistentRead=True,
+    )
+    async for page in pages:
+        for item in page.get("Items", []):
+            yield item[attribute]["S"], from_item(item)
 
 
 class DynamoDBSink:
@@ -79,17 +147,34 @@ class DynamoDBSink:
         self._client = None
 
     async def write(self, changes: Sequence[ViewChange]) -> WriteOutcome:
-        """Write every change concurrently (bounded); raise if any write failed."""
-        results = await asyncio.gather(*(self._write_one(change) for change in changes))
+        """Write every change concurrently (bounded); wait for all, then report.
+
+        Every call finishes before this returns, so a retry never races the previous
+        attempt; the changes that failed are raised as :class:`PartialWrite`.
+        """
+        results = await asyncio.gather(
+            *(self._write_one(change) for change in changes), return_exceptions=True
+        )
         outcome = WriteOutcome()
+        failed: list[ViewChange] = []
+        first_error: BaseException | None = None
         for change, result in zip(changes, results, strict=True):
-            if result == "written":
+            if isinstance(result, BaseException):
+                failed.append(change)
+                first_error = first_error or result
+            elif result == "written":
                 outcome.written += 1
             elif result == "deleted":
                 outcome.deleted += 1
+            elif result == "rejected":
+                outcome.rejected += 1
             else:
                 outcome.stale += 1
                 outcome.stale_keys.append(change.key)
+        if first_error is not None:
+            if isinstance(first_error, Exception):
+                raise PartialWrite(outcome, failed, first_error)
+            raise first_error  # cancellation and the like are not retried here
         return outcome
 
     async def _write_one(self, change: ViewChange) -> str:
@@ -103,10 +188,16 @@ class DynamoDBSink:
                 await self._client.put_item(
                     TableName=table,
                     Item=to_item(change.entity, change),
-                    ConditionExpression=_GUARD,
+                    ConditionExpression=GUARD,
                     ExpressionAttributeNames={"#v": "version"},
                     ExpressionAttributeValues={":v": {"N": str(change.version)}},
                 )
-            except self._client.exceptions.ConditionalCheckFailedException:
-                return "stale"
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code == "ConditionalCheckFailedException":
+                    return "stale"
+                if code in PERMANENT_ERRORS:
+                    log.error("DynamoDB refused %s %s for good: %s", change.entity, change.key, exc)
+                    return "rejected"
+                raise
             return "written"

@@ -1,13 +1,15 @@
 """Redis sink: one pipeline per batch, each write a Lua script that refuses older versions.
 
-Keys are ``cartloom:order:{id}``, ``cartloom:inventory:{sku}``, ``cartloom:product:{id}``:
-hashes with ``version`` and ``doc`` (the view as JSON). Connection errors are retried by
-redis-py's own ``Retry``; a batch that still fails is retried whole by the materialiser.
+Key layout (one hash per view, see ``docs/sinks.md``): ``cartloom:order:{order_id}``,
+``cartloom:inventory:{sku}``, ``cartloom:product:{product_id}``, each with the fields
+``version`` (integer) and ``doc`` (the view as JSON). Closed orders carry a TTL; every
+other view is kept without one. Connection errors are retried by redis-py's own
+``Retry``; a batch that still fails is retried by the materialiser.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -18,7 +20,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from cartloom.settings import Settings
-from cartloom.sinks.base import ViewChange, WriteOutcome
+from cartloom.sinks.base import (
+    PartialWrite,
+    StoredView,
+    ViewChange,
+    WriteOutcome,
+    redis_ttl_seconds,
+)
 
 KEY_PREFIX: dict[str, str] = {
     "orders": "cartloom:order:",
@@ -26,14 +34,20 @@ KEY_PREFIX: dict[str, str] = {
     "products": "cartloom:product:",
 }
 
-# KEYS[1] = item key; ARGV[1] = version, ARGV[2] = document JSON.
+# KEYS[1] = item key; ARGV[1] = version, ARGV[2] = document JSON, ARGV[3] = TTL (0 = none).
 # Returns 1 when written, 0 when the stored version is the same or newer.
-_PUT_IF_NEWER = """
+PUT_IF_NEWER = """
 local current = redis.call('HGET', KEYS[1], 'version')
 if current and tonumber(current) >= tonumber(ARGV[1]) then
   return 0
 end
 redis.call('HSET', KEYS[1], 'version', ARGV[1], 'doc', ARGV[2])
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+else
+  redis.call('PERSIST', KEYS[1])
+end
 return 1
 """
 
@@ -55,6 +69,39 @@ def redis_client(settings: Settings) -> Redis:
     )
 
 
+def parse_view(version: bytes | None, doc: bytes | None) -> StoredView | None:
+    """A hash's ``version`` and ``doc`` fields as a :class:`StoredView` (None if absent)."""
+    if version is None:
+        return None
+    try:
+        document = orjson.loads(doc) if doc is not None else None
+    except orjson.JSONDecodeError:
+        document = None
+    return StoredView(int(version), document if isinstance(document, dict) else None)
+
+
+async def read_views(client: Redis, entity: str, keys: Iterable[str]) -> dict[str, StoredView]:
+    """The stored views of ``keys`` (absent keys are left out), in one pipeline."""
+    wanted = list(keys)
+    async with client.pipeline(transaction=False) as pipe:
+        for key in wanted:
+            pipe.hmget(redis_key(entity, key), ["version", "doc"])
+        rows = await pipe.execute()
+    views = {}
+    for key, (version, doc) in zip(wanted, rows, strict=True):
+        view = parse_view(version, doc)
+        if view is not None:
+            views[key] = view
+    return views
+
+
+async def scan_keys(client: Redis, entity: str) -> AsyncIterator[str]:
+    """Every key of ``entity`` in Redis (ids, without the prefix), by ``SCAN``."""
+    prefix = KEY_PREFIX[entity]
+    async for raw in client.scan_iter(match=f"{prefix}*", count=1000):
+        yield raw.decode()[len(prefix) :]
+
+
 class RedisSink:
     """Writes views to Redis hashes through a version-checking Lua script."""
 
@@ -68,7 +115,7 @@ class RedisSink:
     async def start(self) -> None:
         """Create the client and register the script (loaded lazily by the pipeline)."""
         self._client = redis_client(self._settings)
-        self._script = self._client.register_script(_PUT_IF_NEWER)
+        self._script = self._client.register_script(PUT_IF_NEWER)
 
     async def stop(self) -> None:
         """Close the connection pool."""
@@ -77,8 +124,14 @@ class RedisSink:
             self._client = None
 
     async def write(self, changes: Sequence[ViewChange]) -> WriteOutcome:
-        """Send the batch as one pipeline; raise if Redis cannot take it."""
+        """Send the batch as one pipeline; raise if Redis cannot take it.
+
+        A connection failure raises from ``execute`` (nothing is known to be taken, the
+        whole batch is retried); a command Redis answered with an error raises
+        :class:`PartialWrite` for just the failed changes.
+        """
         assert self._client is not None
+        ttl = self._settings.redis_closed_order_ttl_seconds
         async with self._client.pipeline(transaction=False) as pipe:
             for change in changes:
                 key = redis_key(change.entity, change.key)
@@ -86,15 +139,25 @@ class RedisSink:
                     pipe.delete(key)
                 else:
                     payload = orjson.dumps(change.document)
-                    await self._script(keys=[key], args=[change.version, payload], client=pipe)
-            results = await pipe.execute()
+                    expiry = redis_ttl_seconds(change.entity, change.document, ttl)
+                    await self._script(
+                        keys=[key], args=[change.version, payload, expiry], client=pipe
+                    )
+            results = await pipe.execute(raise_on_error=False)
         outcome = WriteOutcome()
+        failed: list[ViewChange] = []
+        first_error: BaseException | None = None
         for change, result in zip(changes, results, strict=True):
-            if change.document is None:
+            if isinstance(result, BaseException):
+                failed.append(change)
+                first_error = first_error or result
+            elif change.document is None:
                 outcome.deleted += int(bool(result))
             elif result == 1:
                 outcome.written += 1
             else:
                 outcome.stale += 1
                 outcome.stale_keys.append(change.key)
+        if first_error is not None:
+            raise PartialWrite(outcome, failed, first_error)
         return outcome
