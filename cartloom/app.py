@@ -17,6 +17,8 @@ from cartloom.topology import Topology, load_topology
 AUTODISCOVER = [
     "cartloom.agents.orders",
     "cartloom.agents.materialise",
+    "cartloom.agents.shopify",
+    "cartloom.shopify.webhooks",
     "cartloom.web.views",
 ]
 

@@ -69,3 +69,73 @@ WORKER_READY = Gauge(
     "cartloom_worker_ready",
     "1 when the worker is ready (tables recovered, partitions assigned, broker reachable).",
 )
+
+# --- Shopify (cartloom.shopify, cartloom.agents.shopify) ---
+SHOPIFY_WEBHOOKS_RECEIVED = Counter(
+    "cartloom_shopify_webhooks_received_total",
+    "Webhook requests answered by the receiver, by Shopify topic (known topics, else 'other')"
+    " and outcome (accepted, unauthorized, malformed, oversized, unavailable).",
+    ["topic", "outcome"],
+)
+SHOPIFY_WEBHOOK_SECONDS = Histogram(
+    "cartloom_shopify_webhook_seconds",
+    "Time from request to answer in the webhook receiver (accepted deliveries: until in Kafka).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+SHOPIFY_WEBHOOKS_PROCESSED = Counter(
+    "cartloom_shopify_webhooks_processed_total",
+    "Enqueued deliveries normalised, by Shopify topic and outcome"
+    " (applied, duplicate, stale, dead_letter).",
+    ["topic", "outcome"],
+)
+SHOPIFY_INVENTORY_PARKED = Counter(
+    "cartloom_shopify_inventory_parked_total",
+    "Inventory levels parked because their inventory item had no known SKU yet.",
+)
+SHOPIFY_INVENTORY_RELEASED = Counter(
+    "cartloom_shopify_inventory_released_total",
+    "Parked inventory levels published once their SKU mapping arrived.",
+)
+SHOPIFY_PRIVACY_JOBS = Counter(
+    "cartloom_shopify_privacy_jobs_total",
+    "Privacy jobs applied per order, by kind (redact, export, redact_shop) and outcome.",
+    ["kind", "outcome"],
+)
+SHOPIFY_API_REQUESTS = Counter(
+    "cartloom_shopify_api_requests_total",
+    "Admin API GraphQL requests, by outcome (ok, throttled, error).",
+    ["outcome"],
+)
+SHOPIFY_API_COST = Counter(
+    "cartloom_shopify_api_cost_points_total",
+    "Admin API query cost points actually spent.",
+)
+SHOPIFY_API_WAIT_SECONDS = Histogram(
+    "cartloom_shopify_api_wait_seconds",
+    "Time spent waiting for the shared rate budget or a throttle before a request.",
+    buckets=(0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+RECONCILE_RUNS = Counter(
+    "cartloom_reconcile_runs_total",
+    "Reconciliation runs against the Shopify Admin API, by outcome (ok, failed).",
+    ["outcome"],
+)
+RECONCILE_DRIFT_ITEMS = Gauge(
+    "cartloom_reconcile_drift_items",
+    "Entities that differed from Shopify in the last reconciliation, by entity (orders, skus).",
+    ["entity"],
+)
+RECONCILE_DRIFT_UNITS = Gauge(
+    "cartloom_reconcile_drift_units",
+    "Sum of absolute stock differences (units) found in the last reconciliation.",
+)
+RECONCILE_CORRECTIONS = Counter(
+    "cartloom_reconcile_corrections_total",
+    "Correction events published by reconciliation, by stream (orders, order.events, inventory).",
+    ["stream"],
+)
+SHOPIFY_WRITEBACKS = Counter(
+    "cartloom_shopify_writebacks_total",
+    "Inventory write-backs to Shopify, by outcome (applied, already_applied, conflict, failed).",
+    ["outcome"],
+)

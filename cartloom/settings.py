@@ -68,6 +68,27 @@ class Settings(BaseSettings):
     shopify_api_url: str | None = Field(None, description="Admin API base URL or a simulator.")
     shopify_access_token: SecretStr | None = Field(None, description="Admin API access token.")
     shopify_api_version: str = Field("2025-10", description="Pinned Admin API version.")
+    shopify_shop_secrets: Annotated[dict[str, list[SecretStr]], NoDecode] = Field(
+        default_factory=dict,
+        description="Per-shop webhook secrets: shop.myshopify.com=secret, comma-separated.",
+    )
+    shopify_webhook_max_bytes: int = Field(1_048_576, ge=1024, description="Larger bodies: 413.")
+    shopify_webhook_enqueue_timeout: float = Field(
+        4.0, gt=0, le=4.5, description="Seconds to get a delivery into Kafka before 503."
+    )
+    shopify_producer_linger_ms: int = Field(5, ge=0, description="Receiver batching window.")
+    shopify_dedupe_window_seconds: int = Field(
+        172_800, ge=172_800, description="Webhook/event id dedupe window (>= 48 h)."
+    )
+    shopify_reconcile_interval_seconds: float = Field(
+        300.0, ge=0, description="Periodic reconciliation; 0 disables it in workers."
+    )
+    shopify_api_bucket_size: float = Field(1000.0, gt=0, description="Query cost bucket.")
+    shopify_api_restore_rate: float = Field(50.0, gt=0, description="Cost points per second.")
+    shopify_writeback_enabled: bool = Field(False, description="Push channel orders' stock.")
+    shopify_writeback_location_id: str | None = Field(
+        None, description="Location (GraphQL id) whose stock write-back adjusts."
+    )
 
     @field_validator("shopify_webhook_secret", mode="before")
     @classmethod
@@ -75,6 +96,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("shopify_shop_secrets", mode="before")
+    @classmethod
+    def _split_shop_secrets(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        secrets: dict[str, list[str]] = {}
+        for part in (p.strip() for p in value.split(",")):
+            if not part:
+                continue
+            shop, sep, secret = part.partition("=")
+            if not sep or not shop.strip() or not secret.strip():
+                raise ValueError("expected shop.myshopify.com=secret pairs")  # no secret in it
+            secrets.setdefault(shop.strip().lower(), []).append(secret.strip())
+        return secrets
 
     @property
     def bootstrap_servers(self) -> str:
@@ -93,6 +129,11 @@ def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
+def _is_secret(field: str) -> bool:
+    """Whether ``field`` holds secrets, whose values never appear in error messages."""
+    return "secret" in field or "token" in field
+
+
 def load_settings() -> Settings:
     """Read the settings from the environment; raise :class:`SettingsError` naming bad ones."""
     try:
@@ -101,7 +142,8 @@ def load_settings() -> Settings:
         problems = []
         for error in exc.errors():
             field = str(error["loc"][0]) if error["loc"] else "?"
-            problems.append(f"{env_name(field)}: {error['msg']} (got {error.get('input')!r})")
+            given = "hidden" if _is_secret(field) else repr(error.get("input"))
+            problems.append(f"{env_name(field)}: {error['msg']} (got {given})")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None
 
 

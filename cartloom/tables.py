@@ -26,3 +26,8 @@ def declared_table(name: str) -> faust.types.TableT[str, Any]:
 
 
 order_by_id = declared_table("order_by_id")
+
+# Shopify (cartloom.agents.shopify)
+shopify_delivery_by_resource = declared_table("shopify_delivery_by_resource")
+product_by_id = declared_table("product_by_id")
+sku_by_inventory_item = declared_table("sku_by_inventory_item")

@@ -27,3 +27,13 @@ def declared_topic(name: str) -> faust.TopicT:
 
 orders_topic = declared_topic("orders")
 orders_dlq_topic = declared_topic("orders.dlq")
+inventory_topic = declared_topic("inventory")
+order_events_topic = declared_topic("order.events")
+
+# Shopify (cartloom.shopify, cartloom.agents.shopify)
+shopify_webhooks_topic = declared_topic("shopify.webhooks")
+shopify_webhooks_dlq_topic = declared_topic("shopify.webhooks.dlq")
+shopify_catalog_topic = declared_topic("shopify.catalog")
+shopify_inventory_items_topic = declared_topic("shopify.inventory_items")
+shopify_redactions_topic = declared_topic("shopify.redactions")
+shopify_data_exports_topic = declared_topic("shopify.data_exports")

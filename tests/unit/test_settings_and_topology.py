@@ -61,10 +61,14 @@ def test_env_example_lists_every_setting() -> None:
 
 
 def test_tables_are_co_partitioned_with_their_source_topics() -> None:
+    from cartloom import tables as declared
     from cartloom.app import app, topology
-    from cartloom.tables import order_by_id
 
-    tables = {order_by_id.name: order_by_id}
+    tables = {
+        table.name: table
+        for table in vars(declared).values()
+        if isinstance(table, declared.faust.Table)
+    }
     assert set(tables) == set(topology.tables), "every table in topics.yaml exists in code"
     for name, table in tables.items():
         source = topology.tables[name].source

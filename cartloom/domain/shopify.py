@@ -1,0 +1,571 @@
+"""Shopify webhook payloads turned into CartLoom events: pure functions, no I/O.
+
+A delivery is the raw webhook (topic, shop, ids, timestamps, decoded body). This module
+decides the Kafka key of a delivery (:func:`resource_key`), whether it is a duplicate or a
+stale retry (:func:`admit`), and what CartLoom events it means (:func:`normalise`). The
+caller passes ``now`` and the per-resource state it keeps in a table.
+
+Ids: a Shopify order becomes CartLoom order ``shopify-<numeric id>``; products keep their
+numeric id as a string; SKUs come from the variant, else ``shopify-variant-<variant id>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from cartloom.domain.errors import InvalidInput, RejectReason
+
+ORDER_PREFIX = "shopify-"
+MAX_IDS_PER_RESOURCE = 1000
+
+ORDER_TOPICS = frozenset(
+    {
+        "orders/create",
+        "orders/updated",
+        "orders/paid",
+        "orders/cancelled",
+        "orders/fulfilled",
+        "orders/partially_fulfilled",
+    }
+)
+PRODUCT_TOPICS = frozenset({"products/create", "products/update", "products/delete"})
+LEVEL_TOPICS = frozenset(
+    {"inventory_levels/update", "inventory_levels/connect", "inventory_levels/disconnect"}
+)
+ITEM_TOPICS = frozenset(
+    {"inventory_items/create", "inventory_items/update", "inventory_items/delete"}
+)
+PRIVACY_TOPICS = frozenset({"customers/data_request", "customers/redact", "shop/redact"})
+KNOWN_TOPICS = ORDER_TOPICS | PRODUCT_TOPICS | LEVEL_TOPICS | ITEM_TOPICS | PRIVACY_TOPICS
+KNOWN_TOPICS = KNOWN_TOPICS | {"refunds/create"}
+
+#: Lifecycle events in the order they are emitted when one snapshot implies several.
+LIFECYCLE = (
+    "paid",
+    "partially_fulfilled",
+    "fulfilled",
+    "partially_refunded",
+    "refunded",
+    "cancelled",
+)
+
+
+class WebhookReason(StrEnum):
+    """Why a verified delivery was not used: DLQ header values and metric labels."""
+
+    UNKNOWN_TOPIC = "unknown_topic"
+    INVALID_PAYLOAD = "invalid_payload"
+    PROCESSING_ERROR = "processing_error"
+
+
+class Verdict(StrEnum):
+    """What :func:`admit` decided about a delivery."""
+
+    FRESH = "fresh"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One verified webhook delivery, as the receiver enqueued it."""
+
+    topic: str
+    shop: str
+    webhook_id: str
+    event_id: str | None
+    triggered_at: str | None
+    received_at: float
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One event to publish: ``stream`` is a logical name (see :mod:`cartloom.topics`)."""
+
+    stream: str
+    key: str
+    value: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Normalised:
+    """The events a delivery means, plus the lifecycle events now emitted for its order."""
+
+    outputs: list[Output] = field(default_factory=list)
+    emitted: list[str] = field(default_factory=list)
+
+
+def _id(payload: dict[str, Any], name: str) -> str:
+    value = payload.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | str) or str(value) == "":
+        raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{name} must be a Shopify id")
+    return str(value)
+
+
+def order_id(shopify_id: object) -> str:
+    """CartLoom's id for the Shopify order ``shopify_id``."""
+    return f"{ORDER_PREFIX}{shopify_id}"
+
+
+def resource_key(topic: str, shop: str, payload: dict[str, Any]) -> str:
+    """The Kafka key of a delivery: one resource, one partition, one order of changes.
+
+    Raises :class:`InvalidInput` when the payload lacks the id the topic needs.
+    """
+    if topic in ORDER_TOPICS:
+        return f"{shop}/order/{_id(payload, 'id')}"
+    if topic == "refunds/create":
+        return f"{shop}/order/{_id(payload, 'order_id')}"
+    if topic in PRODUCT_TOPICS:
+        return f"{shop}/product/{_id(payload, 'id')}"
+    if topic in LEVEL_TOPICS:
+        return f"{shop}/inventory_item/{_id(payload, 'inventory_item_id')}"
+    if topic in ITEM_TOPICS:
+        return f"{shop}/inventory_item/{_id(payload, 'id')}"
+    if topic in {"customers/redact", "customers/data_request"}:
+        customer = payload.get("customer")
+        if not isinstance(customer, dict):
+            raise InvalidInput(RejectReason.INVALID_SCHEMA, "customer must be an object")
+        return f"{shop}/customer/{_id(customer, 'id')}"
+    if topic == "shop/redact":
+        return f"{shop}/shop"
+    resource = payload.get("id")
+    return f"{shop}/{topic}/{resource}" if resource is not None else f"{shop}/{topic}"
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def change_scope(delivery: Delivery) -> tuple[str, str] | None:
+    """The (scope, timestamp) a delivery's staleness is judged on, or None if it has none.
+
+    Snapshots of one resource share a scope; inventory levels are per location.
+    """
+    topic, payload = delivery.topic, delivery.payload
+    stamp = payload.get("updated_at") or delivery.triggered_at
+    if topic in ORDER_TOPICS:
+        scope = "order"
+    elif topic in PRODUCT_TOPICS:
+        scope = "product"
+    elif topic in LEVEL_TOPICS:
+        scope = f"level:{payload.get('location_id')}"
+    elif topic in ITEM_TOPICS:
+        scope = "item"
+    else:
+        return None
+    return (scope, stamp) if isinstance(stamp, str) and _parse_time(stamp) is not None else None
+
+
+def admit(
+    state: dict[str, Any] | None, delivery: Delivery, window_seconds: float
+) -> tuple[Verdict, dict[str, Any]]:
+    """Decide whether ``delivery`` is new, and the resource state to store afterwards.
+
+    ``state`` is the previous value for the delivery's resource key (None at first).
+    Duplicates: a webhook id or event id seen within ``window_seconds``. Stale: an older
+    ``updated_at`` (or ``X-Shopify-Triggered-At``) than what was applied in the same scope.
+    """
+    current = dict(state or {})
+    now = delivery.received_at
+    webhooks = _recent(current.get("webhooks", {}), now, window_seconds)
+    events = _recent(current.get("events", {}), now, window_seconds)
+    updated: dict[str, str] = dict(current.get("updated", {}))
+    seen = delivery.webhook_id in webhooks or (
+        delivery.event_id is not None and delivery.event_id in events
+    )
+    webhooks[delivery.webhook_id] = now
+    if delivery.event_id:
+        events[delivery.event_id] = now
+    current.update(
+        webhooks=_bounded(webhooks),
+        events=_bounded(events),
+        updated=updated,
+        version=_next(current),
+    )
+    if seen:
+        return Verdict.DUPLICATE, current
+    scoped = change_scope(delivery)
+    if scoped is not None:
+        scope, stamp = scoped
+        previous = _parse_time(updated.get(scope))
+        incoming = _parse_time(stamp)
+        assert incoming is not None
+        if previous is not None and incoming < previous:
+            return Verdict.STALE, current
+        updated[scope] = stamp
+    return Verdict.FRESH, current
+
+
+def _recent(ids: dict[str, float], now: float, window: float) -> dict[str, float]:
+    return {key: at for key, at in ids.items() if at > now - window}
+
+
+def _bounded(ids: dict[str, float]) -> dict[str, float]:
+    if len(ids) <= MAX_IDS_PER_RESOURCE:
+        return ids
+    newest = sorted(ids.items(), key=lambda item: item[1])[-MAX_IDS_PER_RESOURCE:]
+    return dict(newest)
+
+
+def _next(state: dict[str, Any]) -> int:
+    version = state.get("version", 0)
+    return (version if isinstance(version, int) else 0) + 1
+
+
+def normalise(delivery: Delivery, emitted: frozenset[str] = frozenset()) -> Normalised:
+    """The CartLoom events ``delivery`` means; raise :class:`InvalidInput` if it is unusable.
+
+    ``emitted`` is what was already emitted for the delivery's order (``created`` and
+    lifecycle events), so a later snapshot only adds what is new. Unknown topics raise
+    nothing here: the caller checks :data:`KNOWN_TOPICS` first.
+    """
+    topic = delivery.topic
+    if topic in ORDER_TOPICS:
+        return normalise_order(delivery, emitted)
+    if topic == "refunds/create":
+        return Normalised(outputs=[normalise_refund(delivery)])
+    if topic in PRODUCT_TOPICS:
+        return Normalised(outputs=normalise_product(delivery))
+    if topic in LEVEL_TOPICS | ITEM_TOPICS:
+        return Normalised(outputs=[normalise_inventory_item(delivery)])
+    if topic in PRIVACY_TOPICS:
+        return Normalised(outputs=normalise_privacy(delivery))
+    raise InvalidInput(RejectReason.INVALID_SCHEMA, f"unknown topic {topic!r}")
+
+
+def sku_of(line: dict[str, Any]) -> str:
+    """A line's SKU; Shopify allows empty SKUs, so fall back to the variant or line id."""
+    sku = line.get("sku")
+    if isinstance(sku, str) and sku.strip():
+        return sku.strip()
+    if line.get("variant_id") is not None:
+        return f"shopify-variant-{line['variant_id']}"
+    return f"shopify-line-{_id(line, 'id')}"
+
+
+def _lines(raw: object, field_name: str) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{field_name} must be a list")
+    lines: list[dict[str, Any]] = []
+    for index, line in enumerate(raw):
+        if not isinstance(line, dict):
+            raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{field_name}[{index}] not an object")
+        quantity = line.get("quantity")
+        if not isinstance(quantity, int) or isinstance(quantity, bool) or quantity < 0:
+            raise InvalidInput(
+                RejectReason.INVALID_SCHEMA, f"{field_name}[{index}].quantity must be an integer"
+            )
+        if quantity > 0:
+            lines.append({"sku": sku_of(line), "quantity": quantity})
+    return lines
+
+
+def order_message(delivery: Delivery) -> dict[str, Any]:
+    """The ``orders`` message for a Shopify order snapshot (``accepted_upstream``)."""
+    payload = delivery.payload
+    lines = _lines(payload.get("line_items"), "line_items")
+    if not lines:
+        raise InvalidInput(RejectReason.INVALID_SCHEMA, "order has no line with quantity >= 1")
+    created_at = payload.get("created_at")
+    if _parse_time(created_at) is None:
+        raise InvalidInput(RejectReason.INVALID_SCHEMA, "created_at must be ISO-8601 with a zone")
+    message: dict[str, Any] = {
+        "order_id": order_id(_id(payload, "id")),
+        "source": "shopify",
+        "created_at": created_at,
+        "lines": lines,
+        "currency": payload.get("currency"),
+        "total_price": payload.get("total_price"),
+        "accepted_upstream": True,
+        "shop": delivery.shop,
+        "shopify_order_id": payload.get("id"),
+        "name": payload.get("name"),
+    }
+    customer = customer_of(payload)
+    if customer is not None:
+        message["customer"] = customer
+    return message
+
+
+def customer_of(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The personal data CartLoom keeps about an order's customer (redactable)."""
+    customer = payload.get("customer")
+    if not isinstance(customer, dict) or customer.get("id") is None:
+        return None
+    kept = {"id": str(customer["id"])}
+    for name in ("email", "first_name", "last_name", "phone"):
+        if customer.get(name):
+            kept[name] = customer[name]
+    return kept
+
+
+def lifecycle_of(payload: dict[str, Any]) -> list[tuple[str, str]]:
+    """Lifecycle events a Shopify order snapshot implies, with their times, in order."""
+    financial = payload.get("financial_status")
+    fulfillment = payload.get("fulfillment_status")
+    updated_at = str(payload.get("updated_at") or payload.get("created_at"))
+    implied: dict[str, str] = {}
+    if financial in {"paid", "partially_refunded", "refunded"}:
+        implied["paid"] = str(payload.get("processed_at") or updated_at)
+    if fulfillment == "partial":
+        implied["partially_fulfilled"] = updated_at
+    if fulfillment == "fulfilled":
+        implied["fulfilled"] = updated_at
+    if financial == "partially_refunded":
+        implied["partially_refunded"] = updated_at
+    if financial == "refunded":
+        implied["refunded"] = updated_at
+    if payload.get("cancelled_at"):
+        implied["cancelled"] = str(payload["cancelled_at"])
+    return [(event, implied[event]) for event in LIFECYCLE if event in implied]
+
+
+def version_of(stamp: object) -> int | None:
+    """An event version from a Shopify timestamp: epoch milliseconds, or None."""
+    parsed = _parse_time(stamp)
+    return round(parsed.timestamp() * 1000) if parsed is not None else None
+
+
+def normalise_order(delivery: Delivery, emitted: frozenset[str]) -> Normalised:
+    """``orders`` message once per order, then each lifecycle event not yet emitted."""
+    payload = delivery.payload
+    key = order_id(_id(payload, "id"))
+    result = Normalised()
+    if "created" not in emitted:
+        result.outputs.append(Output("orders", key, order_message(delivery)))
+        result.emitted.append("created")
+    version = version_of(payload.get("updated_at"))
+    for event, at in lifecycle_of(payload):
+        if event in emitted:
+            continue
+        value: dict[str, Any] = {"order_id": key, "event": event, "at": at}
+        if version is not None:
+            value["version"] = version
+        result.outputs.append(Output("order.events", key, value))
+        result.emitted.append(event)
+    return result
+
+
+def normalise_refund(delivery: Delivery) -> Output:
+    """``refunds/create`` -> a ``partially_refunded`` event with the refunded lines.
+
+    Whether the refund is total shows in the order's next snapshot (``refunded``).
+    """
+    payload = delivery.payload
+    key = order_id(_id(payload, "order_id"))
+    raw_lines = payload.get("refund_line_items") or []
+    lines = _lines(
+        [{**(item.get("line_item") or {}), "quantity": item.get("quantity")} for item in raw_lines]
+        if isinstance(raw_lines, list) and all(isinstance(i, dict) for i in raw_lines)
+        else raw_lines,
+        "refund_line_items",
+    )
+    value: dict[str, Any] = {
+        "order_id": key,
+        "event": "partially_refunded",
+        "at": payload.get("created_at") or delivery.triggered_at,
+        "lines": lines,
+    }
+    return Output("order.events", key, value)
+
+
+def normalise_product(delivery: Delivery) -> list[Output]:
+    """A catalog change keyed by product id, and one SKU mapping per variant."""
+    payload = delivery.payload
+    product_id = _id(payload, "id")
+    if delivery.topic == "products/delete":
+        value = {"product_id": product_id, "shop": delivery.shop, "deleted": True}
+        value["updated_at"] = delivery.triggered_at
+        return [Output("catalog", product_id, value)]
+    variants = payload.get("variants") or []
+    if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
+        raise InvalidInput(RejectReason.INVALID_SCHEMA, "variants must be a list of objects")
+    variant_views = [_variant(variant) for variant in variants]
+    product: dict[str, Any] = {
+        "product_id": product_id,
+        "shop": delivery.shop,
+        "deleted": False,
+        "title": payload.get("title"),
+        "handle": payload.get("handle"),
+        "status": payload.get("status"),
+        "vendor": payload.get("vendor"),
+        "product_type": payload.get("product_type"),
+        "updated_at": payload.get("updated_at"),
+        "variants": variant_views,
+    }
+    outputs = [Output("catalog", product_id, product)]
+    for variant in variant_views:
+        if variant["inventory_item_id"] is not None:
+            outputs.append(
+                _mapping(delivery, variant["inventory_item_id"], variant["sku"], "product")
+            )
+    return outputs
+
+
+def _variant(variant: dict[str, Any]) -> dict[str, Any]:
+    item = variant.get("inventory_item_id")
+    return {
+        "variant_id": _id(variant, "id"),
+        "sku": sku_of({"sku": variant.get("sku"), "variant_id": variant.get("id")}),
+        "title": variant.get("title"),
+        "price": variant.get("price"),
+        "inventory_item_id": str(item) if item is not None else None,
+    }
+
+
+def _mapping(delivery: Delivery, item_id: str, sku: str | None, origin: str) -> Output:
+    key = f"{delivery.shop}/inventory_item/{item_id}"
+    value = {
+        "kind": "mapping",
+        "inventory_item_id": item_id,
+        "sku": sku,
+        "origin": origin,
+        "updated_at": delivery.payload.get("updated_at") or delivery.triggered_at,
+    }
+    return Output("inventory_items", key, value)
+
+
+def normalise_inventory_item(delivery: Delivery) -> Output:
+    """Inventory level or item change, sent on to the item's SKU-mapping partition."""
+    payload, topic = delivery.payload, delivery.topic
+    if topic in ITEM_TOPICS:
+        item_id = _id(payload, "id")
+        sku = payload.get("sku") if topic != "inventory_items/delete" else None
+        sku = sku.strip() if isinstance(sku, str) and sku.strip() else None
+        if sku is None and topic != "inventory_items/delete":
+            sku = f"shopify-item-{item_id}"
+        return _mapping(delivery, item_id, sku, "item")
+    item_id = _id(payload, "inventory_item_id")
+    location = _id(payload, "location_id")
+    available = 0 if topic == "inventory_levels/disconnect" else payload.get("available")
+    if available is None:
+        available = 0
+    if not isinstance(available, int) or isinstance(available, bool):
+        raise InvalidInput(RejectReason.INVALID_SCHEMA, "available must be an integer")
+    value = {
+        "kind": "level",
+        "inventory_item_id": item_id,
+        "location": location,
+        "on_hand": available,
+        "updated_at": payload.get("updated_at") or delivery.triggered_at,
+    }
+    return Output("inventory_items", f"{delivery.shop}/inventory_item/{item_id}", value)
+
+
+def normalise_privacy(delivery: Delivery) -> list[Output]:
+    """Privacy requests: one job per affected order, or a shop-wide redaction."""
+    payload = delivery.payload
+    requested_at = delivery.triggered_at
+    if delivery.topic == "shop/redact":
+        job = {"kind": "redact_shop", "shop": delivery.shop, "requested_at": requested_at}
+        return [Output("redactions", "*", job)]
+    customer = payload.get("customer")
+    assert isinstance(customer, dict)  # resource_key checked it
+    kind = "redact" if delivery.topic == "customers/redact" else "export"
+    field_name = "orders_to_redact" if kind == "redact" else "orders_requested"
+    orders = payload.get(field_name) or []
+    if not isinstance(orders, list):
+        raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{field_name} must be a list")
+    request = payload.get("data_request")
+    request_id = request.get("id") if isinstance(request, dict) else None
+    outputs = []
+    for shopify_id in orders:
+        key = order_id(shopify_id)
+        job = {
+            "kind": kind,
+            "order_id": key,
+            "shop": delivery.shop,
+            "customer_id": str(customer.get("id")),
+            "request_id": str(request_id or delivery.webhook_id),
+            "requested_at": requested_at,
+        }
+        outputs.append(Output("redactions", key, job))
+    return outputs
+
+
+# -- inventory item mapping: the state kept per inventory item --------------------------
+
+
+def apply_item_message(
+    state: dict[str, Any] | None, message: dict[str, Any]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Apply a mapping or level message to an item's state; return it and ``inventory`` events.
+
+    A level for an item whose SKU is unknown is parked (the newest per location) and
+    released when the mapping arrives. A mapping older than the one held is ignored.
+    """
+    current: dict[str, Any] = dict(state or {"sku": None, "parked": {}, "mapped_at": None})
+    current["version"] = _next(current)
+    parked: dict[str, dict[str, Any]] = dict(current.get("parked") or {})
+    if message.get("kind") == "mapping":
+        newer = _parse_time(message.get("updated_at"))
+        held = _parse_time(current.get("mapped_at"))
+        if held is not None and newer is not None and newer < held:
+            return current, []
+        current["sku"] = message.get("sku")
+        current["mapped_at"] = message.get("updated_at")
+        if current["sku"] is None:
+            return current, []
+        released = [_inventory_event(current["sku"], level) for level in parked.values()]
+        current["parked"] = {}
+        return current, released
+    if message.get("kind") != "level":
+        raise InvalidInput(RejectReason.INVALID_SCHEMA, f"unknown item message {message!r}")
+    location = str(message.get("location"))
+    if current.get("sku") is None:
+        held_level = parked.get(location)
+        if held_level is None or not _older(message, held_level):
+            parked[location] = message
+        current["parked"] = parked
+        return current, []
+    return current, [_inventory_event(current["sku"], message)]
+
+
+def _older(message: dict[str, Any], other: dict[str, Any]) -> bool:
+    mine, theirs = _parse_time(message.get("updated_at")), _parse_time(other.get("updated_at"))
+    return mine is not None and theirs is not None and mine < theirs
+
+
+def _inventory_event(sku: str, level: dict[str, Any]) -> dict[str, Any]:
+    event = {"sku": sku, "on_hand": level["on_hand"], "location": level["location"]}
+    if level.get("updated_at"):
+        event["updated_at"] = level["updated_at"]
+    return event
+
+
+# -- catalog and privacy: the stored documents ----------------------------------------
+
+
+def apply_catalog_change(state: dict[str, Any] | None, change: dict[str, Any]) -> dict[str, Any]:
+    """The next ``product_by_id`` document: the change with a version one higher."""
+    version = _next(state or {})
+    return {**change, "version": version}
+
+
+def redacted(view: dict[str, Any], now: str) -> dict[str, Any] | None:
+    """``view`` without personal data and with a higher version; None if nothing to remove."""
+    if view.get("customer") is None and not view.get("email"):
+        return None
+    version = view.get("version")
+    cleaned = {name: value for name, value in view.items() if name not in {"email", "phone"}}
+    cleaned["customer"] = None
+    cleaned["redacted_at"] = now
+    cleaned["version"] = (version if isinstance(version, int) else 0) + 1
+    return cleaned
+
+
+def personal_data(view: dict[str, Any]) -> dict[str, Any]:
+    """What CartLoom holds about a customer in one order view (for a data request)."""
+    held = {"order_id": view.get("order_id"), "customer": view.get("customer")}
+    return {name: value for name, value in held.items() if value is not None}

@@ -1,0 +1,1 @@
+"""Shopify integration: webhook receiver, signatures, Admin API client, simulator, sync jobs."""

@@ -1,0 +1,206 @@
+"""The webhook receiver's core: verify, check, enqueue durably, answer with the right status.
+
+Framework-neutral (plain aiohttp): the Faust web view (:mod:`cartloom.shopify.webhooks`)
+and the benchmark both call :meth:`WebhookReceiver.handle`. A delivery is answered 200
+only after the Kafka broker acknowledged it (``acks=all``); sends from concurrent requests
+share producer batches (``linger_ms``), so durability costs one batch round trip, not one
+per request. Duplicates are enqueued too (and answered 200): the normaliser drops them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from cartloom import metrics
+from cartloom.domain.errors import InvalidInput
+from cartloom.domain.shopify import KNOWN_TOPICS, resource_key
+from cartloom.settings import Settings
+from cartloom.shopify.signatures import SignatureVerifier
+
+log = logging.getLogger(__name__)
+
+TOPIC = "shopify.webhooks"
+HMAC_HEADER = "X-Shopify-Hmac-Sha256"
+TOPIC_HEADER = "X-Shopify-Topic"
+SHOP_HEADER = "X-Shopify-Shop-Domain"
+WEBHOOK_ID_HEADER = "X-Shopify-Webhook-Id"
+EVENT_ID_HEADER = "X-Shopify-Event-Id"
+TRIGGERED_AT_HEADER = "X-Shopify-Triggered-At"
+API_VERSION_HEADER = "X-Shopify-API-Version"
+RECEIVED_AT_HEADER = "cartloom-received-at"
+#: Shopify headers copied to the Kafka record, lower-cased.
+FORWARDED_HEADERS = (
+    TOPIC_HEADER,
+    SHOP_HEADER,
+    WEBHOOK_ID_HEADER,
+    EVENT_ID_HEADER,
+    TRIGGERED_AT_HEADER,
+    API_VERSION_HEADER,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The HTTP answer to one delivery."""
+
+    status: int
+    body: dict[str, Any]
+
+
+class KafkaEnqueuer:
+    """A batching producer for ``shopify.webhooks``: enqueue returns once the broker has it."""
+
+    def __init__(self, bootstrap_servers: str, linger_ms: int, timeout: float) -> None:
+        self._bootstrap = bootstrap_servers
+        self._linger_ms = linger_ms
+        self._timeout = timeout
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        """Connect; called from the worker's or the app's start hook."""
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            acks="all",
+            linger_ms=self._linger_ms,
+            max_batch_size=256 * 1024,
+            request_timeout_ms=int(self._timeout * 1000),
+            client_id="cartloom-webhooks",
+        )
+        await producer.start()
+        self._producer = producer
+
+    async def stop(self) -> None:
+        """Flush what is in flight and disconnect."""
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+
+    async def enqueue(self, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        """Send one record and wait for the broker's acknowledgement, within the timeout.
+
+        Raises :class:`KafkaUnavailable` if the producer is not running or the broker does
+        not take the record in time.
+        """
+        producer = self._producer
+        if producer is None:
+            raise KafkaUnavailable("producer not started")
+        try:
+            async with asyncio.timeout(self._timeout):
+                delivery = await producer.send(TOPIC, value=value, key=key, headers=headers)
+                await delivery
+        except (KafkaError, TimeoutError) as exc:
+            raise KafkaUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+
+class KafkaUnavailable(RuntimeError):  # noqa: N818 - names the condition the caller answers 503 to
+    """The broker could not take a delivery in time."""
+
+
+class WebhookReceiver:
+    """Turns one HTTP request into an :class:`Answer`; keeps no per-request state."""
+
+    def __init__(self, verifier: SignatureVerifier, enqueuer: KafkaEnqueuer, max_bytes: int):
+        self.verifier = verifier
+        self.enqueuer = enqueuer
+        self.max_bytes = max_bytes
+
+    async def handle(self, request: web.Request) -> Answer:
+        """Answer a delivery: 200, 400, 401, 413 or 503 (see the module docstring)."""
+        started = time.perf_counter()
+        headers = request.headers
+        topic = headers.get(TOPIC_HEADER, "")
+        label = topic if topic in KNOWN_TOPICS else "other"
+        answer = await self._answer(request, headers, topic)
+        outcome = _OUTCOMES[answer.status]
+        metrics.SHOPIFY_WEBHOOKS_RECEIVED.labels(topic=label, outcome=outcome).inc()
+        metrics.SHOPIFY_WEBHOOK_SECONDS.observe(time.perf_counter() - started)
+        return answer
+
+    async def _answer(self, request: web.Request, headers: Mapping[str, str], topic: str) -> Answer:
+        declared = request.content_length
+        if declared is not None and declared > self.max_bytes:
+            return Answer(413, {"error": f"body larger than {self.max_bytes} bytes"})
+        body = await request.content.read(self.max_bytes + 1)
+        if len(body) > self.max_bytes:
+            return Answer(413, {"error": f"body larger than {self.max_bytes} bytes"})
+        shop = headers.get(SHOP_HEADER)
+        if not self.verifier.verify(body, headers.get(HMAC_HEADER), shop):
+            return Answer(401, {"error": "missing or invalid X-Shopify-Hmac-Sha256"})
+        webhook_id = headers.get(WEBHOOK_ID_HEADER)
+        if not topic or not shop or not webhook_id:
+            return Answer(400, {"error": "missing X-Shopify-Topic, -Shop-Domain or -Webhook-Id"})
+        try:
+            payload = orjson.loads(body)
+            if not isinstance(payload, dict):
+                return Answer(400, {"error": "body is not a JSON object"})
+            key = resource_key(topic, shop.lower(), payload)
+        except orjson.JSONDecodeError:
+            return Answer(400, {"error": "body is not JSON"})
+        except InvalidInput as exc:
+            return Answer(400, {"error": exc.detail})
+        record_headers = [
+            (name.lower(), headers[name].encode()) for name in FORWARDED_HEADERS if name in headers
+        ]
+        record_headers.append((RECEIVED_AT_HEADER, repr(time.time()).encode()))
+        try:
+            await self.enqueuer.enqueue(key.encode(), body, record_headers)
+        except KafkaUnavailable as exc:
+            log.warning("webhook %s not enqueued, answering 503: %s", topic, exc)
+            return Answer(503, {"error": "cannot enqueue now, retry later"})
+        return Answer(200, {"status": "accepted"})
+
+
+_OUTCOMES = {
+    200: "accepted",
+    400: "malformed",
+    401: "unauthorized",
+    413: "oversized",
+    503: "unavailable",
+}
+
+
+def build_receiver(settings: Settings) -> WebhookReceiver:
+    """The receiver configured from ``settings`` (its producer is started separately)."""
+    verifier = SignatureVerifier(settings.shopify_webhook_secret, settings.shopify_shop_secrets)
+    if not verifier.configured:
+        log.warning("no Shopify webhook secret configured: every delivery will get 401")
+    enqueuer = KafkaEnqueuer(
+        settings.bootstrap_servers,
+        settings.shopify_producer_linger_ms,
+        settings.shopify_webhook_enqueue_timeout,
+    )
+    return WebhookReceiver(verifier, enqueuer, settings.shopify_webhook_max_bytes)
+
+
+def standalone_app(receiver: WebhookReceiver) -> web.Application:
+    """A bare aiohttp app serving only ``POST /webhooks/shopify`` (benchmarks, simulations)."""
+
+    async def handler(request: web.Request) -> web.Response:
+        answer = await receiver.handle(request)
+        return web.json_response(answer.body, status=answer.status, dumps=_dumps)
+
+    async def on_startup(_: web.Application) -> None:
+        await receiver.enqueuer.start()
+
+    async def on_cleanup(_: web.Application) -> None:
+        await receiver.enqueuer.stop()
+
+    app = web.Application(client_max_size=receiver.max_bytes + 1)
+    app.router.add_post("/webhooks/shopify", handler)
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
