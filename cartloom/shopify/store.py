@@ -73,7 +73,7 @@ class SimulatedStore:
         """Create a product with one variant per SKU and ``stock`` units of each."""
         now = self._now()
         product_id = next(self._ids)
-        variants = []
+        variants: list[dict[str, Any]] = []
         for sku in skus:
             variant_id, item_id = next(self._ids), next(self._ids)
             self.items[item_id] = {"sku": sku, "available": stock, "updated_at": now}
