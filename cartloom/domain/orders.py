@@ -8,6 +8,7 @@ to DynamoDB and Redis. Both are pure: the caller passes ``now``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, NotRequired, TypedDict
 
 from cartloom.domain.errors import InvalidInput, RejectReason
@@ -37,8 +38,50 @@ class TransitionView(TypedDict):
     reason: str | None
 
 
+class ReservationLineView(TypedDict):
+    """What the saga knows about one line: units granted, shipped, refunded and released.
+
+    ``granted`` is None and ``outcome`` ``pending`` until the SKU's partition answered;
+    ``released`` counts refunded units that had not shipped (given back to stock).
+    """
+
+    line: int
+    sku: str
+    requested: int
+    granted: int | None
+    outcome: str
+    fulfilled: int
+    refunded: int
+    released: int
+
+
+class RejectionView(TypedDict):
+    """Why an order was rejected: which SKU, how many asked for, available, how short."""
+
+    reason: str
+    sku: str
+    requested: int
+    available: int | None
+    short_by: int | None
+
+
+class OversoldView(TypedDict):
+    """A line of an order Shopify already accepted that CartLoom could not fully reserve."""
+
+    line: int
+    sku: str
+    short_by: int
+
+
 class OrderView(TypedDict):
-    """The stored and materialised form of an order."""
+    """The stored and materialised form of an order.
+
+    Beyond the public fields (``order_id``, ``status``, ``lines``, ``version``,
+    ``history``), it carries the saga's bookkeeping: per-line ``reservations``, the
+    ``deadline_at`` by which they resolve, the ``expires_at`` of an unpaid reservation,
+    lifecycle events waiting for the reservation outcome (``deferred``) and the keys of
+    recently applied events (``recent_events``, ``last_event_*``) that make replays no-ops.
+    """
 
     order_id: str
     source: str
@@ -48,6 +91,16 @@ class OrderView(TypedDict):
     version: int
     updated_at: str
     history: list[TransitionView]
+    accepted_upstream: bool
+    reservations: list[ReservationLineView]
+    deadline_at: str | None
+    expires_at: str | None
+    rejection: RejectionView | None
+    oversold: list[OversoldView]
+    deferred: list[dict[str, Any]]
+    recent_events: list[str]
+    last_event_version: int | None
+    last_event_at: str | None
     currency: NotRequired[str | None]
     total_price: NotRequired[str | None]
     customer: NotRequired[dict[str, Any] | None]
@@ -72,6 +125,7 @@ class PlacedOrder:
     currency: str | None = None
     total_price: str | None = None
     customer: dict[str, Any] | None = None
+    accepted_upstream: bool = False
 
 
 def parse_order(payload: dict[str, Any], *, key: str | None = None) -> PlacedOrder:
@@ -94,6 +148,9 @@ def parse_order(payload: dict[str, Any], *, key: str | None = None) -> PlacedOrd
     customer = payload.get("customer")
     if customer is not None and not isinstance(customer, dict):
         raise InvalidInput(RejectReason.INVALID_SCHEMA, "customer must be an object")
+    accepted_upstream = payload.get("accepted_upstream", False)
+    if not isinstance(accepted_upstream, bool):
+        raise InvalidInput(RejectReason.INVALID_SCHEMA, "accepted_upstream must be a boolean")
     return PlacedOrder(
         order_id=order_id,
         source=require_str(payload, "source", max_len=64),
@@ -102,6 +159,7 @@ def parse_order(payload: dict[str, Any], *, key: str | None = None) -> PlacedOrd
         currency=optional_str(payload, "currency", max_len=3),
         total_price=_optional_price(payload),
         customer=customer,
+        accepted_upstream=accepted_upstream,
     )
 
 
@@ -126,8 +184,12 @@ def _optional_price(payload: dict[str, Any]) -> str | None:
     return str(value)
 
 
-def new_order_view(order: PlacedOrder, now: str) -> OrderView:
-    """The first stored version of ``order``: status ``received``, version 1."""
+def new_order_view(order: PlacedOrder, now: str, *, deadline_seconds: float = 30.0) -> OrderView:
+    """The first stored version of ``order``: status ``received``, version 1.
+
+    Every line starts ``pending``; the saga must resolve them by ``deadline_at``.
+    """
+    deadline = datetime.fromisoformat(now) + timedelta(seconds=deadline_seconds)
     return OrderView(
         order_id=order.order_id,
         source=order.source,
@@ -137,6 +199,28 @@ def new_order_view(order: PlacedOrder, now: str) -> OrderView:
         version=1,
         updated_at=now,
         history=[TransitionView(status="received", at=now, reason=None)],
+        accepted_upstream=order.accepted_upstream,
+        reservations=[
+            ReservationLineView(
+                line=index,
+                sku=line.sku,
+                requested=line.quantity,
+                granted=None,
+                outcome="pending",
+                fulfilled=0,
+                refunded=0,
+                released=0,
+            )
+            for index, line in enumerate(order.lines)
+        ],
+        deadline_at=deadline.isoformat(timespec="milliseconds"),
+        expires_at=None,
+        rejection=None,
+        oversold=[],
+        deferred=[],
+        recent_events=[],
+        last_event_version=None,
+        last_event_at=None,
         currency=order.currency,
         total_price=order.total_price,
         customer=order.customer,

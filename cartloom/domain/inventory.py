@@ -1,0 +1,174 @@
+"""Stock per SKU: ``on_hand``, ``reserved``, ``available`` and how stock messages change them.
+
+The inventory view is the value of the ``inventory_by_sku`` table and the document the
+sinks materialise. ``on_hand`` is the physical count (what the warehouse or Shopify last
+reported, plus adjustments, minus goods CartLoom saw leave); ``reserved`` is the sum of the
+units CartLoom's open reservations hold (see :mod:`cartloom.domain.ledger`), so
+``available = on_hand - reserved`` counts every reserved unit exactly once. The model and
+its ordering rules are written down in ``docs/inventory.md``. Pure: callers pass ``now``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, TypedDict
+
+from cartloom.domain.errors import InvalidInput, RejectReason
+from cartloom.domain.payloads import optional_str, require_int, require_str, require_timestamp
+
+#: Key of ``level_at`` for a level reported without a location (the SKU's total).
+TOTAL = "*"
+
+
+class InventoryView(TypedDict):
+    """The stored and materialised form of one SKU's stock."""
+
+    sku: str
+    on_hand: int
+    reserved: int
+    available: int
+    version: int
+    locations: dict[str, int]
+    updated_at: str
+    level_at: dict[str, str]
+    source_offset: int
+    oversold: int
+
+
+class StockOutcome(StrEnum):
+    """What a stock message did; bounded, safe as a metric label."""
+
+    APPLIED = "applied"
+    STALE = "stale"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class StockLevel:
+    """An absolute level: the source counted ``on_hand`` units (at ``location``) then."""
+
+    sku: str
+    on_hand: int
+    location: str | None = None
+    updated_at: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StockAdjustment:
+    """A relative change: ``delta`` units arrived (positive) or were written off (negative)."""
+
+    sku: str
+    delta: int
+    location: str | None = None
+    updated_at: str | None = None
+
+
+StockUpdate = StockLevel | StockAdjustment
+
+
+def parse_stock_message(payload: dict[str, Any], *, key: str | None = None) -> StockUpdate:
+    """Validate an ``inventory`` message; raise :class:`InvalidInput` naming the problem.
+
+    Exactly one of ``on_hand`` (absolute, >= 0) and ``delta`` (non-zero) must be present;
+    ``key``, when given, must equal ``sku`` so the SKU stays on the partition that owns it.
+    """
+    sku = require_str(payload, "sku", max_len=128)
+    if key is not None and key != sku:
+        raise InvalidInput(
+            RejectReason.KEY_MISMATCH, f"message key {key!r} differs from sku {sku!r}"
+        )
+    location = optional_str(payload, "location", max_len=128)
+    updated_at = require_timestamp(payload, "updated_at") if "updated_at" in payload else None
+    has_level, has_delta = "on_hand" in payload, "delta" in payload
+    if has_level == has_delta:
+        raise InvalidInput(
+            RejectReason.INVALID_SCHEMA, "exactly one of on_hand and delta must be given"
+        )
+    if has_level:
+        level = require_int(payload, "on_hand", minimum=0)
+        return StockLevel(sku, level, location, updated_at)
+    delta = require_int(payload, "delta")
+    if delta == 0:
+        raise InvalidInput(RejectReason.INVALID_SCHEMA, "delta must not be 0")
+    return StockAdjustment(sku, delta, location, updated_at)
+
+
+def empty_inventory(sku: str, now: str) -> InventoryView:
+    """A SKU CartLoom has heard nothing about: no stock, nothing reserved, version 0."""
+    return InventoryView(
+        sku=sku,
+        on_hand=0,
+        reserved=0,
+        available=0,
+        version=0,
+        locations={},
+        updated_at=now,
+        level_at={},
+        source_offset=-1,
+        oversold=0,
+    )
+
+
+def with_counts(view: InventoryView, *, on_hand: int, reserved: int, now: str) -> InventoryView:
+    """A copy of ``view`` with new counts, ``available`` recomputed and the version bumped."""
+    changed = view.copy()
+    changed["on_hand"] = on_hand
+    changed["reserved"] = reserved
+    changed["available"] = on_hand - reserved
+    changed["version"] = view["version"] + 1
+    changed["updated_at"] = now
+    return changed
+
+
+def apply_stock(
+    view: InventoryView, update: StockUpdate, *, offset: int | None, now: str
+) -> tuple[InventoryView, StockOutcome]:
+    """Apply one ``inventory`` message to ``view``; reservations are left as they are.
+
+    ``offset`` is the message's offset in the ``inventory`` topic: one partition owns the
+    SKU, so a message at or below the last applied offset is a redelivery (DUPLICATE). An
+    absolute level older than the last level applied for its location is STALE. Both leave
+    ``view`` unchanged. ``on_hand`` never drops below 0; ``available`` may go negative when
+    the source counts fewer units than CartLoom holds reservations for (see the docs).
+    """
+    if offset is not None and offset <= view["source_offset"]:
+        return view, StockOutcome.DUPLICATE
+    if isinstance(update, StockLevel):
+        return _apply_level(view, update, offset, now)
+    locations = dict(view["locations"])
+    if update.location is not None:
+        locations[update.location] = max(0, locations.get(update.location, 0) + update.delta)
+    on_hand = max(0, view["on_hand"] + update.delta)
+    changed = with_counts(view, on_hand=on_hand, reserved=view["reserved"], now=now)
+    changed["locations"] = locations
+    changed["source_offset"] = view["source_offset"] if offset is None else offset
+    return changed, StockOutcome.APPLIED
+
+
+def _apply_level(
+    view: InventoryView, level: StockLevel, offset: int | None, now: str
+) -> tuple[InventoryView, StockOutcome]:
+    where = level.location or TOTAL
+    last = view["level_at"].get(where)
+    if level.updated_at is not None and last is not None and _older(level.updated_at, last):
+        return view, StockOutcome.STALE
+    level_at = dict(view["level_at"])
+    if level.updated_at is not None:
+        level_at[where] = level.updated_at
+    if level.location is None:
+        locations: dict[str, int] = {}
+        on_hand = level.on_hand
+    else:
+        locations = {**view["locations"], level.location: level.on_hand}
+        on_hand = sum(locations.values())
+    changed = with_counts(view, on_hand=on_hand, reserved=view["reserved"], now=now)
+    changed["locations"] = locations
+    changed["level_at"] = level_at
+    changed["source_offset"] = view["source_offset"] if offset is None else offset
+    return changed, StockOutcome.APPLIED
+
+
+def _older(candidate: str, reference: str) -> bool:
+    return datetime.fromisoformat(candidate) < datetime.fromisoformat(reference)
