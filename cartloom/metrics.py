@@ -5,7 +5,7 @@ Label values are bounded sets (topics, reason codes, stores, outcomes): never or
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 ORDERS_RECEIVED = Counter(
     "cartloom_orders_received_total",
@@ -138,4 +138,14 @@ SHOPIFY_WRITEBACKS = Counter(
     "cartloom_shopify_writebacks_total",
     "Inventory write-backs to Shopify, by outcome (applied, already_applied, conflict, failed).",
     ["outcome"],
+)
+WORKER_INFO = Info(
+    "cartloom_worker",
+    "The worker's app id (its consumer group), to label per-group queries; value always 1.",
+)
+EVENT_DELAY_SECONDS = Histogram(
+    "cartloom_event_delay_seconds",
+    "Time from a record's Kafka timestamp until its agent finished processing it, by topic.",
+    ["topic"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
 )

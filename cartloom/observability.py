@@ -12,11 +12,15 @@ that one registry.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import faust
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+from faust.types import TP, EventT, StreamT
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from cartloom.metrics import EVENT_DELAY_SECONDS
 
 #: Buckets in seconds for event, send, commit and HTTP latencies (1 ms .. 10 s).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -130,6 +134,24 @@ def faust_metrics(registry: CollectorRegistry = REGISTRY) -> FaustMetrics:
     )
 
 
+class CartLoomMonitor(PrometheusMonitor):
+    """Faust's Prometheus monitor plus the end-to-end delay of each processed event."""
+
+    def on_stream_event_out(
+        self,
+        tp: TP,
+        offset: int,
+        stream: StreamT[Any],
+        event: EventT[Any],
+        state: dict[str, Any] | None = None,
+    ) -> None:
+        """Record Faust's figures, then the delay since the record was produced."""
+        super().on_stream_event_out(tp, offset, stream, event, state)
+        produced_at = event.message.timestamp
+        if produced_at:
+            EVENT_DELAY_SECONDS.labels(tp.topic).observe(max(0.0, time.time() - produced_at))
+
+
 _METRICS: FaustMetrics | None = None
 
 
@@ -142,5 +164,5 @@ def install_prometheus_monitor(app: faust.App, registry: CollectorRegistry = REG
     global _METRICS  # one metric set per process, like any module-level metric
     if _METRICS is None:
         _METRICS = faust_metrics(registry)
-    if not isinstance(app._monitor, PrometheusMonitor):
-        app.monitor = PrometheusMonitor(metrics=_METRICS)
+    if not isinstance(app._monitor, CartLoomMonitor):
+        app.monitor = CartLoomMonitor(metrics=_METRICS)
