@@ -69,6 +69,16 @@ WORKER_READY = Gauge(
     "cartloom_worker_ready",
     "1 when the worker is ready (tables recovered, partitions assigned, broker reachable).",
 )
+WORKER_INFO = Info(
+    "cartloom_worker",
+    "The worker's app id (its consumer group), to label per-group queries; value always 1.",
+)
+EVENT_DELAY_SECONDS = Histogram(
+    "cartloom_event_delay_seconds",
+    "Time from a record's Kafka timestamp until its agent finished processing it, by topic.",
+    ["topic"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
 
 # --- Shopify (cartloom.shopify, cartloom.agents.shopify) ---
 SHOPIFY_WEBHOOKS_RECEIVED = Counter(
@@ -138,14 +148,4 @@ SHOPIFY_WRITEBACKS = Counter(
     "cartloom_shopify_writebacks_total",
     "Inventory write-backs to Shopify, by outcome (applied, already_applied, conflict, failed).",
     ["outcome"],
-)
-WORKER_INFO = Info(
-    "cartloom_worker",
-    "The worker's app id (its consumer group), to label per-group queries; value always 1.",
-)
-EVENT_DELAY_SECONDS = Histogram(
-    "cartloom_event_delay_seconds",
-    "Time from a record's Kafka timestamp until its agent finished processing it, by topic.",
-    ["topic"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
 )
