@@ -58,7 +58,11 @@ class SimulatedStore:
     items: dict[int, dict[str, Any]] = field(default_factory=dict)
     orders: dict[int, dict[str, Any]] = field(default_factory=dict)
     history: list[WebhookEvent] = field(default_factory=list)
-    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1_000_001))
+    first_id: int = 1_000_001
+    _ids: itertools.count[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._ids = itertools.count(self.first_id)
 
     def _now(self) -> str:
         return self.clock().isoformat()

@@ -1,0 +1,304 @@
+"""Shopify webhooks on real servers: statuses, durable enqueue, normalisation, privacy.
+
+A worker of its own (app id ``cartloom-shopify``, so its consumer groups and tables are
+separate from the shared worker's) with a webhook secret and a small body limit. The
+tests deliver signed webhooks over HTTP as Shopify would and read Kafka, DynamoDB and
+Redis with their own clients.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+from redis.asyncio import Redis
+
+from cartloom.devstack.stack import StackState
+from cartloom.shopify.delivery import DeliveryPlan, SignedDelivery, post, signed
+from cartloom.shopify.signatures import sign
+from cartloom.shopify.store import SimulatedStore, WebhookEvent
+from tests.harness import WorkerProcess, eventually, start_worker, wait_ready
+
+pytestmark = pytest.mark.integration
+
+SECRET = "whsec-integration"
+MAX_BYTES = 65_536
+
+
+@pytest.fixture(scope="module")
+async def shop_worker(stack: StackState, stack_dir: Path) -> AsyncIterator[WorkerProcess]:
+    process = start_worker(
+        stack.env,
+        stack_dir,
+        "shopify-worker",
+        extra_env={
+            "CARTLOOM_APP_ID": "cartloom-shopify",
+            "CARTLOOM_SHOPIFY_WEBHOOK_SECRET": f"retired-secret,{SECRET}",
+            "CARTLOOM_SHOPIFY_WEBHOOK_MAX_BYTES": str(MAX_BYTES),
+        },
+    )
+    try:
+        await wait_ready(process)
+        yield process
+    finally:
+        process.stop()
+
+
+def url(worker: WorkerProcess) -> str:
+    return f"{worker.url}/webhooks/shopify"
+
+
+def new_store(prefix: str = "") -> tuple[SimulatedStore, str]:
+    """A store whose ids, SKUs and domain no other test uses."""
+    tag = uuid.uuid4().hex[:8]
+    store = SimulatedStore(
+        domain=f"shop-{prefix}{tag}.myshopify.com", first_id=int(tag, 16) * 10_000
+    )
+    return store, tag
+
+
+class TopicReader:
+    """Reads a topic from the beginning and keeps every record whose key is wanted."""
+
+    def __init__(self, bootstrap: str, topic: str, keys: set[bytes]) -> None:
+        self.keys = keys
+        self.records: list[Any] = []
+        self._consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+
+    async def __aenter__(self) -> TopicReader:
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._consumer.stop()
+
+    async def poll(self) -> list[Any]:
+        batch = await self._consumer.getmany(timeout_ms=300)
+        for records in batch.values():
+            self.records.extend(r for r in records if r.key in self.keys)
+        return self.records
+
+    async def until(self, done: Any, what: str, timeout: float = 90.0) -> list[Any]:
+        async def probe() -> bool:
+            return bool(done(await self.poll()))
+
+        await eventually(probe, timeout=timeout, what=what)
+        return self.records
+
+    def values(self) -> list[tuple[bytes, dict[str, Any]]]:
+        return [(r.key, orjson.loads(r.value)) for r in self.records]
+
+
+async def deliver(worker: WorkerProcess, deliveries: list[SignedDelivery]) -> list[int]:
+    async with aiohttp.ClientSession() as http:
+        return [await post(http, url(worker), d) for d in deliveries]
+
+
+async def test_statuses_forged_malformed_oversized_duplicate(
+    shop_worker: WorkerProcess, bootstrap: str
+) -> None:
+    store, _ = new_store()
+    store.add_product("Status Tee", ["ST-1"])
+    good = signed(store.history[0], store.domain, SECRET)
+
+    def resigned(body: bytes, secret: str = SECRET) -> SignedDelivery:
+        return SignedDelivery(body, {**good.headers, "X-Shopify-Hmac-Sha256": sign(body, secret)})
+
+    unsigned = SignedDelivery(good.body, {k: v for k, v in good.headers.items() if "Hmac" not in k})
+    tampered = SignedDelivery(good.body.replace(b"Status", b"Evil!!"), good.headers)
+    huge = orjson.dumps({"id": 1, "title": "x" * MAX_BYTES})
+    cases = [
+        (resigned(good.body, "not-the-secret"), 401),
+        (unsigned, 401),
+        (tampered, 401),
+        (resigned(b"{not json"), 400),
+        (resigned(b'["an array"]'), 400),
+        (resigned(b'{"title": "no id"}'), 400),
+        (resigned(huge), 413),
+        (good, 200),
+        (good, 200),  # a retry of the same delivery
+        (resigned(good.body, "retired-secret"), 200),  # rotation: both secrets valid
+    ]
+    statuses = await deliver(shop_worker, [delivery for delivery, _ in cases])
+    assert statuses == [status for _, status in cases]
+
+    key = f"{store.domain}/product/{store.history[0].payload['id']}".encode()
+    async with TopicReader(bootstrap, "shopify.webhooks", {key}) as reader:
+        records = await reader.until(lambda r: len(r) >= 3, "accepted deliveries")
+        await reader.poll()
+    assert len(records) == 3  # each accepted delivery was in Kafka before its 200
+    assert all(r.value == good.body for r in records)
+    headers = dict(records[0].headers)
+    assert headers["x-shopify-topic"] == b"products/create"
+    assert headers["x-shopify-webhook-id"] == good.webhook_id.encode()
+    assert "x-shopify-hmac-sha256" not in headers
+
+
+async def test_unknown_topic_is_accepted_and_dead_lettered(
+    shop_worker: WorkerProcess, bootstrap: str
+) -> None:
+    store, tag = new_store()
+    event = WebhookEvent("carts/create", {"id": int(tag, 16)}, f"ev-{tag}", "2026-11-25T10:00:00Z")
+    [status] = await deliver(shop_worker, [signed(event, store.domain, SECRET)])
+    assert status == 200
+    key = f"{store.domain}/carts/create/{int(tag, 16)}".encode()
+    async with TopicReader(bootstrap, "shopify.webhooks.dlq", {key}) as reader:
+        [dead] = await reader.until(bool, "dead letter")
+    headers = dict(dead.headers)
+    assert headers["cartloom-reason"] == b"unknown_topic"
+    assert headers["x-shopify-topic"] == b"carts/create"
+
+
+def history(store: SimulatedStore, sku: str) -> list[int]:
+    """A small store history touching every order, refund, product and inventory topic."""
+    store.add_product(f"{sku} Tee", [f"{sku}-S", f"{sku}-M"], stock=5)
+    first = store.place_order([(f"{sku}-S", 2), (f"{sku}-M", 1)])
+    store.pay(first)
+    store.fulfill(first)
+    second = store.place_order([(f"{sku}-M", 1)])
+    store.pay(second)
+    store.refund(second)
+    third = store.place_order([(f"{sku}-S", 1)])
+    store.cancel(third)
+    store.set_available(f"{sku}-M", 40)
+    return [first, second, third]
+
+
+EXPECTED_EVENTS = [
+    {"paid", "fulfilled"},
+    {"paid", "partially_refunded", "refunded"},
+    {"cancelled"},
+]
+
+
+def events_by_order(reader: TopicReader, orders: list[int]) -> list[set[str]]:
+    seen: dict[bytes, set[str]] = {}
+    for key, value in reader.values():
+        seen.setdefault(key, set()).add(value["event"])
+    return [seen.get(f"shopify-{order}".encode(), set()) for order in orders]
+
+
+def last_levels(reader: TopicReader) -> dict[bytes, int]:
+    """The newest absolute level per SKU, as an inventory consumer would keep it."""
+    newest: dict[bytes, tuple[str, int]] = {}
+    for key, value in reader.values():
+        if key not in newest or value["updated_at"] >= newest[key][0]:
+            newest[key] = (value["updated_at"], value["on_hand"])
+    return {key: level for key, (_, level) in newest.items()}
+
+
+async def run_history(
+    worker: WorkerProcess, bootstrap: str, plan: DeliveryPlan, sku: str
+) -> tuple[SimulatedStore, list[int], list[set[str]], dict[bytes, int]]:
+    store, _ = new_store(sku.lower())
+    orders = history(store, sku)
+    deliveries = plan.schedule([signed(e, store.domain, SECRET) for e in store.history])
+    order_keys = {f"shopify-{order}".encode() for order in orders}
+    skus = {f"{sku}-S".encode(), f"{sku}-M".encode()}
+    async with (
+        TopicReader(bootstrap, "order.events", order_keys) as events,
+        TopicReader(bootstrap, "inventory", skus) as inventory,
+    ):
+        assert set(await deliver(worker, deliveries)) == {200}
+        await events.until(
+            lambda _: events_by_order(events, orders) == EXPECTED_EVENTS, "order events"
+        )
+        expected_levels = {f"{sku}-S".encode(): 3, f"{sku}-M".encode(): 40}
+        await inventory.until(lambda _: last_levels(inventory) == expected_levels, "levels")
+        return store, orders, events_by_order(events, orders), last_levels(inventory)
+
+
+async def test_every_topic_flows_into_the_streams_and_tables(
+    shop_worker: WorkerProcess, bootstrap: str, redis: Redis, dynamodb: Any
+) -> None:
+    store, orders, events, levels = await run_history(
+        shop_worker, bootstrap, DeliveryPlan(), "FLOW"
+    )
+    assert events == EXPECTED_EVENTS
+    assert levels == {b"FLOW-S": 3, b"FLOW-M": 40}
+
+    keys = {f"shopify-{order}".encode() for order in orders}
+    async with TopicReader(bootstrap, "orders", keys) as reader:
+        await reader.until(lambda r: {x.key for x in r} == keys, "orders")
+        first = dict(reader.values())[f"shopify-{orders[0]}".encode()]
+    assert first["accepted_upstream"] is True
+    assert first["source"] == "shopify"
+    assert first["lines"] == [{"sku": "FLOW-S", "quantity": 2}, {"sku": "FLOW-M", "quantity": 1}]
+
+    product_id = str(store.history[0].payload["id"])
+    item = await eventually(
+        lambda: _dynamodb_item(dynamodb, "cartloom-products", "product_id", product_id),
+        what="product in DynamoDB",
+    )
+    assert orjson.loads(item["doc"]["S"])["title"] == "FLOW Tee"
+    cached = await eventually(
+        lambda: redis.hget(f"cartloom:product:{product_id}", "doc"), what="product in Redis"
+    )
+    assert [v["sku"] for v in orjson.loads(cached)["variants"]] == ["FLOW-S", "FLOW-M"]
+
+
+async def test_shuffled_duplicated_history_ends_like_the_ordered_one(
+    shop_worker: WorkerProcess, bootstrap: str
+) -> None:
+    """Levels first, duplicates and retries, any order: the same events and final stock."""
+    plan = DeliveryPlan(duplicate_share=0.5, shuffle=True, seed=3)
+    _, _, events, levels = await run_history(shop_worker, bootstrap, plan, "SHUF")
+    assert events == EXPECTED_EVENTS
+    assert levels == {b"SHUF-S": 3, b"SHUF-M": 40}
+
+
+async def test_customers_redact_removes_personal_data_everywhere(
+    shop_worker: WorkerProcess, redis: Redis, dynamodb: Any
+) -> None:
+    store, _ = new_store("redact")
+    store.add_product("Private Tee", ["PRIV-1"])
+    order = store.place_order([("PRIV-1", 1)], email="grace@example.com")
+    order_id = f"shopify-{order}"
+    await deliver(shop_worker, [signed(e, store.domain, SECRET) for e in store.history])
+    held = await eventually(
+        lambda: _dynamodb_item(dynamodb, "cartloom-orders", "order_id", order_id),
+        what="order in DynamoDB",
+    )
+    assert "grace@example.com" in held["doc"]["S"]
+    before = int(held["version"]["N"])
+
+    store.redact_customer([order])
+    [status] = await deliver(shop_worker, [signed(store.history[-1], store.domain, SECRET)])
+    assert status == 200
+
+    async def redacted_in_dynamodb() -> Any:
+        item = await _dynamodb_item(dynamodb, "cartloom-orders", "order_id", order_id)
+        return item if item and int(item["version"]["N"]) > before else None
+
+    item = await eventually(redacted_in_dynamodb, what="redacted order in DynamoDB")
+    assert "grace@example.com" not in item["doc"]["S"]
+    assert orjson.loads(item["doc"]["S"])["customer"] is None
+
+    async def redacted_in_redis() -> Any:
+        doc = await redis.hget(f"cartloom:order:{order_id}", "doc")
+        return doc if doc and b"grace@example.com" not in doc else None
+
+    await eventually(redacted_in_redis, what="redacted order in Redis")
+    query = f"{shop_worker.url}/orders/{order_id}"
+    async with aiohttp.ClientSession() as http, http.get(query) as response:
+        view = await response.json()
+    assert view["customer"] is None
+    assert "grace@example.com" not in orjson.dumps(view).decode()
+
+
+async def _dynamodb_item(dynamodb: Any, table: str, key: str, value: str) -> Any:
+    response = await dynamodb.get_item(
+        TableName=table, Key={key: {"S": value}}, ConsistentRead=True
+    )
+    return response.get("Item")
