@@ -1,0 +1,89 @@
+"""The receiver answers 503 (within Shopify's 5 s budget) when Kafka cannot take a delivery.
+
+Runs the receiver against a private Tansu broker of its own, so stopping that broker does
+not disturb the session's stack.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
+
+from cartloom.devstack.processes import ServerProcess, free_port, spawn, stop
+from cartloom.devstack.stack import _broker_ready, broker_argv
+from cartloom.kafka_admin import apply_topics
+from cartloom.shopify.delivery import post, signed
+from cartloom.shopify.receiver import KafkaEnqueuer, WebhookReceiver, standalone_app
+from cartloom.shopify.signatures import SignatureVerifier
+from cartloom.shopify.store import SimulatedStore
+from cartloom.topology import load_topology
+from tests.harness import eventually
+
+pytestmark = pytest.mark.integration
+
+SECRET = "whsec-unavailable"
+
+
+@pytest.fixture
+async def private_broker(tmp_path: Path) -> AsyncIterator[tuple[ServerProcess, str]]:
+    port = free_port()
+    server = spawn("private-broker", broker_argv(port), tmp_path, port)
+
+    async def ready() -> bool:
+        try:
+            return await _broker_ready(port)
+        except Exception:
+            return False
+
+    try:
+        await eventually(ready, timeout=30, what="private broker")
+        bootstrap = f"127.0.0.1:{port}"
+        spec = load_topology().topic("shopify.webhooks")
+        await apply_topics(bootstrap, [spec])
+        yield server, bootstrap
+    finally:
+        stop(server)
+
+
+async def test_503_when_the_broker_is_gone_and_200_while_it_is_up(
+    private_broker: tuple[ServerProcess, str],
+) -> None:
+    server, bootstrap = private_broker
+    receiver = WebhookReceiver(
+        SignatureVerifier([SecretStr(SECRET)]),
+        KafkaEnqueuer(bootstrap, linger_ms=5, timeout=2.0),
+        max_bytes=1_048_576,
+    )
+    store = SimulatedStore()
+    store.add_product("Outage Tee", ["OUT-1"])
+    async with TestServer(standalone_app(receiver)) as web, aiohttp.ClientSession() as http:
+        url = str(web.make_url("/webhooks/shopify"))
+        assert await post(http, url, signed(store.history[0], store.domain, SECRET)) == 200
+        stop(server)
+        started = time.monotonic()
+        status = await post(http, url, signed(store.history[1], store.domain, SECRET))
+        elapsed = time.monotonic() - started
+    assert status == 503
+    assert elapsed < 5.0
+
+
+async def test_503_before_the_producer_has_started() -> None:
+    receiver = WebhookReceiver(
+        SignatureVerifier([SecretStr(SECRET)]),
+        KafkaEnqueuer(f"127.0.0.1:{free_port()}", linger_ms=5, timeout=1.0),
+        max_bytes=1_048_576,
+    )
+    store = SimulatedStore()
+    store.add_product("Early Tee", ["EARLY-1"])
+    app = standalone_app(receiver)
+    app.on_startup.clear()  # the producer never starts, as in a worker still booting
+    app.on_cleanup.clear()
+    async with TestServer(app) as web, aiohttp.ClientSession() as http:
+        url = str(web.make_url("/webhooks/shopify"))
+        assert await post(http, url, signed(store.history[0], store.domain, SECRET)) == 503
