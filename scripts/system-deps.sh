@@ -9,6 +9,8 @@ NEEDED=(
   # tests/deploy: `kubectl kustomize` renders deploy/k8s. Any kubectl >= 1.20 will do (the
   # manifests stay within what its embedded kustomize understands); Debian's is 1.20.
   "kubectl:kubernetes-client"
+  # promtool checks Prometheus configs and rules (tests/deploy, tests of deploy/prometheus).
+  "promtool:prometheus"
 )
 
 missing=()
