@@ -16,6 +16,8 @@ from cartloom.topology import Topology, load_topology
 #: Modules whose decorators register agents, tables, services and web views.
 AUTODISCOVER = [
     "cartloom.agents.orders",
+    "cartloom.agents.inventory",
+    "cartloom.agents.saga",
     "cartloom.agents.materialise",
     "cartloom.agents.shopify",
     "cartloom.shopify.webhooks",

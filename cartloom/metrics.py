@@ -15,6 +15,61 @@ ORDERS_DUPLICATE = Counter(
     "cartloom_orders_duplicate_total",
     "Order messages for an order already known (redeliveries, replays); changed nothing.",
 )
+ORDER_INPUTS = Counter(
+    "cartloom_order_inputs_total",
+    "Inputs handled by the orders agent, by input (order, event, result, timeout) and outcome"
+    " (applied, deferred, duplicate, stale, illegal, ignored).",
+    ["input", "outcome"],
+)
+ORDER_TRANSITIONS = Counter(
+    "cartloom_order_transitions_total",
+    "Orders that moved to a new status, by the status reached.",
+    ["status"],
+)
+ORDER_TRANSITIONS_REFUSED = Counter(
+    "cartloom_order_transitions_refused_total",
+    "Lifecycle events the state machine forbids (refused, logged with the order id).",
+)
+RESERVATIONS = Counter(
+    "cartloom_reservations_total",
+    "Reserve commands answered for the first time, by outcome (reserved, partial, short, refused).",
+    ["outcome"],
+)
+RESERVED_UNITS_RELEASED = Counter(
+    "cartloom_reserved_units_released_total",
+    "Reserved units given back to available, by reason (rejected, cancelled, refunded, expired,"
+    " deadline).",
+    ["reason"],
+)
+RESERVATIONS_EXPIRED = Counter(
+    "cartloom_reservations_expired_total",
+    "Reservation lines released because the order stayed unpaid past the reservation TTL.",
+)
+OVERSOLD_UNITS = Counter(
+    "cartloom_oversold_units_total",
+    "Units of orders Shopify already accepted that CartLoom could not reserve.",
+)
+STOCK_UPDATES = Counter(
+    "cartloom_stock_updates_total",
+    "Stock messages (levels, adjustments), by outcome (applied, stale, duplicate).",
+    ["outcome"],
+)
+SAGA_NUDGES = Counter(
+    "cartloom_saga_nudges_total",
+    "Overdue orders nudged by the timer, by kind (deadline, expire).",
+    ["kind"],
+)
+AGENT_BATCH_SECONDS = Histogram(
+    "cartloom_agent_batch_seconds",
+    "Time to handle one batch of events, by agent (orders, stock).",
+    ["agent"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+DEAD_LETTERS_REPLAYED = Counter(
+    "cartloom_dead_letters_replayed_total",
+    "Dead letters sent back to their source topic by `cartloom dlq replay`, by topic.",
+    ["topic"],
+)
 DEAD_LETTERS = Counter(
     "cartloom_dead_letters_total",
     "Messages sent to a dead-letter topic, by source topic and reason.",

@@ -54,6 +54,22 @@ class Settings(BaseSettings):
     )
     stream_buffer_maxsize: int = Field(4096, ge=1, description="Events buffered per partition.")
 
+    reservation_ttl_seconds: float = Field(
+        1800.0, ge=0, description="Unpaid channel reservations are released after this (0 = never)."
+    )
+    saga_deadline_seconds: float = Field(
+        30.0, gt=0, description="An order whose line answers are missing is resolved after this."
+    )
+    saga_scan_interval_seconds: float = Field(
+        1.0, gt=0, description="How often each worker looks for overdue orders."
+    )
+    order_batch_max: int = Field(
+        1000, ge=1, description="Most events the order and stock agents handle per batch."
+    )
+    order_batch_within_seconds: float = Field(
+        0.05, gt=0, description="Longest wait to fill a batch of the order and stock agents."
+    )
+
     sinks_enabled: bool = Field(True, description="Run the DynamoDB and Redis sinks in the worker.")
     sink_batch_max: int = Field(1000, ge=1, description="Most changes read per sink batch.")
     sink_concurrency: int = Field(32, ge=1, description="Conditional writes in flight per store.")

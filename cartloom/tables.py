@@ -26,6 +26,8 @@ def declared_table(name: str) -> faust.types.TableT[str, Any]:
 
 
 order_by_id = declared_table("order_by_id")
+inventory_by_sku = declared_table("inventory_by_sku")
+reservation_by_line = declared_table("reservation_by_line")
 
 # Shopify (cartloom.agents.shopify)
 shopify_delivery_by_resource = declared_table("shopify_delivery_by_resource")

@@ -30,6 +30,44 @@ orders_dlq_topic = declared_topic("orders.dlq")
 inventory_topic = declared_topic("inventory")
 order_events_topic = declared_topic("order.events")
 
+# Orders and inventory (cartloom.agents.orders, .inventory, .saga): the internal saga topics,
+# the remaining dead-letter topics, and the co-partitioned subscriptions of the two agents.
+order_events_dlq_topic = declared_topic("order.events.dlq")
+inventory_dlq_topic = declared_topic("inventory.dlq")
+inventory_commands_topic = declared_topic("inventory.commands")
+inventory_commands_dlq_topic = declared_topic("inventory.commands.dlq")
+reservation_results_topic = declared_topic("reservation.results")
+reservation_results_dlq_topic = declared_topic("reservation.results.dlq")
+order_timeouts_topic = declared_topic("order.timeouts")
+order_timeouts_dlq_topic = declared_topic("order.timeouts.dlq")
+inventory_alerts_topic = declared_topic("inventory.alerts")
+
+
+def co_partitioned_topics(*names: str) -> faust.TopicT:
+    """One subscription to several topics keyed by the same entity (one agent, one writer).
+
+    They must have the same partition count, so partition N of each lands on one worker.
+    """
+    specs = [topology.topic(name) for name in names]
+    if len({spec.partitions for spec in specs}) != 1:
+        raise ValueError(f"topics {names} must have the same number of partitions")
+    return app.topic(
+        *names,
+        partitions=specs[0].partitions,
+        replicas=specs[0].replication_factor,
+        key_serializer="raw",
+        value_serializer="raw",
+        internal=False,
+    )
+
+
+#: Everything keyed by order id that changes an order; the orders agent reads it.
+order_inputs = co_partitioned_topics(
+    "orders", "order.events", "reservation.results", "order.timeouts"
+)
+#: Everything keyed by SKU that changes stock; the inventory agent reads it.
+stock_inputs = co_partitioned_topics("inventory", "inventory.commands")
+
 # Shopify (cartloom.shopify, cartloom.agents.shopify)
 shopify_webhooks_topic = declared_topic("shopify.webhooks")
 shopify_webhooks_dlq_topic = declared_topic("shopify.webhooks.dlq")

@@ -1,58 +1,121 @@
-"""Order intake: ``orders`` topic -> validated order in ``order_by_id`` (status ``received``)."""
+"""The orders agent: the single writer of ``order_by_id`` and of ``inventory.commands``.
+
+It reads everything keyed by order id (``orders``, ``order.events``,
+``reservation.results``, ``order.timeouts``) in batches, hands each event to the pure
+domain (:mod:`cartloom.domain.orders`, ``.lifecycle``, ``.saga``), writes each changed
+order once per batch and sends the ledger commands the domain decided on, keyed by SKU.
+What cannot be processed goes to the source topic's ``.dlq`` with the reason.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import faust
 
 from cartloom import metrics
-from cartloom.app import app
+from cartloom.agents.batching import Outbox, TableBatch, event_key, handle_batch
+from cartloom.app import app, settings
 from cartloom.clock import utc_now_iso
-from cartloom.deadletter import send_to_dead_letter
+from cartloom.dlq import dead_letter_topic
 from cartloom.domain.errors import InvalidInput, RejectReason
-from cartloom.domain.orders import new_order_view, parse_order
+from cartloom.domain.ledger import Command, command_to_json, parse_result
+from cartloom.domain.lifecycle import OrderStep, StepOutcome, apply_order_event, parse_order_event
+from cartloom.domain.orders import OrderView, new_order_view, parse_order
 from cartloom.domain.payloads import decode_json_object
+from cartloom.domain.saga import (
+    apply_reservation_result,
+    parse_timeout,
+    reserve_commands,
+    resolve_timeout,
+    settle_commands,
+)
 from cartloom.tables import order_by_id
-from cartloom.topics import orders_dlq_topic, orders_topic
+from cartloom.topics import inventory_commands_topic, order_inputs
 
 log = logging.getLogger(__name__)
 
 
-@app.agent(orders_topic)
-async def accept_orders(stream: faust.StreamT[bytes]) -> None:
-    """Store each new order once; send what cannot be processed to ``orders.dlq``."""
-    async for event in stream.events():
-        try:
-            accept_order(event)
-        except InvalidInput as exc:
-            await send_to_dead_letter(orders_dlq_topic, event, exc.reason, exc.detail)
-        except Exception as exc:  # a bug must not drop the event: dead-letter it, keep moving
-            log.exception("order at %s offset %s failed", event.message.tp, event.message.offset)
-            detail = f"{type(exc).__name__}: {exc}"
-            await send_to_dead_letter(
-                orders_dlq_topic, event, RejectReason.PROCESSING_ERROR, detail
+@app.agent(order_inputs)
+async def process_orders(stream: faust.StreamT[bytes]) -> None:
+    """Handle order inputs a batch at a time; nothing is acknowledged without a trace."""
+    batch_max, within = settings.order_batch_max, settings.order_batch_within_seconds
+    async for events in cast(Any, stream).take_events(batch_max, within):
+        orders, outbox = TableBatch(order_by_id), Outbox()
+        handler = OrderHandler(orders, outbox)
+        await handle_batch(
+            events, handler.handle, (orders.flush, outbox.flush), dead_letter_topic, "orders"
+        )
+
+
+class OrderHandler:
+    """Dispatches one event by its topic to the domain and records what it decided."""
+
+    def __init__(self, orders: TableBatch, outbox: Outbox) -> None:
+        self.orders, self.outbox = orders, outbox
+        self.now = utc_now_iso()  # one clock reading per batch
+
+    def handle(self, event: faust.EventT[Any]) -> None:
+        """Apply one event; raise :class:`InvalidInput` for what belongs in a dead-letter topic."""
+        topic, key = event.message.topic, event_key(event)
+        payload = decode_json_object(event.value)
+        if topic == "orders":
+            self._order(event, payload, key)
+        elif topic == "order.events":
+            lifecycle_event = parse_order_event(payload, key=key)
+            self._step(
+                "event", event, apply_order_event(self._known(key), lifecycle_event, self.now)
             )
+        elif topic == "reservation.results":
+            result = parse_result(payload, key=key)
+            step = apply_reservation_result(
+                self._known(key), result, self.now, ttl_seconds=settings.reservation_ttl_seconds
+            )
+            self._step("result", event, step)
+        else:
+            order_id, kind = parse_timeout(payload, key=key)
+            view = self.orders.get(order_id)
+            if view is not None:
+                ttl = settings.reservation_ttl_seconds
+                self._step("timeout", event, resolve_timeout(view, kind, self.now, ttl_seconds=ttl))
 
+    def _order(self, event: faust.EventT[Any], payload: dict[str, Any], key: str) -> None:
+        order = parse_order(payload, key=key)
+        known: OrderView | None = self.orders.get(order.order_id)
+        if known is not None:  # a redelivery or replay: repeat what the order implies
+            metrics.ORDERS_DUPLICATE.inc()
+            metrics.ORDER_INPUTS.labels(input="order", outcome="duplicate").inc()
+            self._send(settle_commands(known))
+            return
+        view = new_order_view(order, self.now, deadline_seconds=settings.saga_deadline_seconds)
+        self.orders.put(order.order_id, view, event.message.partition)
+        self._send(reserve_commands(view))
+        metrics.ORDERS_RECEIVED.inc()
+        metrics.ORDER_INPUTS.labels(input="order", outcome="applied").inc()
 
-def accept_order(event: faust.EventT[Any]) -> None:
-    """Validate one ``orders`` event and store it unless the order is already known."""
-    key = _decode_key(event.key)
-    order = parse_order(decode_json_object(event.value), key=key)
-    if order_by_id.get(order.order_id) is not None:
-        metrics.ORDERS_DUPLICATE.inc()
-        return
-    order_by_id[order.order_id] = new_order_view(order, utc_now_iso())
-    metrics.ORDERS_RECEIVED.inc()
+    def _known(self, order_id: str) -> OrderView:
+        view: OrderView | None = self.orders.get(order_id)
+        if view is None:
+            raise InvalidInput(RejectReason.UNKNOWN_ORDER, f"no order {order_id!r} (yet)")
+        return view
 
+    def _step(self, kind: str, event: faust.EventT[Any], step: OrderStep) -> None:
+        metrics.ORDER_INPUTS.labels(input=kind, outcome=step.outcome.value).inc()
+        for refused in (step.detail,) if step.outcome is StepOutcome.ILLEGAL else step.refused:
+            metrics.ORDER_TRANSITIONS_REFUSED.inc()
+            log.warning("order %s: refused %s", step.view["order_id"], refused)
+        if step.outcome is StepOutcome.DUPLICATE:
+            self._send(settle_commands(step.view))
+        if not step.changed:
+            return
+        before = self.orders.get(step.view["order_id"])
+        self.orders.put(step.view["order_id"], step.view, event.message.partition)
+        if before is None or before["status"] != step.view["status"]:
+            metrics.ORDER_TRANSITIONS.labels(status=step.view["status"]).inc()
+        self._send(step.commands)
 
-def _decode_key(key: object) -> str:
-    if isinstance(key, bytes):
-        try:
-            return key.decode()
-        except UnicodeDecodeError:
-            raise InvalidInput(RejectReason.KEY_MISMATCH, "message key is not UTF-8") from None
-    if isinstance(key, str):
-        return key
-    raise InvalidInput(RejectReason.KEY_MISMATCH, "message has no key; the key must be order_id")
+    def _send(self, commands: Iterable[Command]) -> None:
+        for command in commands:
+            self.outbox.add(inventory_commands_topic, command.sku, command_to_json(command))

@@ -12,6 +12,7 @@ class RejectReason(StrEnum):
     INVALID_SCHEMA = "invalid_schema"
     KEY_MISMATCH = "key_mismatch"
     PROCESSING_ERROR = "processing_error"
+    UNKNOWN_ORDER = "unknown_order"  # an event or answer for an order CartLoom does not hold
 
 
 class InvalidInput(ValueError):  # noqa: N818 - reads better at raise sites than InvalidInputError

@@ -20,6 +20,8 @@ from typing import Any
 from cartloom.domain.errors import InvalidInput, RejectReason
 from cartloom.domain.ledger import (
     Command,
+    Commit,
+    Release,
     ReleaseReason,
     Reserve,
     ReserveOutcome,
@@ -60,6 +62,39 @@ def reserve_commands(view: OrderView) -> tuple[Command, ...]:
         )
         for line in view["reservations"]
     )
+
+
+def settle_commands(view: OrderView) -> tuple[Command, ...]:
+    """Every ledger command the order's current state implies, for a redelivered input.
+
+    If a worker stopped after writing the order but before its commands reached Kafka,
+    the redelivered input finds the order already changed; sending these again (the
+    ledger ignores what it has applied) makes sure the commands are not lost.
+    """
+    if view["status"] == Status.RECEIVED:
+        pending = {ln["line"] for ln in view["reservations"] if ln["outcome"] == "pending"}
+        return tuple(c for c in reserve_commands(view) if c.line in pending)
+    order_id, commands = view["order_id"], list[Command]()
+    for ln in view["reservations"]:
+        if ln["fulfilled"] and ln["granted"]:
+            commands.append(Commit(order_id, ln["line"], ln["sku"], ln["fulfilled"]))
+        if ln["released"] and ln["granted"] != 0:
+            reason = ReleaseReason.REFUNDED
+            commands.append(Release(order_id, ln["line"], ln["sku"], reason, ln["released"]))
+    closing = _CLOSING.get(Status(view["status"]))
+    if closing is not None:
+        if view["rejection"] is not None and view["rejection"]["reason"] == "deadline":
+            closing = ReleaseReason.DEADLINE
+        commands.extend(release_all(view, closing))
+    return tuple(commands)
+
+
+_CLOSING = {
+    Status.REJECTED: ReleaseReason.REJECTED,
+    Status.CANCELLED: ReleaseReason.CANCELLED,
+    Status.EXPIRED: ReleaseReason.EXPIRED,
+    Status.REFUNDED: ReleaseReason.REFUNDED,
+}
 
 
 def apply_reservation_result(

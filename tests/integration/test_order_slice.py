@@ -42,38 +42,62 @@ async def dynamodb_item(dynamodb: Any, order_id: str) -> dict[str, Any] | None:
     return response.get("Item")
 
 
+async def stock_up(producer: AIOKafkaProducer, **levels: int) -> None:
+    """Absolute stock levels for SKUs only this test uses."""
+    for sku, on_hand in levels.items():
+        value = orjson.dumps({"sku": sku, "on_hand": on_hand})
+        await producer.send_and_wait("inventory", value, key=sku.encode())
+
+
 async def test_valid_order_reaches_table_dynamodb_redis_and_web(
     worker: WorkerProcess, producer: AIOKafkaProducer, redis: Redis, dynamodb: Any
 ) -> None:
-    order_id = f"slice-{uuid.uuid4().hex[:10]}"
-    await producer.send_and_wait("orders", order(order_id), key=order_id.encode())
+    # Since the saga (issue 3) an order is received (v1) then reserved once every line
+    # answered; the views end at the reserved version and keep the whole history.
+    tag = uuid.uuid4().hex[:8]
+    lines = [{"sku": f"A-{tag}", "quantity": 2}, {"sku": f"B-{tag}", "quantity": 1}]
+    await stock_up(producer, **{f"A-{tag}": 5, f"B-{tag}": 5})
+    order_id = f"slice-{tag}"
+    await producer.send_and_wait("orders", order(order_id, lines=lines), key=order_id.encode())
 
-    item = await eventually(lambda: dynamodb_item(dynamodb, order_id), what="DynamoDB item")
-    assert item["version"] == {"N": "1"}
-    assert item["status"] == {"S": "received"}
-    assert orjson.loads(item["doc"]["S"])["lines"] == [
-        {"sku": "SKU-A", "quantity": 2},
-        {"sku": "SKU-B", "quantity": 1},
-    ]
+    async def reserved_item() -> dict[str, Any] | None:
+        item = await dynamodb_item(dynamodb, order_id)
+        return item if item and item["status"] == {"S": "reserved"} else None
 
-    cached = await eventually(lambda: redis.hgetall(f"cartloom:order:{order_id}"), what="Redis")
-    assert cached[b"version"] == b"1"
-    assert orjson.loads(cached[b"doc"])["status"] == "received"
+    item = await eventually(reserved_item, what="reserved order in DynamoDB")
+    doc = orjson.loads(item["doc"]["S"])
+    assert doc["lines"] == lines
+    assert [h["status"] for h in doc["history"]] == ["received", "reserved"]
+    version = int(item["version"]["N"])
+    assert version >= 2
+
+    async def cached_reserved() -> dict[bytes, bytes] | None:
+        cached = await redis.hgetall(f"cartloom:order:{order_id}")
+        return cached if cached.get(b"version") == str(version).encode() else None
+
+    cached = await eventually(cached_reserved, what="Redis at the reserved version")
+    assert orjson.loads(cached[b"doc"])["status"] == "reserved"
 
     status, body = await get_json(f"{worker.url}/orders/{order_id}")
     assert status == 200
     assert body["order_id"] == order_id
-    assert body["status"] == "received"
-    assert body["version"] == 1
+    assert body["status"] == "reserved"
+    assert body["version"] == version
     assert body["history"][0]["status"] == "received"
 
 
 async def test_duplicate_order_message_changes_nothing(
     worker: WorkerProcess, producer: AIOKafkaProducer, redis: Redis
 ) -> None:
+    # With no stock for SKU-A the order ends rejected; a duplicate must not change that.
     order_id = f"dup-{uuid.uuid4().hex[:10]}"
     await producer.send_and_wait("orders", order(order_id), key=order_id.encode())
-    first = await eventually(lambda: redis.hget(f"cartloom:order:{order_id}", "doc"), what="Redis")
+
+    async def settled() -> bytes | None:
+        doc = await redis.hget(f"cartloom:order:{order_id}", "doc")
+        return doc if doc and orjson.loads(doc)["status"] != "received" else None
+
+    first = await eventually(settled, what="order settled in Redis")
     changed = order(order_id, lines=[{"sku": "SKU-Z", "quantity": 9}])
     await producer.send_and_wait("orders", changed, key=order_id.encode())
     marker = f"marker-{uuid.uuid4().hex[:8]}"
@@ -83,7 +107,7 @@ async def test_duplicate_order_message_changes_nothing(
     await eventually(lambda: redis.hget(f"cartloom:order:{marker}", "doc"), what="marker")
     status, body = await get_json(f"{worker.url}/orders/{order_id}")
     assert status == 200
-    assert body["version"] == 1
+    assert body["version"] == orjson.loads(first)["version"]
     assert body["lines"] == [{"sku": "SKU-A", "quantity": 2}, {"sku": "SKU-B", "quantity": 1}]
     assert await redis.hget(f"cartloom:order:{order_id}", "doc") == first
 

@@ -1,0 +1,123 @@
+"""The stock agent: the single writer of ``inventory_by_sku`` and the reservation ledger.
+
+It reads everything keyed by SKU (``inventory`` levels and adjustments, the saga's
+``inventory.commands``) in batches on the SKU's partition, applies them with the pure
+:mod:`cartloom.domain.inventory` and :mod:`cartloom.domain.ledger`, writes each changed
+SKU and ledger entry once per batch, and answers reserve commands on
+``reservation.results`` keyed by order id. Oversold lines and expired reservations are
+published on ``inventory.alerts`` and counted.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import faust
+
+from cartloom import metrics
+from cartloom.agents.batching import Outbox, TableBatch, event_key, handle_batch
+from cartloom.app import app, settings
+from cartloom.clock import utc_now_iso
+from cartloom.dlq import dead_letter_topic
+from cartloom.domain.inventory import (
+    InventoryView,
+    StockOutcome,
+    apply_stock,
+    empty_inventory,
+    parse_stock_message,
+)
+from cartloom.domain.ledger import (
+    LedgerStep,
+    Release,
+    ReleaseReason,
+    ReserveOutcome,
+    apply_command,
+    entry_key,
+    parse_command,
+    result_to_json,
+)
+from cartloom.domain.payloads import decode_json_object
+from cartloom.tables import inventory_by_sku, reservation_by_line
+from cartloom.topics import inventory_alerts_topic, reservation_results_topic, stock_inputs
+
+
+@app.agent(stock_inputs)
+async def reserve_stock(stream: faust.StreamT[bytes]) -> None:
+    """Apply stock messages and ledger commands a batch at a time, per SKU partition."""
+    batch_max, within = settings.order_batch_max, settings.order_batch_within_seconds
+    async for events in cast(Any, stream).take_events(batch_max, within):
+        stock, ledger, outbox = (
+            TableBatch(inventory_by_sku),
+            TableBatch(reservation_by_line),
+            Outbox(),
+        )
+        handler = StockHandler(stock, ledger, outbox)
+        flushes = (stock.flush, ledger.flush, outbox.flush)
+        await handle_batch(events, handler.handle, flushes, dead_letter_topic, "stock")
+
+
+class StockHandler:
+    """Dispatches one event by its topic to the domain and records what it decided."""
+
+    def __init__(self, stock: TableBatch, ledger: TableBatch, outbox: Outbox) -> None:
+        self.stock, self.ledger, self.outbox = stock, ledger, outbox
+        self.now = utc_now_iso()
+
+    def handle(self, event: faust.EventT[Any]) -> None:
+        """Apply one event; raise ``InvalidInput`` for what belongs in a dead-letter topic."""
+        key = event_key(event)
+        payload = decode_json_object(event.value)
+        partition = event.message.partition
+        if event.message.topic == "inventory":
+            update = parse_stock_message(payload, key=key)
+            view, outcome = apply_stock(
+                self._stock(update.sku), update, offset=event.message.offset, now=self.now
+            )
+            metrics.STOCK_UPDATES.labels(outcome=outcome.value).inc()
+            if outcome is StockOutcome.APPLIED:
+                self.stock.put(update.sku, view, partition)
+            return
+        command = parse_command(payload, key=key)
+        ledger_key = entry_key(command.order_id, command.line)
+        before = self._stock(command.sku)
+        step = apply_command(before, self.ledger.get(ledger_key), command, self.now)
+        if step.changed:
+            self.ledger.put(ledger_key, step.entry, partition)
+            if step.stock is not before:
+                self.stock.put(command.sku, step.stock, partition)
+            self._count(step, command)
+        if step.result is not None:  # duplicates are answered again: the first answer may be lost
+            self.outbox.add(
+                reservation_results_topic, command.order_id, result_to_json(step.result)
+            )
+
+    def _stock(self, sku: str) -> InventoryView:
+        view: InventoryView | None = self.stock.get(sku)
+        return view if view is not None else empty_inventory(sku, self.now)
+
+    def _count(self, step: LedgerStep, command: Any) -> None:
+        result = step.result
+        if result is not None:
+            metrics.RESERVATIONS.labels(outcome=result.outcome.value).inc()
+            if result.outcome is ReserveOutcome.PARTIAL:
+                metrics.OVERSOLD_UNITS.inc(result.short_by)
+                self._alert("oversold", step, short_by=result.short_by)
+        if isinstance(command, Release) and step.released:
+            metrics.RESERVED_UNITS_RELEASED.labels(reason=command.reason.value).inc(step.released)
+            if command.reason is ReleaseReason.EXPIRED:
+                metrics.RESERVATIONS_EXPIRED.inc()
+                self._alert("reservation_expired", step, released=step.released)
+
+    def _alert(self, kind: str, step: LedgerStep, **fields: int) -> None:
+        entry = step.entry
+        alert = {
+            "event": kind,
+            "sku": entry["sku"],
+            "order_id": entry["order_id"],
+            "line": entry["line"],
+            "requested": entry["requested"],
+            "granted": entry["granted"],
+            "at": self.now,
+            **fields,
+        }
+        self.outbox.add(inventory_alerts_topic, entry["sku"], alert)

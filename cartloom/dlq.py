@@ -1,0 +1,120 @@
+"""Dead-letter topics of the order and stock streams, and ``cartloom dlq replay TOPIC``.
+
+Every input topic ``X`` has ``X.dlq`` (declared in ``topics.yaml``); agents send what
+they cannot process there with the reason and origin in headers
+(:mod:`cartloom.deadletter`). Replay sends those records back to ``X`` once: a consumer
+group per source topic remembers how far replay got, so running it twice sends nothing
+twice, and the agents are idempotent, so a replay interrupted half-way changes nothing
+twice either. A record that fails again lands in ``X.dlq`` anew, with its new reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from cartloom import metrics
+
+log = logging.getLogger(__name__)
+
+DLQ_SUFFIX = ".dlq"
+REPLAYED_FROM_HEADER = "cartloom-replayed-from"
+_DEAD_LETTER_HEADERS = ("cartloom-reason", "cartloom-detail", "cartloom-origin-")
+
+
+def dead_letter_topic_name(source: str) -> str:
+    """The dead-letter topic of ``source``."""
+    return f"{source}{DLQ_SUFFIX}"
+
+
+@cache
+def dead_letter_topic(source: str) -> Any:
+    """The Faust handle of ``source``'s dead-letter topic (declared in ``topics.yaml``)."""
+    from cartloom.topics import declared_topic
+
+    return declared_topic(dead_letter_topic_name(source))
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    """What a replay did."""
+
+    topic: str
+    replayed: int
+
+
+async def _behind(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], end: dict[TopicPartition, int]
+) -> bool:
+    for tp in tps:
+        if await consumer.position(tp) < end[tp]:
+            return True
+    return False
+
+
+def replay_headers(headers: Any, dlq: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    """The original headers minus CartLoom's dead-letter ones, plus where the replay came from."""
+    kept = [
+        (name, value)
+        for name, value in headers or ()
+        if not name.startswith(_DEAD_LETTER_HEADERS) and name != REPLAYED_FROM_HEADER
+    ]
+    return [*kept, (REPLAYED_FROM_HEADER, f"{dlq}:{partition}:{offset}".encode())]
+
+
+async def replay_dead_letters(
+    bootstrap_servers: str, topic: str, *, group_id: str, batch_max: int = 500
+) -> ReplayReport:
+    """Send the records of ``topic.dlq`` that no earlier replay sent back to ``topic``.
+
+    Reads up to the end offsets seen at the start (records dead-lettered during the replay
+    wait for the next one) and commits after each batch is acknowledged by the broker.
+    """
+    dlq = dead_letter_topic_name(topic)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all")
+    await consumer.start()
+    await producer.start()
+    try:
+        await consumer.topics()  # fetch metadata so the partitions are known
+        partitions = consumer.partitions_for_topic(dlq) or set()
+        tps = [TopicPartition(dlq, p) for p in sorted(partitions)]
+        if not tps:
+            return ReplayReport(topic, 0)
+        consumer.assign(tps)
+        end = await consumer.end_offsets(tps)
+        replayed = 0
+        while await _behind(consumer, tps, end):
+            batch = await consumer.getmany(*tps, timeout_ms=1000, max_records=batch_max)
+            commits: dict[TopicPartition, int] = {}
+            for tp, records in batch.items():
+                for record in records:
+                    if record.offset >= end[tp]:
+                        break
+                    await producer.send(
+                        topic,
+                        key=record.key,
+                        value=record.value,
+                        headers=replay_headers(record.headers, dlq, tp.partition, record.offset),
+                    )
+                    commits[tp] = record.offset + 1
+                    replayed += 1
+            await producer.flush()
+            if commits:
+                await consumer.commit(commits)
+                for tp, offset in commits.items():
+                    consumer.seek(tp, offset)
+        metrics.DEAD_LETTERS_REPLAYED.labels(topic=topic).inc(replayed)
+        return ReplayReport(topic, replayed)
+    finally:
+        await producer.stop()
+        await consumer.stop()
