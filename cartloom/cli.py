@@ -58,14 +58,19 @@ def worker(
 
 
 @dev_cli.command("up")
-def dev_up(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
+def dev_up(
+    state_dir: StateDir = DEFAULT_STATE_DIR,
+    with_prometheus: Annotated[
+        bool, typer.Option(help="Also run Debian's Prometheus, scraping every local worker.")
+    ] = False,
+) -> None:
     """Start the local stack on free loopback ports (no-op if it already runs)."""
     from cartloom.devstack.stack import ENV_FILE, up
 
-    state, started = asyncio.run(up(state_dir))
+    state, started = asyncio.run(up(state_dir, with_prometheus=with_prometheus))
     console.print("started" if started else "already running", style="bold")
     for name, server in state.servers.items():
-        console.print(f"  {name:<9} pid {server.pid:<7} 127.0.0.1:{server.port}")
+        console.print(f"  {name:<10} pid {server.pid:<7} 127.0.0.1:{server.port}")
     console.print(f"settings written to {state_dir / ENV_FILE}:")
     for name, value in state.env.items():
         console.print(f"  {name}={value}")
@@ -92,7 +97,7 @@ def dev_status(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
         raise typer.Exit(1)
     for name, server in state.servers.items():
         alive = "running" if is_running(server) else "DEAD"
-        console.print(f"  {name:<9} pid {server.pid:<7} 127.0.0.1:{server.port}  {alive}")
+        console.print(f"  {name:<10} pid {server.pid:<7} 127.0.0.1:{server.port}  {alive}")
     if not state.running():
         raise typer.Exit(1)
 

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     query_wait_max_seconds: float = Field(
         5.0, gt=0, le=60, description="Longest ?min_version= wait of a live query."
     )
+    prometheus_targets_dir: Path | None = Field(
+        None, description="Directory where the worker registers itself for Prometheus file_sd."
+    )
     store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://.")
     data_dir: Path = Field(Path(".cartloom/data"), description="Faust data directory.")
     topics_file: Path | None = Field(None, description="Override the bundled topics.yaml.")

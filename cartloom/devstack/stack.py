@@ -157,8 +157,25 @@ def _save_state(state_dir: Path, state: StackState) -> None:
     (state_dir / ENV_FILE).write_text("\n".join(lines) + "\n")
 
 
-async def up(state_dir: Path) -> tuple[StackState, bool]:
-    """Start the stack unless it already runs; return it and whether it was started now."""
+async def up(state_dir: Path, with_prometheus: bool = False) -> tuple[StackState, bool]:
+    """Start the stack unless it already runs; return it and whether anything started now.
+
+    ``with_prometheus`` adds Debian's Prometheus (see :mod:`cartloom.devstack.prometheus`),
+    also to a stack that already runs without it.
+    """
+    state, started = await _up_servers(state_dir)
+    if with_prometheus and "prometheus" not in state.servers:
+        from cartloom.devstack.prometheus import start_prometheus
+
+        server, env = await start_prometheus(state_dir)
+        state = StackState({**state.servers, "prometheus": server}, {**state.env, **env})
+        _save_state(state_dir, state)
+        started = True
+    return state, started
+
+
+async def _up_servers(state_dir: Path) -> tuple[StackState, bool]:
+    """Start broker, redis-server and moto_server unless they already run."""
     current = load_state(state_dir)
     if current is not None and current.running():
         return current, False

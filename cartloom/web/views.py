@@ -13,6 +13,7 @@ from cartloom import tables
 from cartloom.app import app, settings
 from cartloom.metrics import WORKER_INFO
 from cartloom.observability import install_prometheus_monitor
+from cartloom.web import discovery
 from cartloom.web.health import BrokerProbe, register_health
 from cartloom.web.queries import LiveQuery, register_live_query
 
@@ -37,4 +38,6 @@ def live_queries() -> dict[str, LiveQuery]:
 install_prometheus_monitor(app)
 WORKER_INFO.info({"app_id": settings.app_id})
 register_health(app, BrokerProbe(settings.bootstrap_servers))
+#: Registered by importing it (``@app.service``); named here so the import is explicit.
+TARGET_FILE_SERVICE = discovery.PrometheusTargetFile
 VIEWS = {path: register_live_query(app, path, q, settings) for path, q in live_queries().items()}
