@@ -157,6 +157,7 @@ class StoreReport:
     store: str
     counts: dict[str, EntityCounts] = field(default_factory=dict)
     differences: list[Difference] = field(default_factory=list)
+    present: dict[str, set[str]] = field(default_factory=dict)  # keys seen in a full pass
 
     def diverged(self, strict: bool) -> bool:
         """Whether a difference remains that is not in flight (any at all when ``strict``)."""
@@ -411,9 +412,15 @@ class _Judge:
             counts = self.report.counts.setdefault(entity, EntityCounts())
             if keys is None:  # a full pass: every key either side knows
                 keys = list(dict.fromkeys([*self.state.keys(entity), *stored]))
-                counts.store = len(stored)
+                self.report.present[entity] = set(stored)
+            elif entity in self.report.present:  # a re-check after a full pass
+                present = self.report.present[entity]
+                present.difference_update(keys)
+                present.update(stored)
+            if entity in self.report.present:
+                counts.store = len(self.report.present[entity])
+            counts.table = self.state.live(entity)
             if first_pass:
-                counts.table = self.state.live(entity)
                 counts.checked = len(keys)
             for key in keys:
                 expected = self.state.expected.get((entity, key))

@@ -11,7 +11,7 @@ retried change is safe because of the version rule.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 #: Materialised entities and the attribute that keys them.
@@ -31,13 +31,16 @@ class ViewChange:
 
     ``document`` None is a deletion (a changelog tombstone): it carries no version, so it
     is applied unconditionally; the domain marks removals it must order (a deleted product,
-    a redacted customer) with a versioned document instead.
+    a redacted customer) with a versioned document instead. ``replaces`` marks a document
+    that follows a deletion of the same key in the batch: the key starts over, so the
+    store takes it whatever version it held (delete, then write).
     """
 
     entity: str
     key: str
     version: int
     document: dict[str, Any] | None
+    replaces: bool = False
 
 
 @dataclass(slots=True)
@@ -107,20 +110,21 @@ def coalesce(changes: Iterable[ViewChange]) -> list[ViewChange]:
     """Keep only the newest change of each (entity, key), in first-seen order.
 
     Between two documents the higher version wins and an equal version is a duplicate
-    (the first one stays, as in the stores, which refuse an equal version); a deletion on
-    either side is ordered by its position in the log, so the later one wins.
+    (the first one stays, as in the stores, which refuse an equal version). A deletion
+    wins over what came before it; a document after a deletion is kept as a
+    ``replaces`` change, so the deletion is not lost: the key starts over at that
+    document's version, whatever the store held.
     """
     newest: dict[tuple[str, str], ViewChange] = {}
     for change in changes:
         slot = (change.entity, change.key)
         kept = newest.get(slot)
-        if (
-            kept is None
-            or change.document is None
-            or kept.document is None
-            or change.version > kept.version
-        ):
+        if kept is None or change.document is None:
             newest[slot] = change
+        elif kept.document is None:
+            newest[slot] = replace(change, replaces=True)
+        elif change.version > kept.version:
+            newest[slot] = replace(change, replaces=kept.replaces)
     return list(newest.values())
 
 

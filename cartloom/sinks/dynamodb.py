@@ -184,13 +184,16 @@ class DynamoDBSink:
                 key = {KEY_ATTRIBUTE[change.entity]: {"S": change.key}}
                 await self._client.delete_item(TableName=table, Key=key)
                 return "deleted"
+            guard: dict[str, Any] = {}
+            if not change.replaces:  # a key that starts over after a deletion takes any item
+                guard = {
+                    "ConditionExpression": GUARD,
+                    "ExpressionAttributeNames": {"#v": "version"},
+                    "ExpressionAttributeValues": {":v": {"N": str(change.version)}},
+                }
             try:
                 await self._client.put_item(
-                    TableName=table,
-                    Item=to_item(change.entity, change),
-                    ConditionExpression=GUARD,
-                    ExpressionAttributeNames={"#v": "version"},
-                    ExpressionAttributeValues={":v": {"N": str(change.version)}},
+                    TableName=table, Item=to_item(change.entity, change), **guard
                 )
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "")

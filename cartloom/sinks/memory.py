@@ -33,7 +33,7 @@ class MemorySink:
                 outcome.deleted += int(self.items.pop(slot, None) is not None)
                 continue
             stored = self.items.get(slot)
-            if stored is not None and stored[0] >= change.version:
+            if stored is not None and stored[0] >= change.version and not change.replaces:
                 outcome.stale += 1
                 outcome.stale_keys.append(change.key)
                 continue

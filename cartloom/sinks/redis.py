@@ -102,6 +102,16 @@ async def scan_keys(client: Redis, entity: str) -> AsyncIterator[str]:
         yield raw.decode()[len(prefix) :]
 
 
+def _commands(changes: Sequence[ViewChange]) -> list[bool]:
+    """Per pipeline command, whether it is the one whose result judges its change."""
+    judged: list[bool] = []
+    for change in changes:
+        if change.document is not None and change.replaces:
+            judged.append(False)
+        judged.append(True)
+    return judged
+
+
 class RedisSink:
     """Writes views to Redis hashes through a version-checking Lua script."""
 
@@ -138,6 +148,8 @@ class RedisSink:
                 if change.document is None:
                     pipe.delete(key)
                 else:
+                    if change.replaces:
+                        pipe.delete(key)
                     payload = orjson.dumps(change.document)
                     expiry = redis_ttl_seconds(change.entity, change.document, ttl)
                     await self._script(
@@ -147,6 +159,8 @@ class RedisSink:
         outcome = WriteOutcome()
         failed: list[ViewChange] = []
         first_error: BaseException | None = None
+        # A replacing change sent two commands (DEL, then the script): judge by the script.
+        results = [r for c, r in zip(_commands(changes), results, strict=True) if c]
         for change, result in zip(changes, results, strict=True):
             if isinstance(result, BaseException):
                 failed.append(change)

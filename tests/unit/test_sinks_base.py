@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from cartloom.sinks.base import ViewChange, coalesce, document_version
 from cartloom.sinks.memory import MemorySink
 
@@ -23,7 +25,7 @@ def test_coalesce_separates_entities_with_the_same_key() -> None:
 def test_coalesce_orders_deletions_by_log_position() -> None:
     deleted = ViewChange("orders", "a", 0, None)
     assert coalesce([change("a", 4), deleted]) == [deleted]
-    assert coalesce([deleted, change("a", 1)]) == [change("a", 1)]
+    assert coalesce([deleted, change("a", 1)]) == [replace(change("a", 1), replaces=True)]
 
 
 def test_document_version_of_odd_documents_is_zero() -> None:
