@@ -129,9 +129,11 @@ def apply_stock(
 
     ``offset`` is the message's offset in the ``inventory`` topic: one partition owns the
     SKU, so a message at or below the last applied offset is a redelivery (DUPLICATE). An
-    absolute level older than the last level applied for its location is STALE. Both leave
-    ``view`` unchanged. ``on_hand`` never drops below 0; ``available`` may go negative when
-    the source counts fewer units than CartLoom holds reservations for (see the docs).
+    absolute level older than the last level applied for its location is STALE; one with
+    the same ``updated_at`` (or, without one, the same count) is a DUPLICATE. All leave
+    ``view`` unchanged, so replaying levels changes nothing. ``on_hand`` never drops below
+    0; ``available`` may go negative when the source counts fewer units than CartLoom
+    holds reservations for (see ``docs/inventory.md``).
     """
     if offset is not None and offset <= view["source_offset"]:
         return view, StockOutcome.DUPLICATE
@@ -152,8 +154,14 @@ def _apply_level(
 ) -> tuple[InventoryView, StockOutcome]:
     where = level.location or TOTAL
     last = view["level_at"].get(where)
-    if level.updated_at is not None and last is not None and _older(level.updated_at, last):
-        return view, StockOutcome.STALE
+    if level.updated_at is not None and last is not None:
+        if _time(level.updated_at) < _time(last):
+            return view, StockOutcome.STALE
+        if _time(level.updated_at) == _time(last):  # the same count again (a replay)
+            return view, StockOutcome.DUPLICATE
+    current = view["on_hand"] if level.location is None else view["locations"].get(level.location)
+    if level.updated_at is None and current == level.on_hand:
+        return view, StockOutcome.DUPLICATE  # an absolute level that changes nothing
     level_at = dict(view["level_at"])
     if level.updated_at is not None:
         level_at[where] = level.updated_at
@@ -170,5 +178,5 @@ def _apply_level(
     return changed, StockOutcome.APPLIED
 
 
-def _older(candidate: str, reference: str) -> bool:
-    return datetime.fromisoformat(candidate) < datetime.fromisoformat(reference)
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value)

@@ -241,3 +241,14 @@ def test_stock_messages_parse() -> None:
         "A", 4, "wh1"
     )
     assert parse_stock_message({"sku": "A", "delta": -2}) == StockAdjustment("A", -2)
+
+
+def test_replayed_level_is_a_duplicate_even_after_stock_moved() -> None:
+    level = StockLevel("A", 10, None, "2026-11-25T10:00:00Z")
+    view, _ = apply_stock(empty_inventory("A", NOW), level, offset=1, now=NOW)
+    taken = apply_command(view, None, reserve(4), NOW)
+    shipped = apply_command(taken.stock, taken.entry, Commit("o-1", 0, "A", 4), NOW).stock
+    again, outcome = apply_stock(shipped, level, offset=9, now=NOW)
+    assert outcome is StockOutcome.DUPLICATE and again is shipped
+    _, outcome = apply_stock(stock(5), StockLevel("A", 5), offset=9, now=NOW)
+    assert outcome is StockOutcome.DUPLICATE

@@ -183,3 +183,36 @@ def test_timeout_messages_parse() -> None:
         "o-1",
         Timeout.EXPIRE,
     )
+
+
+def test_settle_commands_repeat_what_the_state_implies() -> None:
+    from cartloom.domain.ledger import Commit
+    from cartloom.domain.saga import settle_commands
+
+    fresh = new_order()
+    assert settle_commands(fresh) == reserve_commands(fresh)
+    half = apply_reservation_result(fresh, answer(0, "A", 2, 2, 9), NOW, ttl_seconds=TTL).view
+    assert settle_commands(half) == (Reserve("o-1", 1, "B", 3, allow_shortfall=False),)
+    reserved = apply_reservation_result(half, answer(1, "B", 3, 3, 9), NOW, ttl_seconds=TTL).view
+    assert settle_commands(reserved) == ()
+    shipped = apply_order_event(
+        reserved,
+        parse_order_event(
+            {
+                "order_id": "o-1",
+                "event": "partially_fulfilled",
+                "at": SOON,
+                "lines": [{"sku": "A", "quantity": 1}],
+            }
+        ),
+        SOON,
+    ).view
+    assert settle_commands(shipped) == (Commit("o-1", 0, "A", 1),)
+    cancelled = apply_order_event(
+        shipped, parse_order_event({"order_id": "o-1", "event": "cancelled", "at": SOON}), SOON
+    ).view
+    assert settle_commands(cancelled) == (
+        Commit("o-1", 0, "A", 1),
+        Release("o-1", 0, "A", ReleaseReason.CANCELLED, None),
+        Release("o-1", 1, "B", ReleaseReason.CANCELLED, None),
+    )
