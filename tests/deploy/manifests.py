@@ -1,0 +1,129 @@
+"""Reads what the deployment checks compare: rendered overlays, the compose config, settings."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import typing
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import SecretStr
+
+from cartloom.settings import Settings, env_name
+from cartloom.topology import Topology, load_topology
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
+#: Kubernetes version the built-in kinds are validated against.
+K8S_VERSION = "1.30"
+INGRESS_PRINCIPAL = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+
+Doc = dict[str, Any]
+
+
+def tool(name: str) -> str:
+    """Path of a command the checks need; a clear failure (not a skip) when it is missing.
+
+    The virtualenv's own bin directory comes first (``make test`` does not activate it).
+    """
+    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
+    path = shutil.which(name, path=search)
+    assert path, f"`{name}` is not installed: run `make install` (scripts/system-deps.sh)"
+    return path
+
+
+def _run(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARTLOOM_")}
+    return subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@cache
+def render(overlay: str) -> tuple[Doc, ...]:
+    """``kubectl kustomize deploy/k8s/overlays/<overlay>`` as a tuple of documents."""
+    result = _run([tool("kubectl"), "kustomize", str(K8S / "overlays" / overlay)])
+    assert result.returncode == 0, f"kustomize failed for {overlay}:\n{result.stderr}"
+    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert docs, f"overlay {overlay} rendered nothing"
+    return tuple(docs)
+
+
+def kinds(docs: tuple[Doc, ...], kind: str) -> list[Doc]:
+    """Every document of ``kind``."""
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def one(docs: tuple[Doc, ...], kind: str) -> Doc:
+    """The single document of ``kind``."""
+    found = kinds(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def worker_container(docs: tuple[Doc, ...]) -> Doc:
+    """The worker container of the StatefulSet."""
+    pod = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+    (container,) = (c for c in pod["containers"] if c["name"] == "worker")
+    return typing.cast(Doc, container)
+
+
+def configmap_data(docs: tuple[Doc, ...]) -> dict[str, str]:
+    """Data of the settings ConfigMap the workers load with envFrom."""
+    container = worker_container(docs)
+    (ref,) = (src["configMapRef"]["name"] for src in container["envFrom"] if "configMapRef" in src)
+    (configmap,) = (cm for cm in kinds(docs, "ConfigMap") if cm["metadata"]["name"] == ref)
+    return typing.cast(dict[str, str], configmap.get("data", {}))
+
+
+def unset_on_purpose(overlay: str) -> set[str]:
+    """Settings commented out (``# CARTLOOM_X=``) in the base's or overlay's settings.env."""
+    names: set[str] = set()
+    for path in (K8S / "base" / "settings.env", K8S / "overlays" / overlay / "settings.env"):
+        if path.exists():
+            names |= set(re.findall(r"^#\s*(CARTLOOM_[A-Z0-9_]+)=", path.read_text(), re.M))
+    return names
+
+
+@cache
+def compose_config(env_file: Path | None = None) -> Doc:
+    """``docker-compose config`` of docker-compose.yml (optionally with an env file)."""
+    args = [tool("docker-compose")]
+    if env_file is not None:
+        args += ["--env-file", str(env_file)]
+    result = _run([*args, "-f", str(ROOT / "docker-compose.yml"), "config"])
+    assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
+    return typing.cast(Doc, yaml.safe_load(result.stdout))
+
+
+def _is_secret(annotation: Any) -> bool:
+    if annotation is SecretStr:
+        return True
+    return any(_is_secret(arg) for arg in typing.get_args(annotation))
+
+
+def setting_names() -> set[str]:
+    """Every ``CARTLOOM_*`` variable cartloom/settings.py reads."""
+    return {env_name(name) for name in Settings.model_fields}
+
+
+def secret_setting_names() -> set[str]:
+    """The settings typed as secrets (``SecretStr`` anywhere in the annotation)."""
+    return {env_name(name) for name, f in Settings.model_fields.items() if _is_secret(f.annotation)}
+
+
+def topology() -> Topology:
+    """topics.yaml of this checkout."""
+    return load_topology(ROOT / "topics.yaml")
+
+
+def broker_hosts(broker_url: str) -> set[str]:
+    """``kafka://a:9092;kafka://b:9092`` -> {"a:9092", "b:9092"}."""
+    return {part.split("://", 1)[-1].strip() for part in broker_url.split(";") if part.strip()}

@@ -1,0 +1,150 @@
+"""docker-compose.yml: accepted by docker-compose, a 3-broker KRaft cluster, scalable workers."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.manifests import ROOT, broker_hosts, compose_config, tool, topology
+
+
+def kafka_services() -> dict[str, dict[str, str]]:
+    services = compose_config()["services"]
+    return {
+        name: service["environment"]
+        for name, service in services.items()
+        if service["image"].startswith("apache/kafka:")
+    }
+
+
+def test_docker_compose_accepts_the_file() -> None:
+    services = compose_config()["services"]
+    expected = {"redis", "dynamodb", "init", "worker", "simulator", "prometheus", "grafana"}
+    assert expected <= set(services)
+
+
+def test_every_image_is_pinned() -> None:
+    for name, service in compose_config()["services"].items():
+        image = service["image"]
+        if name in {"init", "worker", "simulator"}:
+            assert service["build"], f"{name} is built from this checkout"
+            continue
+        assert re.search(r":v?\d+(\.\d+)+", image), f"{name}: {image} is not pinned to a version"
+        assert not image.endswith(":latest")
+
+
+def test_kafka_is_three_kraft_nodes_from_the_official_image() -> None:
+    brokers = kafka_services()
+    assert len(brokers) == 3
+    voters = {env["KAFKA_CONTROLLER_QUORUM_VOTERS"] for env in brokers.values()}
+    assert len(voters) == 1, "every node must name the same controller quorum"
+    (quorum,) = voters
+    assert {v.split("@")[1].split(":")[0] for v in quorum.split(",")} == set(brokers)
+    assert len({env["KAFKA_NODE_ID"] for env in brokers.values()}) == 3
+    assert len({env["CLUSTER_ID"] for env in brokers.values()}) == 1
+    for env in brokers.values():
+        assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+
+
+def test_replication_in_topics_yaml_fits_the_cluster() -> None:
+    brokers = kafka_services()
+    topics = topology()
+    for spec in topics.all_topics("cartloom"):
+        assert spec.replication_factor <= len(brokers), spec.name
+    for env in brokers.values():
+        min_isr = int(env["KAFKA_MIN_INSYNC_REPLICAS"])
+        # acks=all keeps working with one broker down.
+        assert min_isr < topics.default_replication_factor
+        assert int(env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) == len(brokers)
+        assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false", "topics.yaml declares topics"
+
+
+def test_workers_reach_every_broker() -> None:
+    env = compose_config()["services"]["worker"]["environment"]
+    hosts = {h.split(":")[0] for h in broker_hosts(env["CARTLOOM_BROKER_URL"])}
+    assert hosts == set(kafka_services())
+
+
+def test_workers_can_be_scaled() -> None:
+    worker = compose_config()["services"]["worker"]
+    assert "container_name" not in worker
+    assert "hostname" not in worker
+    for port in worker.get("ports", []):
+        published = str(port.get("published", "")) if isinstance(port, dict) else str(port)
+        assert "-" in published or not published, "a fixed host port would stop --scale"
+    # Each replica advertises its own host name for query forwarding, never a shared one.
+    assert "CARTLOOM_WEB_HOST" not in worker["environment"]
+    assert 'CARTLOOM_WEB_HOST="$$(hostname)"' in " ".join(worker["entrypoint"])
+    assert "CARTLOOM_GROUP_INSTANCE_ID" not in worker["environment"]
+
+
+def test_the_init_job_creates_topics_and_tables_before_workers_start() -> None:
+    services = compose_config()["services"]
+    init = services["init"]
+    script = " ".join(init["entrypoint"] + init["command"])
+    assert "cartloom topics apply" in script
+    assert "cartloom dynamodb create-tables" in script
+    for broker in kafka_services():
+        assert init["depends_on"][broker]["condition"] == "service_healthy"
+    assert init["depends_on"]["dynamodb"]["condition"] == "service_healthy"
+    condition = services["worker"]["depends_on"]["init"]["condition"]
+    assert condition == "service_completed_successfully"
+
+
+def test_the_simulator_runs_the_cli_command() -> None:
+    simulator = compose_config()["services"]["simulator"]
+    assert simulator["command"][:2] == ["shopify", "simulate"]
+    worker_env = compose_config()["services"]["worker"]["environment"]
+    assert worker_env["CARTLOOM_SHOPIFY_API_URL"].startswith("http://simulator:")
+
+
+def test_prometheus_and_grafana_use_the_repositorys_config() -> None:
+    services = compose_config()["services"]
+    prometheus_mounts = " ".join(services["prometheus"]["volumes"])
+    grafana_mounts = " ".join(services["grafana"]["volumes"])
+    assert f"{ROOT}/deploy/prometheus:" in prometheus_mounts
+    assert f"{ROOT}/deploy/compose/prometheus.yml:/etc/prometheus/prometheus.yml" in (
+        prometheus_mounts
+    )
+    assert f"{ROOT}/deploy/grafana:" in grafana_mounts
+    assert f"{ROOT}/deploy/compose/grafana/provisioning:/etc/grafana/provisioning" in (
+        grafana_mounts
+    )
+
+
+def test_a_copied_env_example_keeps_the_stacks_own_addresses(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    example = (ROOT / ".env.example").read_text()
+    env_file.write_text(example.replace("CARTLOOM_LOG_LEVEL=info", "CARTLOOM_LOG_LEVEL=debug"))
+    env = compose_config(env_file)["services"]["worker"]["environment"]
+    assert env["CARTLOOM_LOG_LEVEL"] == "debug"  # passed through from .env
+    assert "127.0.0.1" not in env["CARTLOOM_BROKER_URL"]  # the stack's address wins
+    assert env["CARTLOOM_DYNAMODB_ENDPOINT"] == "http://dynamodb:5000"
+
+
+def test_compose_prometheus_config_is_valid() -> None:
+    promtool = tool("promtool")
+    config = (ROOT / "deploy" / "compose" / "prometheus.yml").read_text()
+    # Point the rule globs at the repository's rules so promtool checks those too.
+    assert "/etc/prometheus/cartloom/" in config
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "prometheus.yml"
+        path.write_text(config.replace("/etc/prometheus/cartloom/", f"{ROOT}/deploy/prometheus/"))
+        result = subprocess.run(
+            [promtool, "check", "config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("service", ["worker", "init", "simulator"])
+def test_aws_credentials_never_reach_real_aws(service: str) -> None:
+    env = compose_config()["services"][service]["environment"]
+    assert env["CARTLOOM_DYNAMODB_ENDPOINT"] == "http://dynamodb:5000"
