@@ -21,6 +21,7 @@ AUTODISCOVER = [
     "cartloom.agents.materialise",
     "cartloom.agents.shopify",
     "cartloom.shopify.webhooks",
+    "cartloom.shopify.jobs",
     "cartloom.web.views",
 ]
 

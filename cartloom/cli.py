@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -25,6 +26,8 @@ cli.add_typer(dev_cli, name="dev")
 cli.add_typer(topics_cli, name="topics")
 dynamodb_cli = typer.Typer(help="The DynamoDB tables the sinks write.", no_args_is_help=True)
 cli.add_typer(dynamodb_cli, name="dynamodb")
+shopify_cli = typer.Typer(help="Shopify: webhooks and the simulator.", no_args_is_help=True)
+cli.add_typer(shopify_cli, name="shopify")
 console = Console()
 
 StateDir = Annotated[Path, typer.Option(help="Where the local stack keeps pids, logs, dev.env.")]
@@ -205,6 +208,96 @@ def audit(
     code = audit_command(store or [], sample, settle, strict, json_output, show)
     if code:
         raise typer.Exit(code)
+
+
+@cli.command()
+def reconcile(
+    since: Annotated[
+        str | None, typer.Option(help="ISO-8601; default: the stored cursor (first run: all).")
+    ] = None,
+) -> None:
+    """Compare Shopify's orders and stock with CartLoom's views and publish corrections."""
+    from cartloom.settings import load_settings
+    from cartloom.shopify.reconcile import reconcile as run
+    from cartloom.sinks.redis import redis_client
+
+    async def once() -> None:
+        settings = load_settings()
+        redis = redis_client(settings)
+        try:
+            report = await run(settings, redis, since)
+        finally:
+            await redis.aclose()
+        drift = report.drift
+        console.print(
+            f"orders: {drift.orders_checked} checked, {drift.orders_missing} missing, "
+            f"{drift.orders_behind} behind; SKUs: {drift.skus_checked} checked, "
+            f"{drift.skus_drifted} drifted by {drift.units} units; "
+            f"{len(drift.corrections)} corrections published; cursor {report.cursor}"
+        )
+
+    try:
+        asyncio.run(once())
+    except ValueError as exc:
+        console.print(str(exc), style="red")
+        raise typer.Exit(2) from None
+
+
+@shopify_cli.command("register-webhooks")
+def shopify_register_webhooks(
+    address: Annotated[str, typer.Option(help="Public URL of POST /webhooks/shopify.")],
+) -> None:
+    """Subscribe the shop (CARTLOOM_SHOPIFY_API_URL) to every topic CartLoom normalises."""
+    from cartloom.settings import load_settings
+    from cartloom.shopify.registration import register
+
+    settings = load_settings()
+    if not settings.shopify_api_url or settings.shopify_access_token is None:
+        console.print("set CARTLOOM_SHOPIFY_API_URL and CARTLOOM_SHOPIFY_ACCESS_TOKEN", style="red")
+        raise typer.Exit(2)
+    token = settings.shopify_access_token.get_secret_value()
+    created = asyncio.run(
+        register(settings.shopify_api_url, token, settings.shopify_api_version, address)
+    )
+    console.print(f"created {len(created)} subscriptions for {address}")
+    console.print("privacy topics: set the app's compliance webhook URLs to the same address")
+
+
+@shopify_cli.command("simulate")
+def shopify_simulate(
+    port: Annotated[int, typer.Option(help="Port of the simulated Admin API.")] = 6070,
+    products: Annotated[int, typer.Option(help="Products (two SKUs each).")] = 20,
+    orders: Annotated[int, typer.Option(help="Orders in varied states.")] = 200,
+    deliver_to: Annotated[
+        str | None, typer.Option(help="Deliver the store's webhooks to this URL.")
+    ] = None,
+    drop_share: Annotated[float, typer.Option(help="Share of webhooks never sent.")] = 0.0,
+    duplicate_share: Annotated[float, typer.Option(help="Share sent twice.")] = 0.0,
+    shuffle: Annotated[bool, typer.Option(help="Deliver out of order.")] = False,
+) -> None:
+    """Run a simulated shop: Admin API on 127.0.0.1 and signed webhooks to CartLoom."""
+    from cartloom.settings import load_settings
+    from cartloom.shopify.delivery import DeliveryPlan
+    from cartloom.shopify.simulator import ShopSimulator, serve_simulation
+    from cartloom.shopify.store import SimulatedStore, populate
+
+    settings = load_settings()
+    secrets = settings.shopify_webhook_secret
+    if not secrets or settings.shopify_access_token is None:
+        console.print(
+            "set CARTLOOM_SHOPIFY_WEBHOOK_SECRET (signs the webhooks) and "
+            "CARTLOOM_SHOPIFY_ACCESS_TOKEN (the API accepts it)",
+            style="red",
+        )
+        raise typer.Exit(2)
+    token = settings.shopify_access_token.get_secret_value()
+    store = SimulatedStore()
+    populate(store, products, orders)
+    secret = secrets[-1].get_secret_value()
+    simulator = ShopSimulator(store, access_token=token, webhook_secret=secret)
+    plan = DeliveryPlan(duplicate_share=duplicate_share, drop_share=drop_share, shuffle=shuffle)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_simulation(simulator, port, deliver_to, plan, console.print))
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ are integers, ``admin_graphql_api_id`` holds the GraphQL global id, money is a s
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -269,3 +270,25 @@ class SimulatedStore:
             "orders_to_redact": order_ids,
         }
         self._emit("customers/redact", body, self._now())
+
+
+def populate(store: SimulatedStore, products: int, orders: int, seed: int = 0) -> None:
+    """Fill ``store`` with ``products`` (two SKUs each) and ``orders`` in varied states."""
+    rng = random.Random(seed)  # noqa: S311 - sample data, not crypto
+    skus: list[str] = []
+    for number in range(products):
+        pair = [f"SIM-{number:04d}-S", f"SIM-{number:04d}-M"]
+        store.add_product(f"Sim Product {number}", pair, stock=rng.randint(50, 200))
+        skus.extend(pair)
+    for _ in range(orders):
+        lines = [(sku, rng.randint(1, 3)) for sku in rng.sample(skus, k=min(len(skus), 2))]
+        order_id = store.place_order(lines)
+        roll = rng.random()
+        if roll < 0.6:
+            store.pay(order_id)
+        if roll < 0.4:
+            store.fulfill(order_id)
+        if 0.6 <= roll < 0.7:
+            store.cancel(order_id)
+        if roll < 0.05:
+            store.refund(order_id)

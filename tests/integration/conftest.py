@@ -78,3 +78,27 @@ async def dynamodb(stack: StackState) -> AsyncIterator[Any]:
         aws_secret_access_key=stack.env["AWS_SECRET_ACCESS_KEY"],
     ) as client:
         yield client
+
+
+SHOPIFY_SECRET = "whsec-integration"
+SHOPIFY_MAX_BYTES = 65_536
+
+
+@pytest.fixture(scope="session")
+async def shopify_worker(stack: StackState, stack_dir: Path) -> AsyncIterator[WorkerProcess]:
+    """A worker of its own (app id ``cartloom-shopify``) with a webhook secret and 64 KiB limit."""
+    process = start_worker(
+        stack.env,
+        stack_dir,
+        "shopify-worker",
+        extra_env={
+            "CARTLOOM_APP_ID": "cartloom-shopify",
+            "CARTLOOM_SHOPIFY_WEBHOOK_SECRET": f"retired-secret,{SHOPIFY_SECRET}",
+            "CARTLOOM_SHOPIFY_WEBHOOK_MAX_BYTES": str(SHOPIFY_MAX_BYTES),
+        },
+    )
+    try:
+        await wait_ready(process)
+        yield process
+    finally:
+        process.stop()

@@ -1,7 +1,8 @@
 """Shopify webhooks on real servers: statuses, durable enqueue, normalisation, privacy.
 
-A worker of its own (app id ``cartloom-shopify``, so its consumer groups and tables are
-separate from the shared worker's) with a webhook secret and a small body limit. The
+The ``shopify_worker`` fixture is a worker of its own (app id ``cartloom-shopify``, so its
+consumer groups and tables are separate from the shared worker's) with a webhook secret
+and a small body limit. The
 tests deliver signed webhooks over HTTP as Shopify would and read Kafka, DynamoDB and
 Redis with their own clients.
 """
@@ -9,8 +10,6 @@ Redis with their own clients.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,35 +18,16 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
-from cartloom.devstack.stack import StackState
 from cartloom.shopify.delivery import DeliveryPlan, SignedDelivery, post, signed
 from cartloom.shopify.signatures import sign
 from cartloom.shopify.store import SimulatedStore, WebhookEvent
-from tests.harness import WorkerProcess, eventually, start_worker, wait_ready
+from tests.harness import WorkerProcess, eventually
+from tests.integration.conftest import SHOPIFY_MAX_BYTES, SHOPIFY_SECRET
 
 pytestmark = pytest.mark.integration
 
-SECRET = "whsec-integration"
-MAX_BYTES = 65_536
-
-
-@pytest.fixture(scope="module")
-async def shop_worker(stack: StackState, stack_dir: Path) -> AsyncIterator[WorkerProcess]:
-    process = start_worker(
-        stack.env,
-        stack_dir,
-        "shopify-worker",
-        extra_env={
-            "CARTLOOM_APP_ID": "cartloom-shopify",
-            "CARTLOOM_SHOPIFY_WEBHOOK_SECRET": f"retired-secret,{SECRET}",
-            "CARTLOOM_SHOPIFY_WEBHOOK_MAX_BYTES": str(MAX_BYTES),
-        },
-    )
-    try:
-        await wait_ready(process)
-        yield process
-    finally:
-        process.stop()
+SECRET = SHOPIFY_SECRET
+MAX_BYTES = SHOPIFY_MAX_BYTES
 
 
 def url(worker: WorkerProcess) -> str:
@@ -106,7 +86,7 @@ async def deliver(worker: WorkerProcess, deliveries: list[SignedDelivery]) -> li
 
 
 async def test_statuses_forged_malformed_oversized_duplicate(
-    shop_worker: WorkerProcess, bootstrap: str
+    shopify_worker: WorkerProcess, bootstrap: str
 ) -> None:
     store, _ = new_store()
     store.add_product("Status Tee", ["ST-1"])
@@ -130,7 +110,7 @@ async def test_statuses_forged_malformed_oversized_duplicate(
         (good, 200),  # a retry of the same delivery
         (resigned(good.body, "retired-secret"), 200),  # rotation: both secrets valid
     ]
-    statuses = await deliver(shop_worker, [delivery for delivery, _ in cases])
+    statuses = await deliver(shopify_worker, [delivery for delivery, _ in cases])
     assert statuses == [status for _, status in cases]
 
     key = f"{store.domain}/product/{store.history[0].payload['id']}".encode()
@@ -146,11 +126,11 @@ async def test_statuses_forged_malformed_oversized_duplicate(
 
 
 async def test_unknown_topic_is_accepted_and_dead_lettered(
-    shop_worker: WorkerProcess, bootstrap: str
+    shopify_worker: WorkerProcess, bootstrap: str
 ) -> None:
     store, tag = new_store()
     event = WebhookEvent("carts/create", {"id": int(tag, 16)}, f"ev-{tag}", "2026-11-25T10:00:00Z")
-    [status] = await deliver(shop_worker, [signed(event, store.domain, SECRET)])
+    [status] = await deliver(shopify_worker, [signed(event, store.domain, SECRET)])
     assert status == 200
     key = f"{store.domain}/carts/create/{int(tag, 16)}".encode()
     async with TopicReader(bootstrap, "shopify.webhooks.dlq", {key}) as reader:
@@ -220,10 +200,10 @@ async def run_history(
 
 
 async def test_every_topic_flows_into_the_streams_and_tables(
-    shop_worker: WorkerProcess, bootstrap: str, redis: Redis, dynamodb: Any
+    shopify_worker: WorkerProcess, bootstrap: str, redis: Redis, dynamodb: Any
 ) -> None:
     store, orders, events, levels = await run_history(
-        shop_worker, bootstrap, DeliveryPlan(), "FLOW"
+        shopify_worker, bootstrap, DeliveryPlan(), "FLOW"
     )
     assert events == EXPECTED_EVENTS
     assert levels == {b"FLOW-S": 3, b"FLOW-M": 40}
@@ -249,23 +229,23 @@ async def test_every_topic_flows_into_the_streams_and_tables(
 
 
 async def test_shuffled_duplicated_history_ends_like_the_ordered_one(
-    shop_worker: WorkerProcess, bootstrap: str
+    shopify_worker: WorkerProcess, bootstrap: str
 ) -> None:
     """Levels first, duplicates and retries, any order: the same events and final stock."""
     plan = DeliveryPlan(duplicate_share=0.5, shuffle=True, seed=3)
-    _, _, events, levels = await run_history(shop_worker, bootstrap, plan, "SHUF")
+    _, _, events, levels = await run_history(shopify_worker, bootstrap, plan, "SHUF")
     assert events == EXPECTED_EVENTS
     assert levels == {b"SHUF-S": 3, b"SHUF-M": 40}
 
 
 async def test_customers_redact_removes_personal_data_everywhere(
-    shop_worker: WorkerProcess, redis: Redis, dynamodb: Any
+    shopify_worker: WorkerProcess, redis: Redis, dynamodb: Any
 ) -> None:
     store, _ = new_store("redact")
     store.add_product("Private Tee", ["PRIV-1"])
     order = store.place_order([("PRIV-1", 1)], email="grace@example.com")
     order_id = f"shopify-{order}"
-    await deliver(shop_worker, [signed(e, store.domain, SECRET) for e in store.history])
+    await deliver(shopify_worker, [signed(e, store.domain, SECRET) for e in store.history])
     held = await eventually(
         lambda: _dynamodb_item(dynamodb, "cartloom-orders", "order_id", order_id),
         what="order in DynamoDB",
@@ -274,7 +254,7 @@ async def test_customers_redact_removes_personal_data_everywhere(
     before = int(held["version"]["N"])
 
     store.redact_customer([order])
-    [status] = await deliver(shop_worker, [signed(store.history[-1], store.domain, SECRET)])
+    [status] = await deliver(shopify_worker, [signed(store.history[-1], store.domain, SECRET)])
     assert status == 200
 
     async def redacted_in_dynamodb() -> Any:
@@ -290,7 +270,7 @@ async def test_customers_redact_removes_personal_data_everywhere(
         return doc if doc and b"grace@example.com" not in doc else None
 
     await eventually(redacted_in_redis, what="redacted order in Redis")
-    query = f"{shop_worker.url}/orders/{order_id}"
+    query = f"{shopify_worker.url}/orders/{order_id}"
     async with aiohttp.ClientSession() as http, http.get(query) as response:
         view = await response.json()
     assert view["customer"] is None
