@@ -1,0 +1,118 @@
+"""Reconciliation repairs dropped webhooks: CartLoom converges to the simulated shop's state.
+
+Half of a store's webhooks are dropped on the way to a real worker; a reconciliation run
+against the simulator's Admin API (over HTTP, throttled, budget in the real Redis) then
+publishes the corrections through the normal streams.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestServer
+from redis.asyncio import Redis
+
+from cartloom.devstack.stack import StackState
+from cartloom.domain.shopify import lifecycle_of
+from cartloom.settings import Settings
+from cartloom.shopify.delivery import DeliveryPlan
+from cartloom.shopify.reconcile import reconcile
+from cartloom.shopify.simulator import ShopSimulator
+from cartloom.shopify.store import SimulatedStore, WebhookEvent, populate
+from tests.harness import WorkerProcess, eventually
+from tests.integration.conftest import SHOPIFY_SECRET
+from tests.integration.test_shopify_webhooks import TopicReader
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "shpat_reconcile"
+
+
+def expected_events(store: SimulatedStore) -> dict[bytes, set[str]]:
+    return {
+        f"shopify-{order_id}".encode(): {event for event, _ in lifecycle_of(order)}
+        for order_id, order in store.orders.items()
+    }
+
+
+def newest_levels(reader: TopicReader) -> dict[bytes, int]:
+    newest: dict[bytes, tuple[str, int]] = {}
+    for key, value in reader.values():
+        if key not in newest or value.get("updated_at", "") >= newest[key][0]:
+            newest[key] = (value.get("updated_at", ""), value["on_hand"])
+    return {key: level for key, (_, level) in newest.items()}
+
+
+def events_seen(reader: TopicReader) -> dict[bytes, set[str]]:
+    seen: dict[bytes, set[str]] = {}
+    for key, value in reader.values():
+        seen.setdefault(key, set()).add(value["event"])
+    return seen
+
+
+async def test_reconciliation_repairs_dropped_webhooks(
+    shopify_worker: WorkerProcess, stack: StackState, bootstrap: str, redis: Redis
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    store = SimulatedStore(domain=f"rec-{tag}.myshopify.com", first_id=int(tag, 16) * 10_000)
+    populate(store, products=4, orders=12, seed=5)
+    # every SKU name unique to this run
+    for item in store.items.values():
+        item["sku"] = f"{item['sku']}-{tag}"
+    for product in store.products.values():
+        for variant in product["variants"]:
+            variant["sku"] = f"{variant['sku']}-{tag}"
+    for order in store.orders.values():
+        for line in order["line_items"]:
+            line["sku"] = f"{line['sku']}-{tag}"
+    store.history.clear()  # deliver only the final snapshots below, half of them dropped
+    for order_id in store.orders:
+        store.history.append(_snapshot(store, order_id))
+    expected = expected_events(store)
+    levels = {item["sku"].encode(): item["available"] for item in store.items.values()}
+
+    sim = ShopSimulator(store, access_token=TOKEN, webhook_secret=SHOPIFY_SECRET)
+    async with TestServer(sim.app()) as server:
+        statuses = await sim.deliver(
+            f"{shopify_worker.url}/webhooks/shopify", DeliveryPlan(drop_share=0.5, seed=2)
+        )
+        assert 0 < len(statuses) < len(store.orders)
+        settings = Settings(
+            broker_url=stack.env["CARTLOOM_BROKER_URL"],
+            redis_url=stack.env["CARTLOOM_REDIS_URL"],
+            shopify_api_url=str(server.make_url("")).rstrip("/"),
+            shopify_access_token=TOKEN,  # type: ignore[arg-type]
+        )
+        report = await reconcile(settings, redis)
+
+    drift = report.drift
+    assert drift.orders_checked == len(store.orders)
+    assert drift.orders_missing >= len(store.orders) - len(statuses)
+    assert drift.skus_checked == len(store.items)
+    assert drift.skus_drifted == len(store.items)  # no level webhook was delivered at all
+    assert report.cursor == max(order["updated_at"] for order in store.orders.values())
+
+    async with (
+        TopicReader(bootstrap, "order.events", set(expected)) as events,
+        TopicReader(bootstrap, "inventory", set(levels)) as inventory,
+    ):
+        await events.until(
+            lambda _: all(expected[k] <= events_seen(events).get(k, set()) for k in expected),
+            "every order's lifecycle events",
+        )
+        await inventory.until(lambda _: newest_levels(inventory) == levels, "Shopify's levels")
+
+    async def all_orders_in_redis() -> bool:
+        docs = [await redis.hget(f"cartloom:order:{key.decode()}", "doc") for key in expected]
+        return all(doc is not None for doc in docs)
+
+    await eventually(all_orders_in_redis, timeout=90, what="every order materialised")
+
+
+def _snapshot(store: SimulatedStore, order_id: int) -> WebhookEvent:
+    order = store.orders[order_id]
+    return WebhookEvent(
+        "orders/updated", orjson.loads(orjson.dumps(order)), f"ev-{order_id}", order["updated_at"]
+    )
