@@ -1,4 +1,4 @@
-"""Periodic Shopify reconciliation inside the workers, one replica at a time.
+"""Shopify jobs inside the workers: periodic reconciliation and inventory write-back.
 
 Every ``CARTLOOM_SHOPIFY_RECONCILE_INTERVAL_SECONDS`` each worker tries to take a Redis
 lease (``SET NX EX``) for the interval; the one that gets it runs
@@ -15,23 +15,27 @@ import os
 import socket
 
 import mode
+from aiokafka import AIOKafkaConsumer
 from redis.asyncio import Redis
 
-from cartloom.app import app, settings
+from cartloom.app import app, settings, topology
+from cartloom.shopify.admin_client import AdminClient, RedisRateBudget
 from cartloom.shopify.reconcile import reconcile
+from cartloom.shopify.writeback import InventoryWriteback, WritebackRunner
 from cartloom.sinks.redis import redis_client
 
 log = logging.getLogger(__name__)
 LEASE_KEY = "cartloom:shopify:reconcile:lease"
 
 
+def enabled_api() -> bool:
+    """Whether an Admin API URL and token are configured."""
+    return bool(settings.shopify_api_url and settings.shopify_access_token is not None)
+
+
 def enabled() -> bool:
     """Whether this worker should reconcile periodically."""
-    return bool(
-        settings.shopify_reconcile_interval_seconds > 0
-        and settings.shopify_api_url
-        and settings.shopify_access_token is not None
-    )
+    return settings.shopify_reconcile_interval_seconds > 0 and enabled_api()
 
 
 @app.service
@@ -58,3 +62,50 @@ class PeriodicReconciliation(mode.Service):
             await asyncio.wait_for(reconcile(settings, redis), timeout=3600)
         except Exception:
             log.exception("periodic reconciliation failed; next try in one interval")
+
+
+LEDGER_TABLE = "reservation_by_line"
+
+
+@app.service
+class ShopifyWriteback(mode.Service):
+    """Runs inventory write-back (``CARTLOOM_SHOPIFY_WRITEBACK_ENABLED``) from the ledger."""
+
+    @mode.Service.task
+    async def _write_back(self) -> None:
+        if not (settings.shopify_writeback_enabled and enabled_api()):
+            return
+        spec = topology.tables.get(LEDGER_TABLE)
+        if spec is None:
+            log.error("write-back enabled but topics.yaml has no %s table", LEDGER_TABLE)
+            return
+        assert settings.shopify_api_url and settings.shopify_access_token
+        shop = settings.shopify_api_url.split("://", 1)[-1].split("/", 1)[0]
+        redis = redis_client(settings)
+        budget = RedisRateBudget(
+            redis, shop, settings.shopify_api_bucket_size, settings.shopify_api_restore_rate
+        )
+        consumer = AIOKafkaConsumer(
+            spec.changelog_topic(settings.app_id),
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=f"{settings.app_id}-shopify-writeback",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        token = settings.shopify_access_token.get_secret_value()
+        try:
+            async with AdminClient(
+                settings.shopify_api_url, token, settings.shopify_api_version, budget
+            ) as client:
+                writeback = InventoryWriteback(
+                    client, redis, settings.shopify_writeback_location_id
+                )
+                runner = WritebackRunner(writeback, consumer)
+                self.add_future(self._stop_with_worker(runner))
+                await runner.run()
+        finally:
+            await redis.aclose()
+
+    async def _stop_with_worker(self, runner: WritebackRunner) -> None:
+        await self.wait_until_stopped()
+        runner.stop()

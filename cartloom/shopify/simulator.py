@@ -29,6 +29,7 @@ from cartloom.shopify.store import SimulatedStore, gid, numeric_id
 
 ORDER_COST, ITEM_COST, MUTATION_COST = 3, 2, 10
 _SINCE = re.compile(r"updated_at:>=?'?([^' ]+)'?")
+_SKU = re.compile(r"sku:'?([^' ]+)'?")
 
 
 @dataclass
@@ -154,6 +155,9 @@ class ShopSimulator:
 
     def _inventory_items(self, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
         items = sorted(self.store.items.items())
+        wanted = _SKU.search(str(variables.get("query") or ""))
+        if wanted:
+            items = [(i, item) for i, item in items if item["sku"] == wanted.group(1)]
         page, info = _page(items, variables)
         location = gid("Location", self.store.location_id)
         edges = [

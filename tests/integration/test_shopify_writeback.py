@@ -1,0 +1,134 @@
+"""Inventory write-back reaches the simulator exactly once per change, replays included.
+
+Ledger entries are produced to a changelog topic of this test's own on the real broker;
+the write-back runner consumes it and pushes compare-and-swap mutations over HTTP to the
+simulator (which also fails a share of requests with 502); progress lives in real Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestServer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from redis.asyncio import Redis
+
+from cartloom.kafka_admin import apply_topics
+from cartloom.shopify.admin_client import AdminClient
+from cartloom.shopify.simulator import ShopSimulator
+from cartloom.shopify.store import SimulatedStore
+from cartloom.shopify.writeback import InventoryWriteback, WritebackRunner
+from cartloom.topology import TopicSpec
+from tests.harness import eventually
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "shpat_writeback"
+
+
+def entry(order_id: str, sku: str, granted: int, released: int = 0) -> bytes:
+    return orjson.dumps(
+        {
+            "order_id": order_id,
+            "line": 0,
+            "sku": sku,
+            "requested": granted,
+            "granted": granted,
+            "committed": 0,
+            "released": released,
+            "outcome": "reserved",
+        }
+    )
+
+
+async def run_once(
+    bootstrap: str, topic: str, group: str, writeback: InventoryWriteback, done: Any
+) -> None:
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    runner = WritebackRunner(writeback, consumer)
+    task = asyncio.create_task(runner.run())
+    try:
+        await eventually(done, timeout=60, what="write-back caught up")
+    finally:
+        runner.stop()
+        await task
+
+
+async def test_each_change_reaches_shopify_exactly_once(
+    bootstrap: str, producer: AIOKafkaProducer, redis: Redis
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    store = SimulatedStore(domain=f"wb-{tag}.myshopify.com")
+    store.add_product("Write-back Tee", [f"WB1-{tag}", f"WB2-{tag}"], stock=10)
+    sim = ShopSimulator(store, access_token=TOKEN, webhook_secret="s", error_share=0.3, seed=9)
+    topic = f"test-writeback-{tag}-changelog"
+    await apply_topics(bootstrap, [TopicSpec(topic, 2, 1, "compact", None)])
+    wb1, wb2 = f"WB1-{tag}", f"WB2-{tag}"
+    changes = [
+        (f"pos-{tag}-1#0", entry(f"pos-{tag}-1", wb1, 2)),
+        (f"pos-{tag}-1#0", entry(f"pos-{tag}-1", wb1, 2)),  # redelivered: nothing new
+        (f"pos-{tag}-2#0", entry(f"pos-{tag}-2", wb2, 3)),
+        (f"shopify-{tag}#0", entry(f"shopify-{tag}", wb1, 5)),  # Shopify's own: not pushed
+    ]
+    for key, value in changes:
+        await producer.send_and_wait(topic, value, key=key.encode())
+
+    def available(sku: str) -> int:
+        return int(store.items[store.item_for_sku(sku)]["available"])
+
+    async with (
+        TestServer(sim.app()) as server,
+        AdminClient(str(server.make_url("")).rstrip("/"), TOKEN, "2025-10") as client,
+    ):
+        writeback = InventoryWriteback(client, redis, None)
+
+        async def two_pushed() -> bool:
+            return len(sim.adjustments) == 2
+
+        await run_once(bootstrap, topic, f"wb-{tag}-a", writeback, two_pushed)
+        assert (available(wb1), available(wb2)) == (8, 7)
+
+        # the first order is cancelled: its units go back to Shopify, once
+        await producer.send_and_wait(
+            topic, entry(f"pos-{tag}-1", wb1, 2, released=2), key=f"pos-{tag}-1#0".encode()
+        )
+
+        async def three_pushed() -> bool:
+            return len(sim.adjustments) == 3
+
+        await run_once(bootstrap, topic, f"wb-{tag}-a", writeback, three_pushed)
+        assert (available(wb1), available(wb2)) == (10, 7)
+
+        # a full replay of the changelog (new group, same Redis progress) changes nothing
+        replay = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            group_id=f"wb-{tag}-replay",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        runner = WritebackRunner(writeback, replay)
+        task = asyncio.create_task(runner.run())
+
+        async def replay_committed() -> bool:
+            committed = [await replay.committed(tp) for tp in replay.assignment()]
+            return bool(committed) and sum(c or 0 for c in committed) == 5
+
+        try:
+            await eventually(replay_committed, timeout=60, what="replay consumed")
+        finally:
+            runner.stop()
+            await task
+    assert len(sim.adjustments) == 3
+    assert sorted(a["changes"][0]["delta"] for a in sim.adjustments) == [-3, -2, 2]
+    assert (available(wb1), available(wb2)) == (10, 7)
