@@ -1,0 +1,301 @@
+"""Webhook receiver benchmark: bare aiohttp + HMAC vs CartLoom's receiver, side by side.
+
+    python bench/webhooks.py [--seconds 10] [--connections 64] [--out bench/results/webhooks.json]
+
+Starts a private Tansu broker, then measures with ``wrk`` (one thread, HTTP/1.1 keep-alive,
+distinct pre-signed Shopify deliveries) against, one after the other:
+
+1. ``bare``: an aiohttp server that reads the body, checks the HMAC and answers 200;
+2. ``receiver``: CartLoom's receiver (:mod:`cartloom.shopify.receiver`) in one process:
+   HMAC, header and JSON checks, resource key, then 200 only once the broker acknowledged
+   the record (acks=all, batched by linger);
+3. ``worker`` (unless ``--no-worker``): a full ``cartloom worker`` process answering on
+   ``/webhooks/shopify`` while its agents consume what it enqueues.
+
+Each server runs in its own process; the machine's cores are shared by wrk, the server
+and the broker, as on the 2-core box the figures were taken on. After each receiver run
+the records in ``shopify.webhooks`` are counted: every 200 must be there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from pydantic import SecretStr
+
+from cartloom.devstack.processes import free_port, spawn, stop
+from cartloom.devstack.stack import _broker_ready, broker_argv
+from cartloom.kafka_admin import apply_topics
+from cartloom.shopify.delivery import signed
+from cartloom.shopify.receiver import KafkaEnqueuer, WebhookReceiver, standalone_app
+from cartloom.shopify.signatures import SignatureVerifier
+from cartloom.shopify.store import WebhookEvent
+from cartloom.topology import TopicSpec, load_topology
+
+SECRET = "bench-secret"
+SHOP = "bench.myshopify.com"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- servers (run as subprocesses of this script) ------------------------------------------
+
+
+def serve_bare(port: int) -> None:
+    verifier = SignatureVerifier([SecretStr(SECRET)])
+
+    async def handler(request: web.Request) -> web.Response:
+        body = await request.read()
+        if not verifier.verify(body, request.headers.get("X-Shopify-Hmac-Sha256")):
+            return web.json_response({"error": "bad hmac"}, status=401)
+        return web.json_response({"status": "accepted"})
+
+    app = web.Application()
+    app.router.add_post("/webhooks/shopify", handler)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def serve_receiver(port: int, bootstrap: str) -> None:
+    receiver = WebhookReceiver(
+        SignatureVerifier([SecretStr(SECRET)]),
+        KafkaEnqueuer(bootstrap, linger_ms=5, timeout=4.0),
+        max_bytes=1_048_576,
+    )
+    web.run_app(standalone_app(receiver), host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+# -- load ----------------------------------------------------------------------------------
+
+
+def wrk_script(count: int, path: Path) -> None:
+    """A wrk Lua script cycling through ``count`` distinct signed product deliveries."""
+    lines = ["local reqs = {}"]
+    for number in range(count):
+        payload = {
+            "id": 7_000_000 + number,
+            "title": f"Bench product {number}",
+            "status": "active",
+            "updated_at": "2026-11-25T10:00:00+00:00",
+            "variants": [{"id": 8_000_000 + number, "sku": f"B-{number}", "price": "9.90"}],
+        }
+        event = WebhookEvent("products/update", payload, f"ev-{number}", "2026-11-25T10:00:00Z")
+        delivery = signed(event, SHOP, SECRET, webhook_id=f"wh-{number}")
+        headers = ", ".join(
+            f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in delivery.headers.items()
+        )
+        body = json.dumps(delivery.body.decode())
+        lines.append(f"reqs[{number + 1}] = {{ {headers} }}; reqs[{number + 1}].__body = {body}")
+    lines.append(
+        """
+local formatted = {}
+init = function(args)
+  for i, h in ipairs(reqs) do
+    local body = h.__body
+    h.__body = nil
+    formatted[i] = wrk.format("POST", "/webhooks/shopify", h, body)
+  end
+end
+local n = 0
+request = function()
+  n = n + 1
+  return formatted[(n % #formatted) + 1]
+end
+"""
+    )
+    path.write_text("\n".join(lines))
+
+
+def run_wrk(url: str, script: Path, seconds: int, connections: int) -> dict[str, Any]:
+    """Run wrk and parse requests/s, latency percentiles and non-2xx answers."""
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    percentiles = {
+        p: _ms(v) for p, v in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+\w+)", out, re.MULTILINE)
+    }
+    return {
+        "requests_per_second": round(rps),
+        "requests": total,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "latency_ms": {f"p{p}": v for p, v in percentiles.items()},
+    }
+
+
+def _ms(value: str) -> float:
+    number, unit = re.match(r"([\d.]+)(\w+)", value).groups()  # type: ignore[union-attr]
+    return round(float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit], 3)
+
+
+async def wait_http(port: int) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    if response.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"nothing answers on port {port}")
+
+
+async def topic_count(bootstrap: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic("shopify.webhooks") or set()
+        if not partitions:
+            await consumer.topics()
+            partitions = consumer.partitions_for_topic("shopify.webhooks") or set()
+        tps = [TopicPartition("shopify.webhooks", p) for p in partitions]
+        begin, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
+        return sum(end[tp] - begin[tp] for tp in tps)
+    finally:
+        await consumer.stop()
+
+
+def start(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
+    )
+
+
+async def measure(
+    name: str, argv: list[str], port: int, args: argparse.Namespace, script: Path, **kw: Any
+) -> dict[str, Any]:
+    bootstrap: str | None = kw.pop("bootstrap", None)
+    before = await topic_count(bootstrap) if bootstrap else 0
+    process = start(argv, kw.pop("env", None))
+    try:
+        await wait_http(port)
+        # warm up (connections, producer metadata, first batches)
+        run_wrk(f"http://127.0.0.1:{port}/webhooks/shopify", script, 2, args.connections)
+        after_warmup = await topic_count(bootstrap) if bootstrap else 0
+        result = run_wrk(
+            f"http://127.0.0.1:{port}/webhooks/shopify", script, args.seconds, args.connections
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    if bootstrap:
+        result["records_enqueued"] = await topic_count(bootstrap) - after_warmup
+        result["every_200_enqueued"] = (
+            result["records_enqueued"] >= result["requests"] - result["non_2xx"]
+        )
+    print(f"{name:>8}: {result}", flush=True)
+    del before
+    return result
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    workdir = Path(tempfile.mkdtemp(prefix="cartloom-bench-"))
+    script = workdir / "deliveries.lua"
+    wrk_script(args.deliveries, script)
+    broker_port = free_port()
+    broker = spawn("bench-broker", broker_argv(broker_port), workdir, broker_port)
+    bootstrap = f"127.0.0.1:{broker_port}"
+    results: dict[str, Any] = {}
+    try:
+        for _ in range(100):
+            try:
+                if await _broker_ready(broker_port):
+                    break
+            except Exception:
+                await asyncio.sleep(0.1)
+        spec = load_topology().topics
+        await apply_topics(
+            bootstrap,
+            [TopicSpec(n, s.partitions, 1, s.cleanup_policy, None) for n, s in spec.items()],
+        )
+        me = [sys.executable, __file__]
+        port = free_port()
+        results["bare"] = await measure("bare", [*me, "serve-bare", str(port)], port, args, script)
+        port = free_port()
+        results["receiver"] = await measure(
+            "receiver",
+            [*me, "serve-receiver", str(port), bootstrap],
+            port,
+            args,
+            script,
+            bootstrap=bootstrap,
+        )
+        if not args.no_worker:
+            port = free_port()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("CARTLOOM_")}
+            env.update(
+                CARTLOOM_BROKER_URL=f"kafka://{bootstrap}",
+                CARTLOOM_WEB_PORT=str(port),
+                CARTLOOM_SHOPIFY_WEBHOOK_SECRET=SECRET,
+                CARTLOOM_SINKS_ENABLED="false",
+                CARTLOOM_DATA_DIR=str(workdir / "worker-data"),
+                CARTLOOM_BROKER_SESSION_TIMEOUT="6",
+                CARTLOOM_BROKER_REBALANCE_TIMEOUT="6",
+                CARTLOOM_BROKER_HEARTBEAT_INTERVAL="1",
+                CARTLOOM_LOG_LEVEL="warning",
+            )
+            argv = [sys.executable, "-m", "cartloom", "--env-file", "/nonexistent", "worker"]
+            results["worker"] = await measure(
+                "worker", argv, port, args, script, bootstrap=bootstrap, env=env
+            )
+    finally:
+        stop(broker)
+    return results
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "what": "verified webhooks/s and latency, wrk -t1, keep-alive, distinct signed deliveries",
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "load_average_before": args.load_before,
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "seconds": args.seconds,
+        "connections": args.connections,
+        "target": {"requests_per_second": 10_000, "p99_ms": 20},
+        "results": results,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "serve-bare":
+        serve_bare(int(sys.argv[2]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "serve-receiver":
+        serve_receiver(int(sys.argv[2]), sys.argv[3])
+    else:
+        parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+        parser.add_argument("--seconds", type=int, default=10)
+        parser.add_argument("--connections", type=int, default=64)
+        parser.add_argument("--deliveries", type=int, default=20_000)
+        parser.add_argument("--no-worker", action="store_true")
+        parser.add_argument("--out", type=Path, default=ROOT / "bench/results/webhooks.json")
+        arguments = parser.parse_args()
+        arguments.load_before = [round(x, 2) for x in os.getloadavg()]
+        output = report(asyncio.run(main(arguments)), arguments)
+        arguments.out.parent.mkdir(parents=True, exist_ok=True)
+        arguments.out.write_bytes(orjson.dumps(output, option=orjson.OPT_INDENT_2) + b"\n")
+        print(f"written to {arguments.out}")
