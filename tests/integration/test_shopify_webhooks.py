@@ -282,3 +282,36 @@ async def _dynamodb_item(dynamodb: Any, table: str, key: str, value: str) -> Any
         TableName=table, Key={key: {"S": value}}, ConsistentRead=True
     )
     return response.get("Item")
+
+
+async def test_shop_redact_removes_the_shops_customer_data(
+    shopify_worker: WorkerProcess, dynamodb: Any
+) -> None:
+    store, _ = new_store("shopredact")
+    store.add_product("Shop Tee", ["SHOPR-1"])
+    orders = [store.place_order([("SHOPR-1", 1)], email=f"c{n}@example.com") for n in range(3)]
+    await deliver(shopify_worker, [signed(e, store.domain, SECRET) for e in store.history])
+    for order in orders:
+        await eventually(
+            lambda order=order: _dynamodb_item(
+                dynamodb, "cartloom-orders", "order_id", f"shopify-{order}"
+            ),
+            what="order in DynamoDB",
+        )
+    redact = WebhookEvent(
+        "shop/redact",
+        {"shop_id": 954889, "shop_domain": store.domain},
+        f"shop-redact-{store.domain}",
+        "2026-11-25T12:00:00Z",
+    )
+    [status] = await deliver(shopify_worker, [signed(redact, store.domain, SECRET)])
+    assert status == 200
+
+    async def all_redacted() -> bool:
+        items = [
+            await _dynamodb_item(dynamodb, "cartloom-orders", "order_id", f"shopify-{order}")
+            for order in orders
+        ]
+        return all(item and "@example.com" not in item["doc"]["S"] for item in items)
+
+    await eventually(all_redacted, timeout=90, what="every order of the shop redacted")
