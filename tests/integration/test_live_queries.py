@@ -8,6 +8,7 @@ a stale value here.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -51,11 +52,12 @@ async def readyz(worker: WorkerProcess) -> dict[str, Any] | None:
 @pytest.fixture(scope="module")
 async def pair(stack: StackState, stack_dir: Path) -> AsyncIterator[list[WorkerProcess]]:
     """Two workers of one group, both ready and each holding some active partitions."""
-    first = start_worker(stack.env, stack_dir, "lq-1", extra_env=LQ_ENV)
+    env = {**LQ_ENV, "CARTLOOM_PROMETHEUS_TARGETS_DIR": str(stack_dir / "lq-targets")}
+    first = start_worker(stack.env, stack_dir, "lq-1", extra_env=env)
     workers = [first]
     try:
         await wait_ready(first)
-        second = start_worker(stack.env, stack_dir, "lq-2", extra_env=LQ_ENV)
+        second = start_worker(stack.env, stack_dir, "lq-2", extra_env=env)
         workers.append(second)
         await wait_ready(second)
 
@@ -70,14 +72,20 @@ async def pair(stack: StackState, stack_dir: Path) -> AsyncIterator[list[WorkerP
             worker.stop()
 
 
-def order(order_id: str, sku: str = "SKU-LQ") -> bytes:
+def order(order_id: str, sku: str, quantity: int = 1) -> bytes:
     return orjson.dumps(
         {
             "order_id": order_id,
             "source": "pos",
             "created_at": datetime.now(UTC).isoformat(),
-            "lines": [{"sku": sku, "quantity": 1}],
+            "lines": [{"sku": sku, "quantity": quantity}],
         }
+    )
+
+
+def paid(order_id: str) -> bytes:
+    return orjson.dumps(
+        {"order_id": order_id, "event": "paid", "at": datetime.now(UTC).isoformat()}
     )
 
 
@@ -101,44 +109,60 @@ async def stable_read(worker: WorkerProcess, path: str) -> tuple[int, Any, dict[
     return await eventually(attempt, timeout=60, what=f"non-503 answer to {path}")
 
 
+async def read_both(pair: list[WorkerProcess], path: str) -> tuple[Any, str]:
+    """Read ``path`` through both workers; both must return the same owner's same value."""
+    answers = [await stable_read(worker, path) for worker in pair]
+    for status, _, _ in answers:
+        assert status == 200, answers
+    assert answers[0][1] == answers[1][1], f"{path}: the two workers disagree: {answers}"
+    served_by = {headers[SERVED_BY_HEADER] for _, _, headers in answers}
+    assert len(served_by) == 1, f"{path} answered by two different workers: {served_by}"
+    return answers[0][1], served_by.pop()
+
+
 async def test_every_key_reads_the_owners_value_through_both_workers(
     pair: list[WorkerProcess], producer: AIOKafkaProducer
 ) -> None:
     run = uuid.uuid4().hex[:8]
+    sku = f"SKU-LQ-{run}"
+    await producer.send_and_wait(
+        "inventory", orjson.dumps({"sku": sku, "on_hand": 1000}), key=sku.encode()
+    )
     ids = [f"lq-{run}-{n:03d}" for n in range(24)]
     for order_id in ids:
-        await producer.send_and_wait("orders", order(order_id), key=order_id.encode())
+        await producer.send_and_wait("orders", order(order_id, sku), key=order_id.encode())
 
+    # First read: every order reserved (the saga ran), same value through both workers.
+    versions: dict[str, int] = {}
     owners: dict[str, str] = {}
     for order_id in ids:
         path = f"/orders/{order_id}"
-        status, body, _ = await eventually(
-            lambda p=path: _found(pair[0], p), timeout=90, what=f"{order_id} readable"
-        )
-        answers = [await stable_read(w, path) for w in pair]
-        for status, body, headers in answers:
-            assert status == 200
-            assert body["order_id"] == order_id
-            assert body["status"] == "received"
-            assert body["version"] == 1
-            expected_partition = key_partition(order_id.encode(), ORDER_PARTITIONS)
-            assert headers[PARTITION_HEADER] == str(expected_partition)
-        served_by = {headers[SERVED_BY_HEADER] for _, _, headers in answers}
-        assert len(served_by) == 1, f"{order_id} answered by two different workers: {served_by}"
-        owners[order_id] = served_by.pop()
-
+        await eventually(lambda p=path: _status(pair[0], p, "reserved"), timeout=120, what=path)
+        body, owners[order_id] = await read_both(pair, path)
+        assert (body["order_id"], body["status"]) == (order_id, "reserved")
+        partition = key_partition(order_id.encode(), ORDER_PARTITIONS)
+        assert (await query(pair[0], path))[2][PARTITION_HEADER] == str(partition)
+        versions[order_id] = body["version"]
     # Both workers own part of the keys, so both the local and the forwarded path ran.
     assert set(owners.values()) == {w.url for w in pair}
 
-    # A redelivered message changes nothing; every worker still answers the owner's copy.
-    for order_id in ids[:6]:
-        await producer.send_and_wait("orders", order(order_id, "SKU-OTHER"), key=order_id.encode())
-    for order_id in ids[:6]:
-        for worker in pair:
-            status, body, headers = await stable_read(worker, f"/orders/{order_id}")
-            assert (status, body["version"]) == (200, 1)
-            assert body["lines"] == [{"sku": "SKU-LQ", "quantity": 1}]
-            assert headers[SERVED_BY_HEADER] == owners[order_id]
+    stock, _ = await read_both(pair, f"/inventory/{sku}")
+    assert (stock["on_hand"], stock["reserved"], stock["available"]) == (1000, 24, 976)
+
+    # An update after the first read: a stale copy anywhere would now show the old status.
+    for order_id in ids:
+        await producer.send_and_wait("order.events", paid(order_id), key=order_id.encode())
+    for order_id in ids:
+        path = f"/orders/{order_id}?min_version={versions[order_id] + 1}"
+        body, served_by = await read_both(pair, path)
+        assert body["status"] == "paid"
+        assert body["version"] > versions[order_id]
+        assert served_by == owners[order_id]
+
+
+async def _status(worker: WorkerProcess, path: str, status: str) -> bool:
+    answer = await query(worker, path)
+    return answer[0] == 200 and answer[1]["status"] == status
 
 
 async def _found(worker: WorkerProcess, path: str) -> tuple[int, Any, dict[str, str]] | None:
@@ -150,7 +174,7 @@ async def test_min_version_waits_for_the_write(
     pair: list[WorkerProcess], producer: AIOKafkaProducer
 ) -> None:
     order_id = f"lq-ryw-{uuid.uuid4().hex[:8]}"
-    await producer.send_and_wait("orders", order(order_id), key=order_id.encode())
+    await producer.send_and_wait("orders", order(order_id, "SKU-LQ-RYW"), key=order_id.encode())
     # Read-your-writes: no polling by the client, the owner waits until version 1 exists.
     for worker in pair:
         status, body, _ = await stable_read(worker, f"/orders/{order_id}?min_version=1")
@@ -200,7 +224,7 @@ async def test_a_forwarded_request_is_never_forwarded_again(
     pair: list[WorkerProcess], producer: AIOKafkaProducer
 ) -> None:
     order_id = f"lq-hop-{uuid.uuid4().hex[:8]}"
-    await producer.send_and_wait("orders", order(order_id), key=order_id.encode())
+    await producer.send_and_wait("orders", order(order_id, "SKU-LQ-HOP"), key=order_id.encode())
     _, _, headers = await eventually(
         lambda: _found(pair[0], f"/orders/{order_id}"), timeout=90, what="order readable"
     )
@@ -214,3 +238,14 @@ async def test_a_forwarded_request_is_never_forwarded_again(
     assert status == 503
     assert answer_headers["Retry-After"] == "1"
     assert "not the recovered owner" in body["error"]
+
+
+async def test_each_worker_registers_itself_for_prometheus(
+    pair: list[WorkerProcess], stack_dir: Path
+) -> None:
+    files = sorted((stack_dir / "lq-targets").glob("*.json"))
+    assert [f.name for f in files] == sorted(f"cartloom-lq-127.0.0.1-{w.port}.json" for w in pair)
+    documents = [json.loads(f.read_text()) for f in files]
+    assert sorted(d[0]["targets"][0] for d in documents) == sorted(
+        f"127.0.0.1:{w.port}" for w in pair
+    )
