@@ -28,6 +28,8 @@ dynamodb_cli = typer.Typer(help="The DynamoDB tables the sinks write.", no_args_
 cli.add_typer(dynamodb_cli, name="dynamodb")
 shopify_cli = typer.Typer(help="Shopify: webhooks and the simulator.", no_args_is_help=True)
 cli.add_typer(shopify_cli, name="shopify")
+dlq_cli = typer.Typer(help="Dead-letter topics: send what failed back.", no_args_is_help=True)
+cli.add_typer(dlq_cli, name="dlq")
 console = Console()
 
 StateDir = Annotated[Path, typer.Option(help="Where the local stack keeps pids, logs, dev.env.")]
@@ -298,6 +300,22 @@ def shopify_simulate(
     plan = DeliveryPlan(duplicate_share=duplicate_share, drop_share=drop_share, shuffle=shuffle)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_simulation(simulator, port, deliver_to, plan, console.print))
+
+
+@dlq_cli.command("replay")
+def dlq_replay(
+    topic: Annotated[str, typer.Argument(help="Source topic, e.g. orders (reads orders.dlq).")],
+) -> None:
+    """Send TOPIC.dlq's records back to TOPIC once (a consumer group remembers progress)."""
+    from cartloom.dlq import dead_letter_topic_name, replay_dead_letters
+    from cartloom.settings import load_settings
+    from cartloom.topology import load_topology
+
+    settings = load_settings()
+    load_topology(settings.topics_file).topic(dead_letter_topic_name(topic))  # must be declared
+    group = f"{settings.app_id}-dlq-replay"
+    report = asyncio.run(replay_dead_letters(settings.bootstrap_servers, topic, group_id=group))
+    console.print(f"replayed {report.replayed} record(s) from {topic}.dlq to {topic}")
 
 
 def main() -> None:

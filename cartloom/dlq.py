@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 DLQ_SUFFIX = ".dlq"
 REPLAYED_FROM_HEADER = "cartloom-replayed-from"
+_IDLE_POLLS = 5  # empty one-second polls before giving up on a partition that looks behind
 _DEAD_LETTER_HEADERS = ("cartloom-reason", "cartloom-detail", "cartloom-origin-")
 
 
@@ -72,7 +73,8 @@ async def replay_dead_letters(
     """Send the records of ``topic.dlq`` that no earlier replay sent back to ``topic``.
 
     Reads up to the end offsets seen at the start (records dead-lettered during the replay
-    wait for the next one) and commits after each batch is acknowledged by the broker.
+    wait for the next one) and commits after each batch is acknowledged by the broker, so
+    an interrupted replay resumes where it stopped.
     """
     dlq = dead_letter_topic_name(topic)
     consumer = AIOKafkaConsumer(
@@ -92,13 +94,15 @@ async def replay_dead_letters(
             return ReplayReport(topic, 0)
         consumer.assign(tps)
         end = await consumer.end_offsets(tps)
-        replayed = 0
-        while await _behind(consumer, tps, end):
+        replayed, idle = 0, 0
+        while idle < _IDLE_POLLS:
             batch = await consumer.getmany(*tps, timeout_ms=1000, max_records=batch_max)
             commits: dict[TopicPartition, int] = {}
             for tp, records in batch.items():
                 for record in records:
-                    if record.offset >= end[tp]:
+                    # The embedded broker may report the end one short, so the record at
+                    # the reported end is taken too; anything later arrived during replay.
+                    if record.offset > end[tp]:
                         break
                     await producer.send(
                         topic,
@@ -108,11 +112,14 @@ async def replay_dead_letters(
                     )
                     commits[tp] = record.offset + 1
                     replayed += 1
+            if not commits:
+                idle = idle + 1 if await _behind(consumer, tps, end) else _IDLE_POLLS
+                continue
+            idle = 0
             await producer.flush()
-            if commits:
-                await consumer.commit(commits)
-                for tp, offset in commits.items():
-                    consumer.seek(tp, offset)
+            await consumer.commit(commits)
+            for tp, offset in commits.items():
+                consumer.seek(tp, offset)
         metrics.DEAD_LETTERS_REPLAYED.labels(topic=topic).inc(replayed)
         return ReplayReport(topic, replayed)
     finally:
