@@ -121,8 +121,7 @@ class WebhookReceiver:
         topic = headers.get(TOPIC_HEADER, "")
         label = topic if topic in KNOWN_TOPICS else "other"
         answer = await self._answer(request, headers, topic)
-        outcome = _OUTCOMES[answer.status]
-        metrics.SHOPIFY_WEBHOOKS_RECEIVED.labels(topic=label, outcome=outcome).inc()
+        _received(label, _OUTCOMES[answer.status]).inc()
         metrics.SHOPIFY_WEBHOOK_SECONDS.observe(time.perf_counter() - started)
         return answer
 
@@ -167,6 +166,18 @@ _OUTCOMES = {
     413: "oversized",
     503: "unavailable",
 }
+
+
+_RECEIVED: dict[tuple[str, str], Any] = {}
+
+
+def _received(topic: str, outcome: str) -> Any:
+    """The counter child for (topic, outcome), looked up once (labels() costs per call)."""
+    child = _RECEIVED.get((topic, outcome))
+    if child is None:
+        child = metrics.SHOPIFY_WEBHOOKS_RECEIVED.labels(topic=topic, outcome=outcome)
+        _RECEIVED[(topic, outcome)] = child
+    return child
 
 
 def build_receiver(settings: Settings) -> WebhookReceiver:
