@@ -17,7 +17,7 @@ from typing import Any
 
 import faust
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
-from faust.types import TP, EventT, StreamT
+from faust.types import TP, AppT, EventT, StreamT
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from cartloom.metrics import EVENT_DELAY_SECONDS
@@ -135,7 +135,25 @@ def faust_metrics(registry: CollectorRegistry = REGISTRY) -> FaustMetrics:
 
 
 class CartLoomMonitor(PrometheusMonitor):
-    """Faust's Prometheus monitor plus the end-to-end delay of each processed event."""
+    """Faust's Prometheus monitor plus the end-to-end delay of each processed event.
+
+    It also remembers since when the current rebalance runs (``rebalancing_since``,
+    monotonic seconds, None outside a rebalance), which readiness uses to tell an ordinary
+    rebalance from a stuck one.
+    """
+
+    rebalancing_since: float | None = None
+
+    def on_rebalance_start(self, app: AppT) -> dict[str, Any]:
+        """A rebalance began: note the time, then let Faust's sensor count it."""
+        self.rebalancing_since = time.monotonic()
+        state: dict[str, Any] = super().on_rebalance_start(app)
+        return state
+
+    def on_rebalance_end(self, app: AppT, state: dict[str, Any]) -> None:
+        """The rebalance finished, table recovery included."""
+        self.rebalancing_since = None
+        super().on_rebalance_end(app, state)
 
     def on_stream_event_out(
         self,

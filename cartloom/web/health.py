@@ -2,10 +2,10 @@
 
 Kubernetes meaning: liveness fails only when restarting the process would help (the event
 loop no longer answers), so ``/healthz`` checks nothing external. Readiness says whether
-this worker should receive traffic now: it has joined the group and received its
-partitions, finished recovering its tables after the last rebalance, and reached the
-broker within the last few seconds. A broker outage makes every worker unready (no new
-traffic) without restarting any of them.
+this worker should receive traffic now: it has joined its group, received its partitions
+and recovered their tables, is not stuck in a rebalance, and reached the broker within the
+last few seconds. A broker outage makes every worker unready (no new traffic) without
+restarting any of them; an ordinary rebalance does not (see :func:`readiness`).
 """
 
 from __future__ import annotations
@@ -59,24 +59,43 @@ class BrokerProbe:
         return False
 
 
-async def readiness(app: Any, probe: BrokerProbe) -> dict[str, Any]:
-    """The readiness report; ``ready`` is the conjunction of the three conditions."""
+def rebalancing_seconds(app: Any) -> float:
+    """How long the current rebalance has run (0 outside one), from CartLoom's monitor."""
+    since = getattr(app.monitor, "rebalancing_since", None)
+    if not app.rebalancing or since is None:
+        return 0.0
+    return max(0.0, time.monotonic() - float(since))
+
+
+async def readiness(app: Any, probe: BrokerProbe, stuck_after: float) -> dict[str, Any]:
+    """The readiness report; ``ready`` is the conjunction of the conditions it lists.
+
+    ``recovered`` is the first assignment's table recovery (Faust sets it once the worker
+    joined its group, received its partitions and replayed their changelogs). An ordinary
+    rebalance does not make the worker unready: every worker rebalances at once, and
+    dropping them all from the Service would refuse webhooks for nothing (live queries of a
+    partition in motion answer 503 on their own). A rebalance running longer than
+    ``stuck_after`` seconds does.
+    """
     recovered = app.tables.recovery.completed.is_set()
-    rebalancing = bool(app.rebalancing)
+    rebalancing_for = rebalancing_seconds(app)
+    stuck = rebalancing_for > stuck_after
     broker = await probe.reachable()
-    ready = recovered and not rebalancing and broker
+    ready = recovered and not stuck and broker
     WORKER_READY.set(1 if ready else 0)
     return {
         "ready": ready,
         "recovered": recovered,
-        "rebalancing": rebalancing,
+        "rebalancing": bool(app.rebalancing),
+        "rebalancing_seconds": round(rebalancing_for, 1),
+        "rebalance_stuck": stuck,
         "broker_reachable": broker,
         "active_partitions": len(app.assignor.assigned_actives()),
         "standby_partitions": len(app.assignor.assigned_standbys()),
     }
 
 
-def register_health(app: Any, probe: BrokerProbe) -> None:
+def register_health(app: Any, probe: BrokerProbe, stuck_after: float) -> None:
     """Add ``/healthz``, ``/readyz`` and ``/metrics`` to ``app``, and keep the ready gauge."""
 
     @app.page("/healthz")
@@ -92,8 +111,8 @@ def register_health(app: Any, probe: BrokerProbe) -> None:
         """``GET /readyz``: 200 when the worker can serve, 503 with the reasons otherwise."""
 
         async def get(self, request: Request) -> Response:
-            """Readiness: recovered, partitions assigned, no rebalance, broker reachable."""
-            body = await readiness(self.app, probe)
+            """Readiness: recovered, partitions assigned, not stuck rebalancing, broker up."""
+            body = await readiness(self.app, probe, stuck_after)
             return self.json(body, status=200 if body["ready"] else 503)
 
     @app.page("/metrics")
@@ -102,6 +121,6 @@ def register_health(app: Any, probe: BrokerProbe) -> None:
 
         async def get(self, request: Request) -> Response:
             """Render the default registry (Faust's sensor and cartloom.metrics share it)."""
-            await readiness(self.app, probe)
+            await readiness(self.app, probe, stuck_after)
             headers = {"Content-Type": CONTENT_TYPE_LATEST}
             return self.bytes(generate_latest(REGISTRY), headers=headers)

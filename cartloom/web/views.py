@@ -37,7 +37,9 @@ def live_queries() -> dict[str, LiveQuery]:
 
 install_prometheus_monitor(app)
 WORKER_INFO.info({"app_id": settings.app_id})
-register_health(app, BrokerProbe(settings.bootstrap_servers))
+#: A rebalance longer than this makes the worker unready (an ordinary one does not).
+REBALANCE_STUCK_AFTER = max(30.0, 3 * settings.broker_rebalance_timeout)
+register_health(app, BrokerProbe(settings.bootstrap_servers), REBALANCE_STUCK_AFTER)
 #: Registered by importing it (``@app.service``); named here so the import is explicit.
 TARGET_FILE_SERVICE = discovery.PrometheusTargetFile
 VIEWS = {path: register_live_query(app, path, q, settings) for path, q in live_queries().items()}
