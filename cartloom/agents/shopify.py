@@ -36,12 +36,13 @@ from cartloom.domain.shopify import (
     KNOWN_TOPICS,
     Delivery,
     Output,
-    Verdict,
     WebhookReason,
-    admit,
+    normalise,
+)
+from cartloom.domain.shopify_dedupe import Verdict, admit
+from cartloom.domain.shopify_state import (
     apply_catalog_change,
     apply_item_message,
-    normalise,
     personal_data,
     redacted,
 )

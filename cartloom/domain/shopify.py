@@ -19,7 +19,6 @@ from typing import Any
 from cartloom.domain.errors import InvalidInput, RejectReason
 
 ORDER_PREFIX = "shopify-"
-MAX_IDS_PER_RESOURCE = 1000
 
 ORDER_TOPICS = frozenset(
     {
@@ -59,14 +58,6 @@ class WebhookReason(StrEnum):
     UNKNOWN_TOPIC = "unknown_topic"
     INVALID_PAYLOAD = "invalid_payload"
     PROCESSING_ERROR = "processing_error"
-
-
-class Verdict(StrEnum):
-    """What :func:`admit` decided about a delivery."""
-
-    FRESH = "fresh"
-    DUPLICATE = "duplicate"
-    STALE = "stale"
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +128,8 @@ def resource_key(topic: str, shop: str, payload: dict[str, Any]) -> str:
     return f"{shop}/{topic}/{resource}" if resource is not None else f"{shop}/{topic}"
 
 
-def _parse_time(value: object) -> datetime | None:
+def parse_time(value: object) -> datetime | None:
+    """An aware datetime from an ISO-8601 string, or None."""
     if not isinstance(value, str):
         return None
     try:
@@ -147,78 +139,8 @@ def _parse_time(value: object) -> datetime | None:
     return parsed if parsed.tzinfo is not None else None
 
 
-def change_scope(delivery: Delivery) -> tuple[str, str] | None:
-    """The (scope, timestamp) a delivery's staleness is judged on, or None if it has none.
-
-    Snapshots of one resource share a scope; inventory levels are per location.
-    """
-    topic, payload = delivery.topic, delivery.payload
-    stamp = payload.get("updated_at") or delivery.triggered_at
-    if topic in ORDER_TOPICS:
-        scope = "order"
-    elif topic in PRODUCT_TOPICS:
-        scope = "product"
-    elif topic in LEVEL_TOPICS:
-        scope = f"level:{payload.get('location_id')}"
-    elif topic in ITEM_TOPICS:
-        scope = "item"
-    else:
-        return None
-    return (scope, stamp) if isinstance(stamp, str) and _parse_time(stamp) is not None else None
-
-
-def admit(
-    state: dict[str, Any] | None, delivery: Delivery, window_seconds: float
-) -> tuple[Verdict, dict[str, Any]]:
-    """Decide whether ``delivery`` is new, and the resource state to store afterwards.
-
-    ``state`` is the previous value for the delivery's resource key (None at first).
-    Duplicates: a webhook id or event id seen within ``window_seconds``. Stale: an older
-    ``updated_at`` (or ``X-Shopify-Triggered-At``) than what was applied in the same scope.
-    """
-    current = dict(state or {})
-    now = delivery.received_at
-    webhooks = _recent(current.get("webhooks", {}), now, window_seconds)
-    events = _recent(current.get("events", {}), now, window_seconds)
-    updated: dict[str, str] = dict(current.get("updated", {}))
-    seen = delivery.webhook_id in webhooks or (
-        delivery.event_id is not None and delivery.event_id in events
-    )
-    webhooks[delivery.webhook_id] = now
-    if delivery.event_id:
-        events[delivery.event_id] = now
-    current.update(
-        webhooks=_bounded(webhooks),
-        events=_bounded(events),
-        updated=updated,
-        version=_next(current),
-    )
-    if seen:
-        return Verdict.DUPLICATE, current
-    scoped = change_scope(delivery)
-    if scoped is not None:
-        scope, stamp = scoped
-        previous = _parse_time(updated.get(scope))
-        incoming = _parse_time(stamp)
-        assert incoming is not None
-        if previous is not None and incoming < previous:
-            return Verdict.STALE, current
-        updated[scope] = stamp
-    return Verdict.FRESH, current
-
-
-def _recent(ids: dict[str, float], now: float, window: float) -> dict[str, float]:
-    return {key: at for key, at in ids.items() if at > now - window}
-
-
-def _bounded(ids: dict[str, float]) -> dict[str, float]:
-    if len(ids) <= MAX_IDS_PER_RESOURCE:
-        return ids
-    newest = sorted(ids.items(), key=lambda item: item[1])[-MAX_IDS_PER_RESOURCE:]
-    return dict(newest)
-
-
-def _next(state: dict[str, Any]) -> int:
+def next_version(state: dict[str, Any]) -> int:
+    """One more than the ``version`` in ``state`` (1 for a new value)."""
     version = state.get("version", 0)
     return (version if isinstance(version, int) else 0) + 1
 
@@ -278,7 +200,7 @@ def order_message(delivery: Delivery) -> dict[str, Any]:
     if not lines:
         raise InvalidInput(RejectReason.INVALID_SCHEMA, "order has no line with quantity >= 1")
     created_at = payload.get("created_at")
-    if _parse_time(created_at) is None:
+    if parse_time(created_at) is None:
         raise InvalidInput(RejectReason.INVALID_SCHEMA, "created_at must be ISO-8601 with a zone")
     message: dict[str, Any] = {
         "order_id": order_id(_id(payload, "id")),
@@ -333,7 +255,7 @@ def lifecycle_of(payload: dict[str, Any]) -> list[tuple[str, str]]:
 
 def version_of(stamp: object) -> int | None:
     """An event version from a Shopify timestamp: epoch milliseconds, or None."""
-    parsed = _parse_time(stamp)
+    parsed = parse_time(stamp)
     return round(parsed.timestamp() * 1000) if parsed is not None else None
 
 
@@ -492,80 +414,3 @@ def normalise_privacy(delivery: Delivery) -> list[Output]:
         }
         outputs.append(Output("redactions", key, job))
     return outputs
-
-
-# -- inventory item mapping: the state kept per inventory item --------------------------
-
-
-def apply_item_message(
-    state: dict[str, Any] | None, message: dict[str, Any]
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Apply a mapping or level message to an item's state; return it and ``inventory`` events.
-
-    A level for an item whose SKU is unknown is parked (the newest per location) and
-    released when the mapping arrives. A mapping older than the one held is ignored.
-    """
-    current: dict[str, Any] = dict(state or {"sku": None, "parked": {}, "mapped_at": None})
-    current["version"] = _next(current)
-    parked: dict[str, dict[str, Any]] = dict(current.get("parked") or {})
-    if message.get("kind") == "mapping":
-        newer = _parse_time(message.get("updated_at"))
-        held = _parse_time(current.get("mapped_at"))
-        if held is not None and newer is not None and newer < held:
-            return current, []
-        current["sku"] = message.get("sku")
-        current["mapped_at"] = message.get("updated_at")
-        if current["sku"] is None:
-            return current, []
-        released = [_inventory_event(current["sku"], level) for level in parked.values()]
-        current["parked"] = {}
-        return current, released
-    if message.get("kind") != "level":
-        raise InvalidInput(RejectReason.INVALID_SCHEMA, f"unknown item message {message!r}")
-    location = str(message.get("location"))
-    if current.get("sku") is None:
-        held_level = parked.get(location)
-        if held_level is None or not _older(message, held_level):
-            parked[location] = message
-        current["parked"] = parked
-        return current, []
-    return current, [_inventory_event(current["sku"], message)]
-
-
-def _older(message: dict[str, Any], other: dict[str, Any]) -> bool:
-    mine, theirs = _parse_time(message.get("updated_at")), _parse_time(other.get("updated_at"))
-    return mine is not None and theirs is not None and mine < theirs
-
-
-def _inventory_event(sku: str, level: dict[str, Any]) -> dict[str, Any]:
-    event = {"sku": sku, "on_hand": level["on_hand"], "location": level["location"]}
-    if level.get("updated_at"):
-        event["updated_at"] = level["updated_at"]
-    return event
-
-
-# -- catalog and privacy: the stored documents ----------------------------------------
-
-
-def apply_catalog_change(state: dict[str, Any] | None, change: dict[str, Any]) -> dict[str, Any]:
-    """The next ``product_by_id`` document: the change with a version one higher."""
-    version = _next(state or {})
-    return {**change, "version": version}
-
-
-def redacted(view: dict[str, Any], now: str) -> dict[str, Any] | None:
-    """``view`` without personal data and with a higher version; None if nothing to remove."""
-    if view.get("customer") is None and not view.get("email"):
-        return None
-    version = view.get("version")
-    cleaned = {name: value for name, value in view.items() if name not in {"email", "phone"}}
-    cleaned["customer"] = None
-    cleaned["redacted_at"] = now
-    cleaned["version"] = (version if isinstance(version, int) else 0) + 1
-    return cleaned
-
-
-def personal_data(view: dict[str, Any]) -> dict[str, Any]:
-    """What CartLoom holds about a customer in one order view (for a data request)."""
-    held = {"order_id": view.get("order_id"), "customer": view.get("customer")}
-    return {name: value for name, value in held.items() if value is not None}

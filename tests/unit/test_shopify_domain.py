@@ -12,13 +12,14 @@ from cartloom.domain.shopify import (
     KNOWN_TOPICS,
     Delivery,
     Output,
-    Verdict,
-    admit,
+    normalise,
+    resource_key,
+)
+from cartloom.domain.shopify_dedupe import Verdict, admit
+from cartloom.domain.shopify_state import (
     apply_catalog_change,
     apply_item_message,
-    normalise,
     redacted,
-    resource_key,
 )
 from cartloom.shopify.store import SimulatedStore, WebhookEvent
 
