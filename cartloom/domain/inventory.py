@@ -20,6 +20,8 @@ from cartloom.domain.payloads import optional_str, require_int, require_str, req
 
 #: Key of ``level_at`` for a level reported without a location (the SKU's total).
 TOTAL = "*"
+#: How many adjustment ids a SKU remembers to recognise a replayed adjustment.
+RECENT_ADJUSTMENTS = 200
 
 
 class InventoryView(TypedDict):
@@ -35,6 +37,7 @@ class InventoryView(TypedDict):
     level_at: dict[str, str]
     source_offset: int
     oversold: int
+    recent_adjustments: list[str]
 
 
 class StockOutcome(StrEnum):
@@ -63,6 +66,7 @@ class StockAdjustment:
     delta: int
     location: str | None = None
     updated_at: str | None = None
+    adjustment_id: str | None = None
 
 
 StockUpdate = StockLevel | StockAdjustment
@@ -92,7 +96,8 @@ def parse_stock_message(payload: dict[str, Any], *, key: str | None = None) -> S
     delta = require_int(payload, "delta")
     if delta == 0:
         raise InvalidInput(RejectReason.INVALID_SCHEMA, "delta must not be 0")
-    return StockAdjustment(sku, delta, location, updated_at)
+    adjustment_id = optional_str(payload, "adjustment_id", max_len=128)
+    return StockAdjustment(sku, delta, location, updated_at, adjustment_id)
 
 
 def empty_inventory(sku: str, now: str) -> InventoryView:
@@ -108,6 +113,7 @@ def empty_inventory(sku: str, now: str) -> InventoryView:
         level_at={},
         source_offset=-1,
         oversold=0,
+        recent_adjustments=[],
     )
 
 
@@ -128,7 +134,8 @@ def apply_stock(
     """Apply one ``inventory`` message to ``view``; reservations are left as they are.
 
     ``offset`` is the message's offset in the ``inventory`` topic: one partition owns the
-    SKU, so a message at or below the last applied offset is a redelivery (DUPLICATE). An
+    SKU, so a message at or below the last applied offset is a redelivery (DUPLICATE), and
+    so is an adjustment whose ``adjustment_id`` was applied recently (a replay). An
     absolute level older than the last level applied for its location is STALE; one with
     the same ``updated_at`` (or, without one, the same count) is a DUPLICATE. All leave
     ``view`` unchanged, so replaying levels changes nothing. ``on_hand`` never drops below
@@ -139,6 +146,9 @@ def apply_stock(
         return view, StockOutcome.DUPLICATE
     if isinstance(update, StockLevel):
         return _apply_level(view, update, offset, now)
+    recent = view.get("recent_adjustments", [])
+    if update.adjustment_id is not None and update.adjustment_id in recent:
+        return view, StockOutcome.DUPLICATE
     locations = dict(view["locations"])
     if update.location is not None:
         locations[update.location] = max(0, locations.get(update.location, 0) + update.delta)
@@ -146,6 +156,8 @@ def apply_stock(
     changed = with_counts(view, on_hand=on_hand, reserved=view["reserved"], now=now)
     changed["locations"] = locations
     changed["source_offset"] = view["source_offset"] if offset is None else offset
+    if update.adjustment_id is not None:
+        changed["recent_adjustments"] = [*recent, update.adjustment_id][-RECENT_ADJUSTMENTS:]
     return changed, StockOutcome.APPLIED
 
 

@@ -252,3 +252,11 @@ def test_replayed_level_is_a_duplicate_even_after_stock_moved() -> None:
     assert outcome is StockOutcome.DUPLICATE and again is shipped
     _, outcome = apply_stock(stock(5), StockLevel("A", 5), offset=9, now=NOW)
     assert outcome is StockOutcome.DUPLICATE
+
+
+def test_replayed_adjustment_with_an_id_is_a_duplicate() -> None:
+    update = parse_stock_message({"sku": "A", "delta": 5, "adjustment_id": "restock-7"})
+    view, outcome = apply_stock(stock(2), update, offset=5, now=NOW)
+    assert outcome is StockOutcome.APPLIED and view["on_hand"] == 7
+    again, outcome = apply_stock(view, update, offset=12, now=NOW)
+    assert outcome is StockOutcome.DUPLICATE and again is view
