@@ -100,6 +100,12 @@ SINK_LAG = Gauge(
     "Changelog records not yet written to a store (the sink group's lag), by store.",
     ["store"],
 )
+VIEW_READS = Counter(
+    "cartloom_view_reads_total",
+    "Views read through cartloom.read, by entity and source (redis, dynamodb, missing,"
+    " redis_error).",
+    ["entity", "source"],
+)
 SINK_BATCH_SECONDS = Histogram(
     "cartloom_sink_batch_seconds",
     "Time to write one coalesced batch to a store.",
