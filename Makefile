@@ -46,5 +46,22 @@ dev-up: install ## Start the embedded local stack (broker, redis-server, moto_se
 dev-down: install ## Stop the local stack
 	$(BIN)/cartloom dev down
 
+# ---- Deployment (docs/deploy.md): docker-compose on Apache Kafka, then Kubernetes ----
+WORKERS ?= 3
+OVERLAY ?= dev
+.PHONY: deploy-check compose-up compose-down kube-manifests
+
+deploy-check: install ## Check Dockerfile, docker-compose.yml and deploy/k8s (no Docker or cluster needed)
+	$(BIN)/pytest tests/deploy -q
+
+compose-up: ## docker-compose: 3 Kafka brokers, Redis, DynamoDB, Prometheus, Grafana, WORKERS workers
+	docker-compose up -d --build --scale worker=$(WORKERS)
+
+compose-down: ## Stop the docker-compose stack (add -v by hand to drop its volumes)
+	docker-compose down
+
+kube-manifests: ## Print the Kubernetes manifests of OVERLAY (dev or prod)
+	kubectl kustomize deploy/k8s/overlays/$(OVERLAY)
+
 clean: dev-down ## Stop the stack and remove local state
 	rm -rf .cartloom
