@@ -146,11 +146,12 @@ def _ms(value: str) -> float:
     return round(float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit], 3)
 
 
-async def wait_http(port: int) -> None:
+async def wait_http(port: int, path: str = "/healthz") -> None:
+    """Until the server answers ``path`` below 500 (a worker: ``/readyz`` 200)."""
     async with aiohttp.ClientSession() as http:
-        for _ in range(300):
+        for _ in range(600):
             try:
-                async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                async with http.get(f"http://127.0.0.1:{port}{path}") as response:
                     if response.status < 500:
                         return
             except aiohttp.ClientError:
@@ -184,10 +185,9 @@ async def measure(
     name: str, argv: list[str], port: int, args: argparse.Namespace, script: Path, **kw: Any
 ) -> dict[str, Any]:
     bootstrap: str | None = kw.pop("bootstrap", None)
-    before = await topic_count(bootstrap) if bootstrap else 0
     process = start(argv, kw.pop("env", None))
     try:
-        await wait_http(port)
+        await wait_http(port, kw.pop("ready_path", "/healthz"))
         # warm up (connections, producer metadata, first batches)
         run_wrk(f"http://127.0.0.1:{port}/webhooks/shopify", script, 2, args.connections)
         after_warmup = await topic_count(bootstrap) if bootstrap else 0
@@ -203,7 +203,6 @@ async def measure(
             result["records_enqueued"] >= result["requests"] - result["non_2xx"]
         )
     print(f"{name:>8}: {result}", flush=True)
-    del before
     return result
 
 
@@ -257,7 +256,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             )
             argv = [sys.executable, "-m", "cartloom", "--env-file", "/nonexistent", "worker"]
             results["worker"] = await measure(
-                "worker", argv, port, args, script, bootstrap=bootstrap, env=env
+                "worker",
+                argv,
+                port,
+                args,
+                script,
+                bootstrap=bootstrap,
+                env=env,
+                ready_path="/readyz",
             )
     finally:
         stop(broker)

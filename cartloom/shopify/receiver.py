@@ -65,9 +65,16 @@ class KafkaEnqueuer:
         self._linger_ms = linger_ms
         self._timeout = timeout
         self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()
+        self.autostart = False
 
     async def start(self) -> None:
-        """Connect; called from the worker's or the app's start hook."""
+        """Connect (idempotent); called by the start hook, or by the first delivery if sooner."""
+        async with self._starting:
+            if self._producer is None:
+                self._producer = await self._connect()
+
+    async def _connect(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
             bootstrap_servers=self._bootstrap,
             acks="all",
@@ -76,11 +83,16 @@ class KafkaEnqueuer:
             request_timeout_ms=int(self._timeout * 1000),
             client_id="cartloom-webhooks",
         )
-        await producer.start()
-        self._producer = producer
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
 
     async def stop(self) -> None:
-        """Flush what is in flight and disconnect."""
+        """Flush what is in flight and disconnect; later deliveries get 503."""
+        self.autostart = False
         if self._producer is not None:
             producer, self._producer = self._producer, None
             await producer.stop()
@@ -91,11 +103,13 @@ class KafkaEnqueuer:
         Raises :class:`KafkaUnavailable` if the producer is not running or the broker does
         not take the record in time.
         """
-        producer = self._producer
-        if producer is None:
-            raise KafkaUnavailable("producer not started")
         try:
             async with asyncio.timeout(self._timeout):
+                if self._producer is None and self.autostart:
+                    await self.start()
+                producer = self._producer
+                if producer is None:
+                    raise KafkaUnavailable("producer not started")
                 delivery = await producer.send(TOPIC, value=value, key=key, headers=headers)
                 await delivery
         except (KafkaError, TimeoutError) as exc:

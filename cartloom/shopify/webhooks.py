@@ -16,6 +16,9 @@ from cartloom.app import app, settings
 from cartloom.shopify.receiver import build_receiver
 
 receiver = build_receiver(settings)
+# The web server answers before Faust starts extra services (after the group join and
+# table recovery): the first delivery connects the producer instead of getting 503s.
+receiver.enqueuer.autostart = True
 
 
 @app.page("/webhooks/shopify")
