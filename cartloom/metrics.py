@@ -117,7 +117,7 @@ SINK_BATCH_SECONDS = Histogram(
 LIVE_QUERIES = Counter(
     "cartloom_live_queries_total",
     "Live queries answered, by entity and outcome (found, not_found, forwarded, unavailable,"
-    " version_timeout, unauthorized, owner_unreachable).",
+    " version_timeout, unauthorized, owner_unreachable, bad_request).",
     ["entity", "outcome"],
 )
 LIVE_QUERY_SECONDS = Histogram(
