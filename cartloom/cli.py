@@ -276,8 +276,9 @@ def shopify_simulate(
     drop_share: Annotated[float, typer.Option(help="Share of webhooks never sent.")] = 0.0,
     duplicate_share: Annotated[float, typer.Option(help="Share sent twice.")] = 0.0,
     shuffle: Annotated[bool, typer.Option(help="Deliver out of order.")] = False,
+    bind: Annotated[str, typer.Option(help="Listen address (0.0.0.0 in Docker).")] = "127.0.0.1",
 ) -> None:
-    """Run a simulated shop: Admin API on 127.0.0.1 and signed webhooks to CartLoom."""
+    """Run a simulated shop: Admin API on --bind:--port and signed webhooks to CartLoom."""
     from cartloom.settings import load_settings
     from cartloom.shopify.delivery import DeliveryPlan
     from cartloom.shopify.simulator import ShopSimulator, serve_simulation
@@ -299,7 +300,7 @@ def shopify_simulate(
     simulator = ShopSimulator(store, access_token=token, webhook_secret=secret)
     plan = DeliveryPlan(duplicate_share=duplicate_share, drop_share=drop_share, shuffle=shuffle)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_simulation(simulator, port, deliver_to, plan, console.print))
+        asyncio.run(serve_simulation(simulator, port, deliver_to, plan, console.print, bind))
 
 
 @dlq_cli.command("replay")

@@ -324,13 +324,14 @@ async def serve_simulation(
     deliver_to: str | None,
     plan: DeliveryPlan,
     on_ready: Callable[[str], None],
+    bind: str = "127.0.0.1",
 ) -> None:
-    """Serve the Admin API on 127.0.0.1:``port``, deliver the history, serve until cancelled."""
+    """Serve the Admin API on ``bind``:``port``, deliver the history, serve until cancelled."""
     runner = web.AppRunner(simulator.app(), access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, bind, port).start()
     try:
-        on_ready(f"http://127.0.0.1:{port}")
+        on_ready(f"http://{bind}:{port}")
         if deliver_to:
             statuses = await simulator.deliver(deliver_to, plan)
             on_ready(f"delivered {len(statuses)} webhooks: {sorted(set(statuses))}")
