@@ -97,9 +97,17 @@ def test_the_init_job_creates_topics_and_tables_before_workers_start() -> None:
 
 def test_the_simulator_runs_the_cli_command() -> None:
     simulator = compose_config()["services"]["simulator"]
-    assert simulator["command"][:2] == ["shopify", "simulate"]
+    command = simulator["command"]
+    assert command[:2] == ["shopify", "simulate"]
+    assert "--bind=0.0.0.0" in command, "reachable from the workers' containers"
+    (port,) = (arg.split("=", 1)[1] for arg in command if arg.startswith("--port="))
     worker_env = compose_config()["services"]["worker"]["environment"]
-    assert worker_env["CARTLOOM_SHOPIFY_API_URL"].startswith("http://simulator:")
+    assert worker_env["CARTLOOM_SHOPIFY_API_URL"] == f"http://simulator:{port}"
+    (target,) = (arg.split("=", 1)[1] for arg in command if arg.startswith("--deliver-to="))
+    assert target == f"http://worker:{worker_env['CARTLOOM_WEB_PORT']}/webhooks/shopify"
+    # It signs with the secret the workers verify, and both are set out of the box.
+    assert simulator["environment"]["CARTLOOM_SHOPIFY_WEBHOOK_SECRET"]
+    assert simulator["environment"]["CARTLOOM_SHOPIFY_ACCESS_TOKEN"]
 
 
 def test_prometheus_and_grafana_use_the_repositorys_config() -> None:
