@@ -13,200 +13,31 @@ difference remains that is not in flight, or any difference at all with ``--stri
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiobotocore.session import get_session
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
+from rich.table import Table
 
 from cartloom.settings import Settings
 from cartloom.sinks import dynamodb as ddb
 from cartloom.sinks import redis as rds
-from cartloom.sinks.base import StoredView, document_version, expires_at, redis_ttl_seconds
+from cartloom.sinks.base import StoredView
+from cartloom.sinks.comparison import AuditReport, ChangelogState, Judge, StoreReport
 from cartloom.sinks.materialiser import sink_group_id
 from cartloom.topology import Topology
 
 STORES = ("dynamodb", "redis")
 
 
-def digest(document: dict[str, Any] | None) -> bytes | None:
-    """A compact fingerprint of a document's content (key order does not matter)."""
-    if document is None:
-        return None
-    return hashlib.blake2b(
-        orjson.dumps(document, option=orjson.OPT_SORT_KEYS), digest_size=16
-    ).digest()
-
-
-@dataclass(frozen=True, slots=True)
-class Expected:
-    """What the stores must hold for one key, and which changelog record decided it."""
-
-    version: int
-    fingerprint: bytes | None  # None: the key is deleted
-    partition: int
-    offset: int
-    may_expire_in_redis: bool = False
-    expires_at: int | None = None
-
-    @property
-    def deleted(self) -> bool:
-        """True when the table no longer holds the key."""
-        return self.fingerprint is None
-
-
-@dataclass(slots=True)
-class ChangelogState:
-    """The changelogs folded into the newest :class:`Expected` per (entity, key)."""
-
-    closed_order_ttl: int
-    expected: dict[tuple[str, str], Expected] = field(default_factory=dict)
-    records: int = 0
-    regressions: int = 0
-
-    def apply(self, entity: str, key: str, partition: int, offset: int, document: Any) -> None:
-        """Fold one changelog record in, with the sinks' rule (see :func:`coalesce`)."""
-        self.records += 1
-        slot = (entity, key)
-        if document is None:
-            self.expected[slot] = Expected(0, None, partition, offset)
-            return
-        if not isinstance(document, dict):
-            return
-        version = document_version(document)
-        current = self.expected.get(slot)
-        if current is not None and not current.deleted and current.version >= version:
-            self.regressions += int(current.version > version)
-            return
-        ttl = redis_ttl_seconds(entity, document, self.closed_order_ttl)
-        self.expected[slot] = Expected(
-            version, digest(document), partition, offset, ttl > 0, expires_at(document)
-        )
-
-    def keys(self, entity: str) -> list[str]:
-        """Every key of ``entity`` the changelog mentions (live or deleted)."""
-        return [key for (ent, key) in self.expected if ent == entity]
-
-    def live(self, entity: str) -> int:
-        """How many keys of ``entity`` the table holds."""
-        return sum(
-            1 for (ent, _), exp in self.expected.items() if ent == entity and not exp.deleted
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Difference:
-    """One key on which a store disagrees with the table."""
-
-    store: str
-    entity: str
-    key: str
-    kind: str  # missing, stale, ahead, content, undeleted
-    table_version: int | None
-    store_version: int | None
-    in_flight: bool = False
-
-
-def compare(
-    store: str, expected: Expected | None, stored: StoredView | None, now: float
-) -> str | None:
-    """The kind of difference between the table's ``expected`` and a store's view, or None.
-
-    A closed order missing from Redis, and an item past its ``expires_at`` missing from
-    DynamoDB, are allowed: that is the TTL policy, and return ``"expired"``.
-    """
-    if expected is None or expected.deleted:
-        return None if stored is None else "undeleted"
-    if stored is None:
-        if store == "redis" and expected.may_expire_in_redis:
-            return "expired"
-        if store == "dynamodb" and expected.expires_at is not None and expected.expires_at <= now:
-            return "expired"
-        return "missing"
-    if stored.version < expected.version:
-        return "stale"
-    if stored.version > expected.version:
-        return "ahead"
-    if digest(stored.document) != expected.fingerprint:
-        return "content"
-    return None
-
-
-@dataclass(slots=True)
-class EntityCounts:
-    """Per entity and store: keys in the table and the store, checked, matching, expired."""
-
-    table: int = 0
-    store: int | None = None
-    checked: int = 0
-    matching: int = 0
-    expired: int = 0
-
-
-@dataclass(slots=True)
-class StoreReport:
-    """One store's audit result."""
-
-    store: str
-    counts: dict[str, EntityCounts] = field(default_factory=dict)
-    differences: list[Difference] = field(default_factory=list)
-    present: dict[str, set[str]] = field(default_factory=dict)  # keys seen in a full pass
-
-    def diverged(self, strict: bool) -> bool:
-        """Whether a difference remains that is not in flight (any at all when ``strict``)."""
-        return any(strict or not d.in_flight for d in self.differences)
-
-
-@dataclass(slots=True)
-class AuditReport:
-    """The whole audit, as printed and as ``--json``."""
-
-    strict: bool
-    sample: int
-    changelog_records: int = 0
-    changelog_keys: int = 0
-    changelog_regressions: int = 0
-    rounds: int = 0
-    stores: dict[str, StoreReport] = field(default_factory=dict)
-
-    @property
-    def diverged(self) -> bool:
-        """Whether any store diverged."""
-        return any(report.diverged(self.strict) for report in self.stores.values())
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "diverged": self.diverged,
-            "strict": self.strict,
-            "sample": self.sample,
-            "rounds": self.rounds,
-            "changelog": {
-                "records": self.changelog_records,
-                "keys": self.changelog_keys,
-                "regressions": self.changelog_regressions,
-            },
-            "stores": {
-                name: {
-                    "diverged": report.diverged(self.strict),
-                    "entities": {e: vars_of(c) for e, c in report.counts.items()},
-                    "differences": [vars_of(d) for d in report.differences],
-                }
-                for name, report in self.stores.items()
-            },
-        }
-
-
-def vars_of(value: Any) -> dict[str, Any]:
-    """The fields of a slotted dataclass as a dict."""
-    return {name: getattr(value, name) for name in value.__slots__}
+class AuditError(RuntimeError):
+    """The audit cannot run: a changelog topic or a store table is missing or unreachable."""
 
 
 class ChangelogReader:
@@ -227,10 +58,9 @@ class ChangelogReader:
         """Connect and assign every partition of every changelog, from its beginning."""
         await self._consumer.start()
         for topic in self._entities:
-            parts = self._consumer.partitions_for_topic(topic)
-            if parts is None:
-                await self._consumer._client.force_metadata_update()
-                parts = self._consumer.partitions_for_topic(topic) or set()
+            if topic not in await self._consumer.topics():
+                raise AuditError(f"changelog topic {topic} does not exist on the broker")
+            parts = self._consumer.partitions_for_topic(topic) or set()
             self.partitions.extend(TopicPartition(topic, p) for p in sorted(parts))
         self._consumer.assign(self.partitions)
         if self.partitions:
@@ -280,9 +110,9 @@ _UNUSABLE = object()  # a record the sinks skip too: it changes no expectation
 
 async def committed_offsets(
     consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition]
-) -> dict[TopicPartition, int]:
+) -> dict[tuple[str, int], int]:
     """The offsets a sink group has committed (0 where it has committed nothing)."""
-    return {tp: (await consumer.committed(tp)) or 0 for tp in partitions}
+    return {(tp.topic, tp.partition): (await consumer.committed(tp)) or 0 for tp in partitions}
 
 
 StoreReader = Callable[[str, list[str] | None], Awaitable[dict[str, StoredView]]]
@@ -301,9 +131,13 @@ async def open_store_readers(settings: Settings, stack: AsyncExitStack) -> dict[
     stack.push_async_callback(redis.aclose)
 
     async def read_dynamodb(entity: str, keys: list[str] | None) -> dict[str, StoredView]:
-        if keys is not None:
-            return await ddb.read_items(client, settings, entity, keys)
-        return {key: view async for key, view in ddb.scan_items(client, settings, entity)}
+        try:
+            if keys is not None:
+                return await ddb.read_items(client, settings, entity, keys)
+            return {key: view async for key, view in ddb.scan_items(client, settings, entity)}
+        except client.exceptions.ResourceNotFoundException:
+            table = settings.dynamodb_table(entity)
+            raise AuditError(f"DynamoDB table {table} does not exist") from None
 
     async def read_redis(entity: str, keys: list[str] | None) -> dict[str, StoredView]:
         if keys is None:
@@ -377,7 +211,7 @@ async def run_audit(
             await reader.catch_up()
             for store in chosen:
                 committed, found = passes[store]
-                judge = _Judge(report.stores.setdefault(store, StoreReport(store)), state)
+                judge = Judge(report.stores.setdefault(store, StoreReport(store)), state)
                 pending[store] = judge.run(pending[store], found, committed, topic_of)
             if not any(pending.values()) or time.monotonic() >= deadline:
                 break
@@ -388,95 +222,40 @@ async def run_audit(
     return report
 
 
-@dataclass(slots=True)
-class _Judge:
-    """Compares one pass of a store with the changelog state and updates its report."""
-
-    report: StoreReport
-    state: ChangelogState
-
-    def run(
-        self,
-        asked: dict[str, list[str] | None],
-        found: dict[str, dict[str, StoredView]],
-        committed: dict[TopicPartition, int],
-        topic_of: dict[str, str],
-    ) -> dict[str, list[str] | None]:
-        """Judge every asked key; return the keys that still differ (to check again)."""
-        now = time.time()
-        first_pass = not self.report.counts
-        differences: list[Difference] = []
-        again: dict[str, list[str]] = {}
-        for entity, keys in asked.items():
-            stored = found[entity]
-            counts = self.report.counts.setdefault(entity, EntityCounts())
-            if keys is None:  # a full pass: every key either side knows
-                keys = list(dict.fromkeys([*self.state.keys(entity), *stored]))
-                self.report.present[entity] = set(stored)
-            elif entity in self.report.present:  # a re-check after a full pass
-                present = self.report.present[entity]
-                present.difference_update(keys)
-                present.update(stored)
-            if entity in self.report.present:
-                counts.store = len(self.report.present[entity])
-            counts.table = self.state.live(entity)
-            if first_pass:
-                counts.checked = len(keys)
-            for key in keys:
-                expected = self.state.expected.get((entity, key))
-                view = stored.get(key)
-                kind = compare(self.report.store, expected, view, now)
-                if kind == "expired":
-                    counts.expired += 1
-                if kind is None or kind == "expired":
-                    continue
-                decided_at = (
-                    None
-                    if expected is None
-                    else committed.get(TopicPartition(topic_of[entity], expected.partition), 0)
-                )
-                differences.append(
-                    Difference(
-                        store=self.report.store,
-                        entity=entity,
-                        key=key,
-                        kind=kind,
-                        table_version=None
-                        if expected is None or expected.deleted
-                        else expected.version,
-                        store_version=None if view is None else view.version,
-                        in_flight=expected is not None
-                        and decided_at is not None
-                        and expected.offset >= decided_at,
-                    )
-                )
-                again.setdefault(entity, []).append(key)
-        self.report.differences = differences
-        for entity, counts in self.report.counts.items():
-            counts.matching = counts.checked - sum(1 for d in differences if d.entity == entity)
-        return dict(again.items())
-
-
 def render(report: AuditReport, console: Console, show: int) -> None:
     """Print the report for a person: counts per store and entity, then differences."""
     console.print(
         f"changelogs: {report.changelog_records} records, {report.changelog_keys} keys, "
         f"{report.changelog_regressions} version regressions; {report.rounds} pass(es)"
     )
+    counts = Table("store", "entity", "table", "store items", "checked", "matching", "expired")
     for name, store in report.stores.items():
-        verdict = "DIVERGED" if store.diverged(report.strict) else "ok"
-        console.print(f"[bold]{name}[/bold]: {verdict}")
         for entity, c in store.counts.items():
             in_store = "-" if c.store is None else str(c.store)
-            console.print(
-                f"  {entity:<10} table {c.table:>8}  store {in_store:>8}  checked {c.checked:>8}"
-                f"  matching {c.matching:>8}  expired {c.expired:>6}"
+            counts.add_row(
+                name,
+                entity,
+                str(c.table),
+                in_store,
+                str(c.checked),
+                str(c.matching),
+                str(c.expired),
             )
+    console.print(counts)
+    for name, store in report.stores.items():
+        in_flight = sum(1 for d in store.differences if d.in_flight)
+        verdict = "[red]DIVERGED[/red]" if store.diverged(report.strict) else "[green]ok[/green]"
+        console.print(
+            f"[bold]{name}[/bold]: {verdict} ({len(store.differences)} differences, "
+            f"{in_flight} in flight)"
+        )
         for d in store.differences[:show]:
             flight = " (in flight)" if d.in_flight else ""
+            table = "absent" if d.table_version is None else f"v{d.table_version}"
+            held = "absent" if d.store_version is None else f"v{d.store_version}"
             console.print(
-                f"  {d.kind:<9} {d.entity}/{d.key}: table v{d.table_version}, "
-                f"store v{d.store_version}{flight}"
+                f"  {d.kind:<9} {d.entity}/{d.key}: table {table}, store {held}{flight}",
+                markup=False,
             )
         if len(store.differences) > show:
             console.print(f"  ... and {len(store.differences) - show} more")
@@ -485,7 +264,7 @@ def render(report: AuditReport, console: Console, show: int) -> None:
 def audit_command(
     stores: list[str], sample: int, settle: float, strict: bool, as_json: bool, show: int
 ) -> int:
-    """Run ``cartloom audit``; return the exit code (0 agree, 1 diverged, 2 bad usage)."""
+    """Run ``cartloom audit``; return the exit code (0 agree, 1 diverged, 2 cannot audit)."""
     from cartloom.settings import load_settings
     from cartloom.topology import load_topology
 
@@ -501,11 +280,14 @@ def audit_command(
         return 2
     settings = load_settings()
     topology = load_topology(settings.topics_file)
-    report = asyncio.run(
-        run_audit(
-            settings, topology, stores=stores or STORES, sample=sample, settle=settle, strict=strict
-        )
+    audit = run_audit(
+        settings, topology, stores=stores or STORES, sample=sample, settle=settle, strict=strict
     )
+    try:
+        report = asyncio.run(audit)
+    except AuditError as exc:
+        console.print(f"cannot audit: {exc}", style="red")
+        return 2
     if as_json:
         print(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())
     else:
