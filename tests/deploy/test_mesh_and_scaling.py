@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
+from types import ModuleType
 from typing import Any
 
 import pytest
 
 from tests.deploy.manifests import (
     INGRESS_PRINCIPAL,
+    K8S,
     OVERLAYS,
     Doc,
     configmap_data,
@@ -175,3 +179,35 @@ def test_prod_exposes_only_the_webhook_route_publicly() -> None:
 def test_worker_env_names_are_unique(overlay: str) -> None:
     names = [e["name"] for e in worker_container(render(overlay))["env"]]
     assert len(names) == len(set(names))
+
+
+def _generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("prometheusrule", K8S / "prometheusrule.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_prometheus_rule_is_a_current_copy_of_deploy_prometheus_rules() -> None:
+    generator = _generator()
+    assert generator.rule_groups(), "deploy/prometheus/rules holds the alert and recording rules"
+    current = (K8S / "base" / "prometheusrule.yaml").read_text()
+    assert current == generator.render(), "run: python deploy/k8s/prometheusrule.py"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_alert_job_selectors_match_the_scraped_service(overlay: str) -> None:
+    docs = render(overlay)
+    monitor = one(docs, "ServiceMonitor")
+    assert "jobLabel" not in monitor["spec"]  # so the job label is the Service's name
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    (service,) = (
+        s for s in kinds(docs, "Service") if selector.items() <= s["metadata"]["labels"].items()
+    )
+    job = service["metadata"]["name"]
+    rules = [r for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+    patterns = {m for r in rules for m in re.findall(r'job=~"([^"]+)"', str(r["expr"]))}
+    assert patterns, "the alerts select the CartLoom scrape job"
+    for pattern in patterns:
+        assert re.fullmatch(pattern, job), f"alerts select job=~{pattern!r}, the job is {job!r}"
