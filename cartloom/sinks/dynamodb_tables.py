@@ -1,4 +1,4 @@
-"""Creates the DynamoDB tables CartLoom writes (local stack; production uses ``deploy/``)."""
+"""Creates the DynamoDB tables CartLoom writes (local stack; production: ``deploy/dynamodb``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from aiobotocore.session import get_session
 from cartloom.settings import Settings
 from cartloom.sinks.base import KEY_ATTRIBUTE
 from cartloom.sinks.dynamodb import dynamodb_client_config
+
+#: Tables whose items may expire, and the attribute holding the expiry (epoch seconds).
+TTL_ATTRIBUTE: dict[str, str] = {"orders": "expires_at"}
 
 
 def table_definition(name: str, key_attribute: str) -> dict[str, Any]:
@@ -43,5 +46,11 @@ async def ensure_tables(settings: Settings, within: float = 30.0) -> list[str]:
                 await waiter.wait(
                     TableName=settings.dynamodb_table(entity),
                     WaiterConfig={"Delay": 0.2, "MaxAttempts": 150},
+                )
+        for entity, attribute in TTL_ATTRIBUTE.items():
+            if settings.dynamodb_table(entity) in created:
+                await client.update_time_to_live(
+                    TableName=settings.dynamodb_table(entity),
+                    TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute},
                 )
         return created

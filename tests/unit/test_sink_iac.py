@@ -11,7 +11,7 @@ from cfnlint.decode import decode
 
 from cartloom.settings import Settings
 from cartloom.sinks.base import KEY_ATTRIBUTE
-from cartloom.sinks.dynamodb_tables import table_definition
+from cartloom.sinks.dynamodb_tables import TTL_ATTRIBUTE, table_definition
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "dynamodb" / "tables.yaml"
 
@@ -73,4 +73,7 @@ def test_only_orders_expire_and_by_the_expires_at_attribute(template: dict[str, 
         "orders": {"AttributeName": "expires_at", "Enabled": True},
         "inventory": None,
         "products": None,
+    }
+    assert {e: {"AttributeName": a, "Enabled": True} for e, a in TTL_ATTRIBUTE.items()} == {
+        e: spec for e, spec in ttl.items() if spec
     }
