@@ -30,7 +30,7 @@ def test_docker_compose_accepts_the_file() -> None:
 def test_every_image_is_pinned() -> None:
     for name, service in compose_config()["services"].items():
         image = service["image"]
-        if name in {"init", "worker", "simulator"}:
+        if image == compose_config()["services"]["worker"]["image"]:
             assert service["build"], f"{name} is built from this checkout"
             continue
         assert re.search(r":v?\d+(\.\d+)+", image), f"{name}: {image} is not pinned to a version"
@@ -156,3 +156,11 @@ def test_compose_prometheus_config_is_valid() -> None:
 def test_aws_credentials_never_reach_real_aws(service: str) -> None:
     env = compose_config()["services"][service]["environment"]
     assert env["CARTLOOM_DYNAMODB_ENDPOINT"] == "http://dynamodb:5000"
+
+
+def test_one_off_commands_run_the_cli_with_the_stacks_settings() -> None:
+    services = compose_config()["services"]
+    cli = services["cli"]
+    assert cli["profiles"] == ["tools"], "not started by `up`"
+    assert "entrypoint" not in cli, "the image's entry point: `cartloom`"
+    assert cli["environment"] == services["worker"]["environment"]
