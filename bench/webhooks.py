@@ -175,6 +175,12 @@ async def topic_count(bootstrap: str) -> int:
         await consumer.stop()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` (from /proc), to compare cost per request under load."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start(argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
@@ -191,9 +197,12 @@ async def measure(
         # warm up (connections, producer metadata, first batches)
         run_wrk(f"http://127.0.0.1:{port}/webhooks/shopify", script, 2, args.connections)
         after_warmup = await topic_count(bootstrap) if bootstrap else 0
+        cpu_before = cpu_seconds(process.pid)
         result = run_wrk(
             f"http://127.0.0.1:{port}/webhooks/shopify", script, args.seconds, args.connections
         )
+        used = cpu_seconds(process.pid) - cpu_before
+        result["server_cpu_us_per_request"] = round(used / max(1, result["requests"]) * 1e6, 1)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -273,6 +282,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return {
         "what": "verified webhooks/s and latency, wrk -t1, keep-alive, distinct signed deliveries",
+        "note": "server_cpu_us_per_request is the server process's CPU per answered request: "
+        "less sensitive than requests/s to other load on the machine",
         "machine": {
             "cores": os.cpu_count(),
             "python": sys.version.split()[0],

@@ -64,6 +64,7 @@ class _Batch:
 
     builder: Any
     sent: asyncio.Future[None]
+    deadline: float
     timer: asyncio.TimerHandle | None = None
 
 
@@ -128,13 +129,15 @@ class KafkaEnqueuer:
         not take the record within the timeout.
         """
         try:
-            async with asyncio.timeout(self._timeout):
-                if self._producer is None and self.autostart:
+            if self._producer is None and self.autostart:
+                async with asyncio.timeout(self._timeout):
                     await self.start()
-                if self._producer is None:
-                    raise KafkaUnavailable("producer not started")
-                batch = self._append(key, value, headers)
-                await asyncio.shield(batch.sent)
+            if self._producer is None:
+                raise KafkaUnavailable("producer not started")
+            batch = self._append(key, value, headers)
+            # The batch's deadline bounds the wait (one timer per batch, not per request);
+            # shield: a request that goes away must not cancel its neighbours' batch.
+            await asyncio.shield(batch.sent)
         except (KafkaError, TimeoutError) as exc:
             raise KafkaUnavailable(f"{type(exc).__name__}: {exc}") from None
 
@@ -150,7 +153,8 @@ class KafkaEnqueuer:
     def _open(self, partition: int) -> _Batch:
         assert self._producer is not None
         loop = asyncio.get_running_loop()
-        batch = _Batch(self._producer.create_batch(), loop.create_future())
+        deadline = loop.time() + self._timeout
+        batch = _Batch(self._producer.create_batch(), loop.create_future(), deadline)
         batch.sent.add_done_callback(_observe)
         batch.timer = loop.call_later(self._linger, self._flush, partition)
         self._batches[partition] = batch
@@ -169,8 +173,9 @@ class KafkaEnqueuer:
     async def _send(self, batch: _Batch, partition: int) -> None:
         try:
             assert self._producer is not None, "producer stopped with records collected"
-            delivered = await self._producer.send_batch(batch.builder, TOPIC, partition=partition)
-            await delivered
+            async with asyncio.timeout_at(batch.deadline):
+                sending = self._producer.send_batch(batch.builder, TOPIC, partition=partition)
+                await (await sending)
         except Exception as exc:
             batch.sent.set_exception(exc)
         else:
