@@ -315,3 +315,36 @@ async def test_shop_redact_removes_the_shops_customer_data(
         return all(item and "@example.com" not in item["doc"]["S"] for item in items)
 
     await eventually(all_redacted, timeout=90, what="every order of the shop redacted")
+
+
+async def test_customers_data_request_exports_what_cartloom_holds(
+    shopify_worker: WorkerProcess, bootstrap: str, dynamodb: Any
+) -> None:
+    store, _ = new_store("export")
+    store.add_product("Export Tee", ["EXP-1"])
+    order = store.place_order([("EXP-1", 1)], email="ada.export@example.com")
+    await deliver(shopify_worker, [signed(e, store.domain, SECRET) for e in store.history])
+    await eventually(
+        lambda: _dynamodb_item(dynamodb, "cartloom-orders", "order_id", f"shopify-{order}"),
+        what="order in DynamoDB",
+    )
+    customer = store.orders[order]["customer"]
+    request = WebhookEvent(
+        "customers/data_request",
+        {
+            "shop_id": 954889,
+            "shop_domain": store.domain,
+            "orders_requested": [order],
+            "customer": {"id": customer["id"], "email": customer["email"], "phone": None},
+            "data_request": {"id": 9999},
+        },
+        f"data-request-{order}",
+        "2026-11-25T12:00:00Z",
+    )
+    [status] = await deliver(shopify_worker, [signed(request, store.domain, SECRET)])
+    assert status == 200
+    key = f"shopify-{order}".encode()
+    async with TopicReader(bootstrap, "shopify.data_exports", {key}) as reader:
+        [(_, report)] = (await reader.until(bool, "data export")) and reader.values()
+    assert report["request_id"] == "9999"
+    assert report["data"]["customer"]["email"] == "ada.export@example.com"
