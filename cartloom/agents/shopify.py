@@ -259,6 +259,7 @@ def owned_shop_orders(shop: str, partition: int) -> list[str]:
             continue
         if view.get("shop") not in (None, shop):
             continue
-        if (murmur2(key.encode()) & 0x7FFFFFFF) % partitions == partition:
-            owned.append(key)
+        raw = key if isinstance(key, bytes) else str(key).encode()
+        if (murmur2(raw) & 0x7FFFFFFF) % partitions == partition:
+            owned.append(raw.decode())
     return owned
