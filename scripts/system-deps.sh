@@ -11,6 +11,8 @@ NEEDED=(
   "kubectl:kubernetes-client"
   # promtool checks Prometheus configs and rules (tests/deploy, tests of deploy/prometheus).
   "promtool:prometheus"
+  # bench/webhooks.py drives the webhook receiver with wrk (HTTP load, latency percentiles).
+  "wrk:wrk"
 )
 
 missing=()
