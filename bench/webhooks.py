@@ -41,6 +41,7 @@ from pydantic import SecretStr
 from cartloom.devstack.processes import free_port, spawn, stop
 from cartloom.devstack.stack import _broker_ready, broker_argv
 from cartloom.kafka_admin import apply_topics
+from cartloom.settings import Settings
 from cartloom.shopify.delivery import signed
 from cartloom.shopify.receiver import KafkaEnqueuer, WebhookReceiver, standalone_app
 from cartloom.shopify.signatures import SignatureVerifier
@@ -50,6 +51,7 @@ from cartloom.topology import TopicSpec, load_topology
 SECRET = "bench-secret"
 SHOP = "bench.myshopify.com"
 ROOT = Path(__file__).resolve().parent.parent
+LINGER_MS = Settings.model_fields["shopify_producer_linger_ms"].default
 
 
 # -- servers (run as subprocesses of this script) ------------------------------------------
@@ -72,7 +74,7 @@ def serve_bare(port: int) -> None:
 def serve_receiver(port: int, bootstrap: str) -> None:
     receiver = WebhookReceiver(
         SignatureVerifier([SecretStr(SECRET)]),
-        KafkaEnqueuer(bootstrap, linger_ms=5, timeout=4.0),
+        KafkaEnqueuer(bootstrap, linger_ms=LINGER_MS, timeout=4.0),
         max_bytes=1_048_576,
     )
     web.run_app(standalone_app(receiver), host="127.0.0.1", port=port, access_log=None, print=None)
@@ -292,6 +294,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         },
         "seconds": args.seconds,
         "connections": args.connections,
+        "linger_ms": LINGER_MS,
         "target": {"requests_per_second": 10_000, "p99_ms": 20},
         "results": results,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -306,7 +309,7 @@ if __name__ == "__main__":
     else:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
         parser.add_argument("--seconds", type=int, default=10)
-        parser.add_argument("--connections", type=int, default=64)
+        parser.add_argument("--connections", type=int, default=128)
         parser.add_argument("--deliveries", type=int, default=20_000)
         parser.add_argument("--no-worker", action="store_true")
         parser.add_argument("--out", type=Path, default=ROOT / "bench/results/webhooks.json")

@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     shopify_webhook_enqueue_timeout: float = Field(
         4.0, gt=0, le=4.5, description="Seconds to get a delivery into Kafka before 503."
     )
-    shopify_producer_linger_ms: int = Field(5, ge=0, description="Receiver batching window.")
+    shopify_producer_linger_ms: int = Field(2, ge=0, description="Receiver batching window.")
     shopify_dedupe_window_seconds: int = Field(
         172_800, ge=172_800, description="Webhook/event id dedupe window (>= 48 h)."
     )
