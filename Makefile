@@ -37,6 +37,9 @@ test-integration: install ## Real servers: broker, redis-server, moto_server, wo
 test: lint typecheck ## Everything CI runs: lint, types, unit, integration and e2e tests
 	$(BIN)/pytest -q
 
+bench: install ## Benchmarks; results in bench/results/ (sinks: items/s per store, coalescing)
+	$(BIN)/python bench/sinks.py
+
 demo: install ## The main job: local stack + worker, publish orders, watch them land
 	$(BIN)/cartloom dev demo --orders $(ORDERS)
 

@@ -78,19 +78,22 @@ class Materialiser:
         self._entities = dict(entities)  # changelog topic -> entity
         self._retry_max = retry_max_seconds
         self._batch_max = batch_max
-        self._consumer = AIOKafkaConsumer(
-            *self._entities,
-            bootstrap_servers=bootstrap_servers,
-            group_id=group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=batch_max,
-        )
+        self._bootstrap_servers = bootstrap_servers
+        self._group_id = group_id
+        self._consumer: Any = None  # created by run(): construction does no I/O
         self._stopping = asyncio.Event()
         self._next_offsets: dict[TopicPartition, int] = {}
 
     async def run(self) -> None:
         """Consume until :meth:`stop`; call from a task."""
+        self._consumer = AIOKafkaConsumer(
+            *self._entities,
+            bootstrap_servers=self._bootstrap_servers,
+            group_id=self._group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self._batch_max,
+        )
         await self.sink.start()
         await self._consumer.start()
         try:
@@ -125,7 +128,7 @@ class Materialiser:
         metrics.SINK_COALESCED.labels(store=store).inc(len(changes) - len(coalesced))
         if coalesced:
             started = time.perf_counter()
-            outcome = await self._write_until_taken(coalesced)
+            outcome = await self.write_until_taken(coalesced)
             metrics.SINK_BATCH_SECONDS.labels(store=store).observe(time.perf_counter() - started)
             for name in ("written", "stale", "deleted", "rejected"):
                 metrics.SINK_WRITES.labels(store=store, outcome=name).inc(getattr(outcome, name))
@@ -155,7 +158,7 @@ class Materialiser:
             changes.append(change)
         return changes
 
-    async def _write_until_taken(self, changes: list[ViewChange]) -> WriteOutcome:
+    async def write_until_taken(self, changes: list[ViewChange]) -> WriteOutcome:
         """Retry what the store has not taken until it has (or the worker stops)."""
         total = WriteOutcome()
         pending = changes
@@ -201,6 +204,8 @@ class Materialiser:
 
     def _export_lag(self) -> None:
         """Records in the changelogs not yet taken by this store (its consumer lag)."""
+        if self._consumer is None:
+            return
         lag = 0
         for tp in self._consumer.assignment():
             highwater = self._consumer.highwater(tp)
