@@ -138,7 +138,7 @@ EVENT_DELAY_SECONDS = Histogram(
     "cartloom_event_delay_seconds",
     "Time from a record's Kafka timestamp until its agent finished processing it, by topic.",
     ["topic"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 1800),
 )
 
 # --- Shopify (cartloom.shopify, cartloom.agents.shopify) ---

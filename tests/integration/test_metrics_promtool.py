@@ -11,8 +11,9 @@ import aiohttp
 import pytest
 import yaml
 
-from cartloom.devstack.processes import stop
+from cartloom.devstack.processes import is_running, stop
 from cartloom.devstack.prometheus import local_config, start_prometheus, write_config
+from cartloom.devstack.stack import ENV_FILE, down, up
 from cartloom.web.discovery import target_document, target_path, write_target
 from tests.harness import WorkerProcess, eventually
 
@@ -101,3 +102,23 @@ async def test_real_prometheus_scrapes_a_worker_and_loads_the_rules(
                 assert rule["health"] in ("ok", "unknown"), rule
     finally:
         stop(server)
+
+
+async def test_dev_up_with_prometheus_starts_it_and_points_workers_at_it(tmp_path: Path) -> None:
+    state, started = await up(tmp_path, with_prometheus=True)
+    try:
+        assert started
+        assert set(state.servers) == {"broker", "redis", "dynamodb", "prometheus"}
+        targets = Path(state.env["CARTLOOM_PROMETHEUS_TARGETS_DIR"])
+        assert targets == (tmp_path / "prometheus" / "targets").resolve()
+        assert f"CARTLOOM_PROMETHEUS_TARGETS_DIR={targets}" in (tmp_path / ENV_FILE).read_text()
+        prometheus = state.servers["prometheus"]
+        config = (await api(prometheus.port, "/api/v1/status/config"))["yaml"]
+        assert str(targets / "*.json") in config
+        again, started_again = await up(tmp_path, with_prometheus=True)
+        assert not started_again
+        assert again.servers["prometheus"].pid == prometheus.pid
+    finally:
+        stopped = down(tmp_path)
+    assert "prometheus" in stopped
+    assert not is_running(prometheus)
