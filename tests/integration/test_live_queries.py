@@ -202,12 +202,23 @@ async def test_bad_min_version_is_400(pair: list[WorkerProcess]) -> None:
     assert "min_version" in body["error"]
 
 
-async def test_unknown_key_is_404_on_both_workers(pair: list[WorkerProcess]) -> None:
-    order_id = f"lq-missing-{uuid.uuid4().hex}"
+@pytest.mark.parametrize(
+    ("entity", "param", "message"),
+    [
+        ("orders", "order_id", "order not found"),
+        ("inventory", "sku", "sku not found"),
+        ("products", "product_id", "product not found"),
+    ],
+)
+async def test_unknown_key_is_404_on_both_workers(
+    pair: list[WorkerProcess], entity: str, param: str, message: str
+) -> None:
+    key = f"lq-missing-{uuid.uuid4().hex}"
     for worker in pair:
-        status, body, _ = await stable_read(worker, f"/orders/{order_id}")
+        status, body, headers = await stable_read(worker, f"/{entity}/{key}")
         assert status == 404
-        assert body == {"error": "order not found", "order_id": order_id}
+        assert body == {"error": message, param: key}
+        assert headers[SERVED_BY_HEADER] in {w.url for w in pair}
 
 
 async def test_queries_need_the_bearer_token_but_probes_do_not(pair: list[WorkerProcess]) -> None:
