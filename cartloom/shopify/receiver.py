@@ -65,16 +65,16 @@ class _Batch:
     builder: Any
     sent: asyncio.Future[None]
     deadline: float
-    timer: asyncio.TimerHandle | None = None
 
 
 class KafkaEnqueuer:
     """A batching producer for ``shopify.webhooks``: enqueue returns once the broker has it.
 
     Records are appended to one open batch per partition (aiokafka's batch builder, a few
-    microseconds per record, instead of a future and accumulator round per ``send``); a
-    batch is sent when it is full or ``linger_ms`` after its first record, and every
-    request waiting on it learns the outcome at once. Partitions are chosen with Kafka's
+    microseconds per record, instead of a future and accumulator round per ``send``). One
+    linger window, opened by the first record, closes every partition's batch at once so
+    they travel in one produce request; a full batch goes early. Every request waiting on
+    a batch learns its outcome at once. Partitions are chosen with Kafka's
     default partitioner (murmur2 of the key), as any client would.
     """
 
@@ -85,6 +85,7 @@ class KafkaEnqueuer:
         self._producer: AIOKafkaProducer | None = None
         self._partitions = 0
         self._batches: dict[int, _Batch] = {}
+        self._window: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self._starting = asyncio.Lock()
         self.autostart = False
@@ -114,8 +115,7 @@ class KafkaEnqueuer:
     async def stop(self) -> None:
         """Send what is collected, wait for it, and disconnect; later deliveries get 503."""
         self.autostart = False
-        for partition in list(self._batches):
-            self._flush(partition)
+        self._flush()
         if self._sending:
             await asyncio.wait(self._sending, timeout=self._timeout)
         if self._producer is not None:
@@ -147,7 +147,7 @@ class KafkaEnqueuer:
             batch = self._batches.get(partition) or self._open(partition)
             if batch.builder.append(key=key, value=value, timestamp=None, headers=headers):
                 return batch
-            self._flush(partition)  # full: send it and start another
+            self._send_now({partition: self._batches.pop(partition)})  # full: send it alone
         raise KafkaUnavailable(f"a {len(value)}-byte record does not fit in a batch")
 
     def _open(self, partition: int) -> _Batch:
@@ -156,30 +156,45 @@ class KafkaEnqueuer:
         deadline = loop.time() + self._timeout
         batch = _Batch(self._producer.create_batch(), loop.create_future(), deadline)
         batch.sent.add_done_callback(_observe)
-        batch.timer = loop.call_later(self._linger, self._flush, partition)
         self._batches[partition] = batch
+        if self._window is None:  # one linger window for every partition: one produce request
+            self._window = loop.call_later(self._linger, self._flush)
         return batch
 
-    def _flush(self, partition: int) -> None:
-        batch = self._batches.pop(partition, None)
-        if batch is None:
-            return
-        if batch.timer is not None:
-            batch.timer.cancel()
-        task = asyncio.get_running_loop().create_task(self._send(batch, partition))
+    def _flush(self) -> None:
+        """Send every open batch (the linger window closed, or the enqueuer stops)."""
+        if self._window is not None:
+            self._window.cancel()
+            self._window = None
+        batches, self._batches = self._batches, {}
+        if batches:
+            self._send_now(batches)
+
+    def _send_now(self, batches: dict[int, _Batch]) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(batches))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: _Batch, partition: int) -> None:
-        try:
-            assert self._producer is not None, "producer stopped with records collected"
-            async with asyncio.timeout_at(batch.deadline):
-                sending = self._producer.send_batch(batch.builder, TOPIC, partition=partition)
-                await (await sending)
-        except Exception as exc:
-            batch.sent.set_exception(exc)
-        else:
-            batch.sent.set_result(None)
+    async def _send(self, batches: dict[int, _Batch]) -> None:
+        """Hand the batches to aiokafka together, then settle each one's waiters."""
+        producer = self._producer
+        delivered: list[tuple[_Batch, asyncio.Future[Any]]] = []
+        for partition, batch in batches.items():
+            try:
+                assert producer is not None, "producer stopped with records collected"
+                async with asyncio.timeout_at(batch.deadline):
+                    future = await producer.send_batch(batch.builder, TOPIC, partition=partition)
+                delivered.append((batch, future))
+            except Exception as exc:
+                batch.sent.set_exception(exc)
+        for batch, future in delivered:
+            try:
+                async with asyncio.timeout_at(batch.deadline):
+                    await future
+            except Exception as exc:
+                batch.sent.set_exception(exc)
+            else:
+                batch.sent.set_result(None)
 
 
 def _observe(future: asyncio.Future[None]) -> None:
