@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 
 import mode
 
+from cartloom import metrics
 from cartloom.app import app, settings, topology
 from cartloom.sinks.base import Sink
 from cartloom.sinks.dynamodb import DynamoDBSink
 from cartloom.sinks.materialiser import Materialiser, sink_group_id
 from cartloom.sinks.redis import RedisSink
+
+log = logging.getLogger(__name__)
+
+#: Pause before a materialiser that crashed is started again.
+RESTART_DELAY_SECONDS = 5.0
 
 
 def changelog_entities() -> dict[str, str]:
@@ -36,21 +44,41 @@ def build_materialiser(sink: Sink) -> Materialiser:
 
 @app.service
 class Materialisers(mode.Service):
-    """Starts one materialiser per store with the worker and stops them with it."""
+    """Keeps one materialiser per store running with the worker and stops them with it."""
 
     def __post_init__(self) -> None:
-        self._running: list[tuple[Materialiser, asyncio.Future[None]]] = []
+        self._current: dict[str, Materialiser] = {}
+        self._supervisors: list[asyncio.Future[None]] = []
 
     async def on_started(self) -> None:
         """Start the sinks once the worker is up (they only need the broker and the stores)."""
         if not settings.sinks_enabled:
             return
-        for sink in (DynamoDBSink(settings), RedisSink(settings)):
-            materialiser = build_materialiser(sink)
-            self._running.append((materialiser, self.add_future(materialiser.run())))
+        self._supervisors = [
+            self.add_future(self._supervise(store, factory))
+            for store, factory in (("dynamodb", DynamoDBSink), ("redis", RedisSink))
+        ]
+
+    async def _supervise(self, store: str, factory: Callable[..., Sink]) -> None:
+        """Run the store's materialiser; if it crashes, log, count, and start a fresh one.
+
+        A crash loses nothing: offsets are committed only after writes, so the new
+        materialiser re-reads from the last commit.
+        """
+        while not self.should_stop:
+            materialiser = build_materialiser(factory(settings))
+            self._current[store] = materialiser
+            try:
+                await materialiser.run()
+                return
+            except Exception:
+                metrics.SINK_FAILURES.labels(store=store).inc()
+                log.exception("%s materialiser crashed; restarting", store)
+                await self.sleep(RESTART_DELAY_SECONDS)
 
     async def on_stop(self) -> None:
         """Let each materialiser finish its batch in hand, then close it."""
-        for materialiser, future in self._running:
+        for materialiser in self._current.values():
             materialiser.stop()
-            await asyncio.wait({future}, timeout=10)
+        if self._supervisors:
+            await asyncio.wait(self._supervisors, timeout=15)
