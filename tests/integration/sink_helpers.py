@@ -44,9 +44,7 @@ class Namespace:
         return self.topology.tables["order_by_id"].changelog_topic(self.settings.app_id)
 
 
-async def make_namespace(
-    stack_env: dict[str, str], redis_db: int, **overrides: str
-) -> Namespace:
+async def make_namespace(stack_env: dict[str, str], redis_db: int, **overrides: str) -> Namespace:
     """Create the changelog topics and DynamoDB tables of a fresh namespace."""
     tag = uuid.uuid4().hex[:8]
     env = {
