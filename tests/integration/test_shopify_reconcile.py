@@ -23,7 +23,7 @@ from cartloom.shopify.simulator import ShopSimulator
 from cartloom.shopify.store import SimulatedStore, WebhookEvent, populate
 from tests.harness import WorkerProcess, eventually
 from tests.integration.conftest import SHOPIFY_SECRET
-from tests.integration.test_shopify_webhooks import TopicReader
+from tests.integration.shopify_helpers import TopicReader
 
 pytestmark = pytest.mark.integration
 
