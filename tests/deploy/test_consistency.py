@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cartloom.app import create_app
 from cartloom.settings import Settings
 from tests.deploy.manifests import (
     OVERLAYS,
@@ -109,6 +110,18 @@ def test_kubernetes_settings_are_valid(overlay: str, monkeypatch: pytest.MonkeyP
     assert settings.store.startswith("rocksdb://")
     assert settings.group_instance_id == f"{one(docs, 'StatefulSet')['metadata']['name']}-0"
     assert settings.web_host.endswith(".svc.cluster.local")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_watches_the_group_faust_consumes_in(
+    overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = render(overlay)
+    settings = settings_from(kubernetes_env(docs), monkeypatch)
+    app = create_app(settings, topology())
+    assert app.conf.consumer_group_instance_id == settings.group_instance_id
+    for trigger in keda_triggers(docs):
+        assert trigger["metadata"]["consumerGroup"] == app.conf.id  # Faust's group.id
 
 
 def keda_triggers(docs: tuple[Doc, ...]) -> list[Doc]:
