@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.deploy.manifests import ROOT, broker_hosts, compose_config, tool, topology
 
@@ -119,9 +120,16 @@ def test_prometheus_and_grafana_use_the_repositorys_config() -> None:
         prometheus_mounts
     )
     assert f"{ROOT}/deploy/grafana:" in grafana_mounts
-    assert f"{ROOT}/deploy/compose/grafana/provisioning:/etc/grafana/provisioning" in (
-        grafana_mounts
+    for kind in ("datasources", "dashboards"):
+        provisioning = f"{ROOT}/deploy/compose/grafana/provisioning/{kind}"
+        assert f"{provisioning}:/etc/grafana/provisioning/{kind}" in grafana_mounts
+        assert list(Path(provisioning).glob("*.yml"))
+    dashboards = yaml.safe_load(
+        (ROOT / "deploy/compose/grafana/provisioning/dashboards/cartloom.yml").read_text()
     )
+    (provider,) = dashboards["providers"]
+    assert f"{ROOT}/deploy/grafana:{provider['options']['path']}" in grafana_mounts
+    assert list((ROOT / "deploy" / "grafana").glob("*.json")), "dashboards to load"
 
 
 def test_a_copied_env_example_keeps_the_stacks_own_addresses(tmp_path: Path) -> None:
