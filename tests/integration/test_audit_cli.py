@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -10,8 +12,10 @@ from aiokafka import AIOKafkaProducer
 
 from cartloom.audit import run_audit
 from cartloom.devstack.stack import StackState
+from cartloom.settings import Settings
 from cartloom.sinks.redis import redis_client
-from tests.harness import eventually
+from cartloom.topology import load_topology
+from tests.harness import WorkerProcess, eventually
 from tests.integration.sink_helpers import (
     Namespace,
     cartloom_audit,
@@ -132,3 +136,36 @@ async def test_changes_not_yet_written_are_in_flight_not_divergence(
     async with running_sinks(ns):
         code, report, _ = await cartloom_audit(ns, "--strict", "--settle", "120")
     assert code == 0, report
+
+
+async def test_the_real_worker_keeps_both_stores_equal_to_its_tables(
+    stack: StackState, worker: WorkerProcess, producer: AIOKafkaProducer, dynamodb: Any
+) -> None:
+    """Orders (each sent twice, the copy altered) through the worker; audit the shared stack."""
+    tag = uuid.uuid4().hex[:8]
+    ids = [f"aud-{tag}-{i}" for i in range(100)]
+    for order_id in ids:
+        body = {
+            "order_id": order_id,
+            "source": "pos",
+            "created_at": datetime.now(UTC).isoformat(),
+            "lines": [{"sku": "SKU-AUDIT", "quantity": 1}],
+        }
+        await producer.send("orders", orjson.dumps(body), key=order_id.encode())
+        body["lines"] = [{"sku": "SKU-AUDIT", "quantity": 5}]  # a redelivery that must not win
+        await producer.send("orders", orjson.dumps(body), key=order_id.encode())
+    await producer.flush()
+
+    async def last_one_landed() -> bool:
+        response = await dynamodb.get_item(
+            TableName="cartloom-orders", Key={"order_id": {"S": ids[-1]}}, ConsistentRead=True
+        )
+        return "Item" in response
+
+    await eventually(last_one_landed, timeout=180, what="orders materialised")
+    shared = Namespace(Settings(), dict(stack.env), load_topology())
+    code, report, err = await cartloom_audit(shared, "--strict", "--settle", "180")
+    assert code == 0, ({s: r["differences"][:5] for s, r in report["stores"].items()}, err)
+    for store in ("dynamodb", "redis"):
+        orders = report["stores"][store]["entities"]["orders"]
+        assert orders["table"] == orders["store"] >= len(ids)
