@@ -22,6 +22,8 @@ from typing import Any
 import orjson
 from aiobotocore.session import get_session
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from botocore.exceptions import BotoCoreError, ClientError
+from redis.exceptions import RedisError
 from rich.console import Console
 from rich.table import Table
 
@@ -285,7 +287,7 @@ def audit_command(
     )
     try:
         report = asyncio.run(audit)
-    except AuditError as exc:
+    except (AuditError, RedisError, BotoCoreError, ClientError, TimeoutError) as exc:
         console.print(f"cannot audit: {exc}", style="red")
         return 2
     if as_json:
