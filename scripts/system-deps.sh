@@ -9,7 +9,9 @@ NEEDED=(
   # tests/deploy: `kubectl kustomize` renders deploy/k8s. Any kubectl >= 1.20 will do (the
   # manifests stay within what its embedded kustomize understands); Debian's is 1.20.
   "kubectl:kubernetes-client"
-  # promtool checks Prometheus configs and rules (tests/deploy, tests of deploy/prometheus).
+  # promtool checks Prometheus configs and rules (tests/deploy, tests of deploy/prometheus);
+  # the same package's `prometheus` serves `cartloom dev up --with-prometheus` and
+  # tests/integration/test_metrics_promtool.py.
   "promtool:prometheus"
   # bench/webhooks.py drives the webhook receiver with wrk (HTTP load, latency percentiles).
   "wrk:wrk"
