@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-stamp
 ORDERS  ?= 2000
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint typecheck test test-unit test-integration demo dev-up dev-down bench clean
+.PHONY: help install lint typecheck test test-unit test-integration demo dev-up dev-down bench bench-orders clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -37,8 +37,12 @@ test-integration: install ## Real servers: broker, redis-server, moto_server, wo
 test: lint typecheck ## Everything CI runs: lint, types, unit, integration and e2e tests
 	$(BIN)/pytest -q
 
-bench: install ## Benchmarks; results in bench/results/ (sinks: items/s per store, coalescing)
+bench: install ## Benchmarks; results in bench/results/ (sinks: items/s per store, coalescing; orders: events/s vs Faust)
 	$(BIN)/python bench/sinks.py
+	$(BIN)/python bench/orders.py
+
+bench-orders: install ## Order path vs bare Faust and a naive table agent (bench/results/orders.json, .png)
+	$(BIN)/python bench/orders.py
 
 demo: install ## The main job: local stack + worker, publish orders, watch them land
 	$(BIN)/cartloom dev demo --orders $(ORDERS)

@@ -7,9 +7,11 @@ batches (``stream.take_events``) and do per-batch work once:
   many events of a batch (a hot SKU, an order and its answers) is written to the
   changelog once, with Faust's ``send_changelog`` and the partition of the event that
   changed it (the same partition ``table[key] = value`` would use).
-- :class:`Outbox` queues messages with ``send_soon``; Faust flushes its producer before
-  it commits offsets, so sends and changelog writes reach Kafka before the input is acked
-  (at-least-once; every consumer of them is idempotent).
+- :class:`Outbox` collects the batch's messages and hands them straight to the Kafka
+  producer (not through Faust's one-message-at-a-time ``send_soon`` buffer, which stalls
+  stream processing whenever it holds more than 100 messages). Faust flushes the
+  producer before it commits offsets, so sends and changelog writes reach Kafka before
+  the input is acknowledged (at-least-once; every consumer of them is idempotent).
 - :func:`handle_batch` runs one handler per event and turns every failure into a dead
   letter with its reason, so no event of the batch is acknowledged silently.
 """
@@ -58,19 +60,25 @@ class TableBatch:
 
 
 class Outbox:
-    """Messages produced while handling a batch, sent without waiting (``send_soon``)."""
+    """Messages produced while handling a batch, sent when the batch is done."""
 
-    def __init__(self) -> None:
-        self._pending: list[tuple[faust.TopicT, bytes, bytes]] = []
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+        self._pending: list[tuple[str, bytes, bytes]] = []
 
     def add(self, topic: faust.TopicT, key: str, value: Mapping[str, Any]) -> None:
         """Queue ``value`` as JSON for ``topic`` keyed by ``key``."""
-        self._pending.append((topic, key.encode(), orjson.dumps(value)))
+        self._pending.append((topic.get_topic_name(), key.encode(), orjson.dumps(value)))
 
-    def flush(self) -> int:
-        """Hand every queued message to Faust's producer buffer."""
+    async def flush(self) -> int:
+        """Hand every queued message to the producer (partitioned by key, like Faust).
+
+        Returns once the producer has them; delivery is awaited by Faust's flush before
+        the next offset commit.
+        """
+        send = self._producer.send
         for topic, key, value in self._pending:
-            topic.send_soon(key=key, value=value)
+            await send(topic, key, value, partition=None, timestamp=None, headers=None)
         sent = len(self._pending)
         self._pending.clear()
         return sent
@@ -92,7 +100,7 @@ def event_key(event: faust.EventT[Any]) -> str:
 async def handle_batch(
     events: Sequence[faust.EventT[Any]],
     handler: Callable[[faust.EventT[Any]], None],
-    flushes: Iterable[Callable[[], int]],
+    writes: tuple[Iterable[TableBatch], Outbox],
     dead_letter_topic: Callable[[str], faust.TopicT],
     agent: str,
 ) -> None:
@@ -112,8 +120,10 @@ async def handle_batch(
         except Exception as exc:  # a bug must not drop the event: dead-letter it, keep moving
             log.exception("event at %s offset %s failed", event.message.tp, event.message.offset)
             failed.append((event, RejectReason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"))
-    for flush in flushes:
-        flush()
+    tables, outbox = writes
+    for table in tables:
+        table.flush()
+    await outbox.flush()
     for event, reason, detail in failed:
         await send_to_dead_letter(dead_letter_topic(event.message.topic), event, reason, detail)
     metrics.AGENT_BATCH_SECONDS.labels(agent=agent).observe(time.perf_counter() - started)

@@ -46,14 +46,11 @@ async def reserve_stock(stream: faust.StreamT[bytes]) -> None:
     """Apply stock messages and ledger commands a batch at a time, per SKU partition."""
     batch_max, within = settings.order_batch_max, settings.order_batch_within_seconds
     async for events in cast(Any, stream).take_events(batch_max, within):
-        stock, ledger, outbox = (
-            TableBatch(inventory_by_sku),
-            TableBatch(reservation_by_line),
-            Outbox(),
-        )
+        stock, ledger = TableBatch(inventory_by_sku), TableBatch(reservation_by_line)
+        outbox = Outbox(app.producer)
         handler = StockHandler(stock, ledger, outbox)
-        flushes = (stock.flush, ledger.flush, outbox.flush)
-        await handle_batch(events, handler.handle, flushes, dead_letter_topic, "stock")
+        writes = ([stock, ledger], outbox)
+        await handle_batch(events, handler.handle, writes, dead_letter_topic, "stock")
 
 
 class StockHandler:

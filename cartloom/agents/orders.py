@@ -43,11 +43,9 @@ async def process_orders(stream: faust.StreamT[bytes]) -> None:
     """Handle order inputs a batch at a time; nothing is acknowledged without a trace."""
     batch_max, within = settings.order_batch_max, settings.order_batch_within_seconds
     async for events in cast(Any, stream).take_events(batch_max, within):
-        orders, outbox = TableBatch(order_by_id), Outbox()
+        orders, outbox = TableBatch(order_by_id), Outbox(app.producer)
         handler = OrderHandler(orders, outbox)
-        await handle_batch(
-            events, handler.handle, (orders.flush, outbox.flush), dead_letter_topic, "orders"
-        )
+        await handle_batch(events, handler.handle, ([orders], outbox), dead_letter_topic, "orders")
 
 
 class OrderHandler:

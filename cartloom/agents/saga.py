@@ -30,6 +30,7 @@ _RENUDGE_AFTER = 30.0
 async def nudge_overdue_orders() -> None:
     """Send a timeout nudge for every held order whose deadline or expiry has passed."""
     now, clock = utc_now_iso(), time.monotonic()
+    topic = order_timeouts_topic.get_topic_name()
     for key, view in list(order_by_id.data.items()):
         order_id = key.decode() if isinstance(key, bytes) else str(key)
         kind = due_timeout(view, now)
@@ -41,5 +42,7 @@ async def nudge_overdue_orders() -> None:
             continue
         _nudged[order_id] = (view["version"], clock)
         value = orjson.dumps({"order_id": order_id, "kind": kind.value, "at": now})
-        order_timeouts_topic.send_soon(key=order_id.encode(), value=value)
+        await app.producer.send(
+            topic, order_id.encode(), value, partition=None, timestamp=None, headers=None
+        )
         metrics.SAGA_NUDGES.labels(kind=kind.value).inc()
