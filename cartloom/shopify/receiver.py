@@ -227,11 +227,11 @@ class WebhookReceiver:
         return answer
 
     async def _answer(self, request: web.Request, headers: Mapping[str, str], topic: str) -> Answer:
-        declared = request.content_length
-        if declared is not None and declared > self.max_bytes:
-            return Answer(413, {"error": f"body larger than {self.max_bytes} bytes"})
-        body = await request.content.read(self.max_bytes + 1)
-        if len(body) > self.max_bytes:
+        try:
+            body = await read_body(request, self.max_bytes)
+        except asyncio.IncompleteReadError:
+            return Answer(400, {"error": "body shorter than its Content-Length"})
+        if body is None:
             return Answer(413, {"error": f"body larger than {self.max_bytes} bytes"})
         shop = headers.get(SHOP_HEADER)
         if not self.verifier.verify(body, headers.get(HMAC_HEADER), shop):
@@ -258,6 +258,26 @@ class WebhookReceiver:
             log.warning("webhook %s not enqueued, answering 503: %s", topic, exc)
             return Answer(503, {"error": "cannot enqueue now, retry later"})
         return Answer(200, {"status": "accepted"})
+
+
+async def read_body(request: web.Request, limit: int) -> bytes | None:
+    """The whole raw body, or None as soon as it is known to exceed ``limit`` bytes.
+
+    A declared ``Content-Length`` over the limit is refused before reading; otherwise the
+    body is read to its end (it may arrive in many TCP segments), chunked bodies included.
+    """
+    declared = request.content_length
+    if declared is not None:
+        if declared > limit:
+            return None
+        return await request.content.readexactly(declared)
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 _OUTCOMES = {

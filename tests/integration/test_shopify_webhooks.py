@@ -312,3 +312,28 @@ async def test_customers_data_request_exports_what_cartloom_holds(
         [(_, report)] = (await reader.until(bool, "data export")) and reader.values()
     assert report["request_id"] == "9999"
     assert report["data"]["customer"]["email"] == "ada.export@example.com"
+
+
+async def test_bodies_in_many_segments_and_chunked_bodies_are_read_whole(
+    shopify_worker: WorkerProcess,
+) -> None:
+    store, _ = new_store("big")
+    product = store.add_product("Big Tee", ["BIG-1"])
+    big = {**product, "body_html": "<p>" + "long description " * 3_500 + "</p>"}
+    event = WebhookEvent("products/update", big, "ev-big", "2026-11-25T10:00:00Z")
+    large = signed(event, store.domain, SECRET)
+    assert 50_000 < len(large.body) < MAX_BYTES  # arrives in many TCP segments
+    huge_body = orjson.dumps({"id": 1, "title": "x" * (MAX_BYTES + 10)})
+    huge_headers = {**large.headers, "X-Shopify-Hmac-Sha256": sign(huge_body, SECRET)}
+
+    async def chunks(body: bytes) -> Any:
+        for start in range(0, len(body), 8192):
+            yield body[start : start + 8192]
+
+    async with aiohttp.ClientSession() as http:
+        assert await post(http, url(shopify_worker), large) == 200
+        statuses = []
+        for body, headers in [(large.body, large.headers), (huge_body, huge_headers)]:
+            async with http.post(url(shopify_worker), data=chunks(body), headers=headers) as r:
+                statuses.append(r.status)
+    assert statuses == [200, 413]  # chunked (no Content-Length): read to the end or the limit
