@@ -71,10 +71,10 @@ def serve_bare(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
-def serve_receiver(port: int, bootstrap: str) -> None:
+def serve_receiver(port: int, bootstrap: str, linger_ms: int) -> None:
     receiver = WebhookReceiver(
         SignatureVerifier([SecretStr(SECRET)]),
-        KafkaEnqueuer(bootstrap, linger_ms=LINGER_MS, timeout=4.0),
+        KafkaEnqueuer(bootstrap, linger_ms=linger_ms, timeout=4.0),
         max_bytes=1_048_576,
     )
     web.run_app(standalone_app(receiver), host="127.0.0.1", port=port, access_log=None, print=None)
@@ -245,7 +245,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         results["receiver"] = await measure(
             "receiver",
-            [*me, "serve-receiver", str(port), bootstrap],
+            [*me, "serve-receiver", str(port), bootstrap, str(args.linger_ms)],
             port,
             args,
             script,
@@ -264,6 +264,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 CARTLOOM_BROKER_REBALANCE_TIMEOUT="6",
                 CARTLOOM_BROKER_HEARTBEAT_INTERVAL="1",
                 CARTLOOM_LOG_LEVEL="warning",
+                CARTLOOM_SHOPIFY_PRODUCER_LINGER_MS=str(args.linger_ms),
             )
             argv = [sys.executable, "-m", "cartloom", "--env-file", "/nonexistent", "worker"]
             results["worker"] = await measure(
@@ -294,7 +295,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         },
         "seconds": args.seconds,
         "connections": args.connections,
-        "linger_ms": LINGER_MS,
+        "linger_ms": args.linger_ms,
         "target": {"requests_per_second": 10_000, "p99_ms": 20},
         "results": results,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -305,13 +306,14 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "serve-bare":
         serve_bare(int(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "serve-receiver":
-        serve_receiver(int(sys.argv[2]), sys.argv[3])
+        serve_receiver(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))
     else:
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
         parser.add_argument("--seconds", type=int, default=10)
         parser.add_argument("--connections", type=int, default=128)
         parser.add_argument("--deliveries", type=int, default=20_000)
         parser.add_argument("--no-worker", action="store_true")
+        parser.add_argument("--linger-ms", type=int, default=LINGER_MS)
         parser.add_argument("--out", type=Path, default=ROOT / "bench/results/webhooks.json")
         arguments = parser.parse_args()
         arguments.load_before = [round(x, 2) for x in os.getloadavg()]
