@@ -235,9 +235,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             except Exception:
                 await asyncio.sleep(0.1)
         spec = load_topology().topics
+        partitions = {n: s.partitions for n, s in spec.items()}
+        if args.webhook_partitions:
+            partitions["shopify.webhooks"] = args.webhook_partitions
         await apply_topics(
             bootstrap,
-            [TopicSpec(n, s.partitions, 1, s.cleanup_policy, None) for n, s in spec.items()],
+            [TopicSpec(n, partitions[n], 1, s.cleanup_policy, None) for n, s in spec.items()],
         )
         me = [sys.executable, __file__]
         port = free_port()
@@ -296,6 +299,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "seconds": args.seconds,
         "connections": args.connections,
         "linger_ms": args.linger_ms,
+        "webhook_partitions": args.webhook_partitions or "topics.yaml",
         "target": {"requests_per_second": 10_000, "p99_ms": 20},
         "results": results,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -314,6 +318,7 @@ if __name__ == "__main__":
         parser.add_argument("--deliveries", type=int, default=20_000)
         parser.add_argument("--no-worker", action="store_true")
         parser.add_argument("--linger-ms", type=int, default=LINGER_MS)
+        parser.add_argument("--webhook-partitions", type=int, default=0, help="0: topics.yaml")
         parser.add_argument("--out", type=Path, default=ROOT / "bench/results/webhooks.json")
         arguments = parser.parse_args()
         arguments.load_before = [round(x, 2) for x in os.getloadavg()]

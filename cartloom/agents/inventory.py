@@ -15,8 +15,8 @@ from typing import Any, cast
 import faust
 
 from cartloom import metrics
-from cartloom.agents.batching import Outbox, TableBatch, event_key, handle_batch
-from cartloom.app import app, settings
+from cartloom.agents.batching import BatchHandler, Outbox, TableBatch, event_key, handle_batch
+from cartloom.app import app, settings, topology
 from cartloom.clock import utc_now_iso
 from cartloom.dlq import dead_letter_topic
 from cartloom.domain.inventory import (
@@ -46,17 +46,23 @@ async def reserve_stock(stream: faust.StreamT[bytes]) -> None:
     """Apply stock messages and ledger commands a batch at a time, per SKU partition."""
     batch_max, within = settings.order_batch_max, settings.order_batch_within_seconds
     async for events in cast(Any, stream).take_events(batch_max, within):
-        stock, ledger = TableBatch(inventory_by_sku), TableBatch(reservation_by_line)
+        stock = TableBatch(inventory_by_sku, app.producer)
+        ledger = TableBatch(reservation_by_line, app.producer)
         outbox = Outbox(app.producer)
         handler = StockHandler(stock, ledger, outbox)
         writes = ([stock, ledger], outbox)
-        await handle_batch(events, handler.handle, writes, dead_letter_topic, "stock")
+        await handle_batch(events, handler, writes, dead_letter_topic, "stock")
 
 
-class StockHandler:
+COMMAND_PARTITIONS = topology.topic("inventory.commands").partitions
+RESULT_PARTITIONS = topology.topic("reservation.results").partitions
+
+
+class StockHandler(BatchHandler):
     """Dispatches one event by its topic to the domain and records what it decided."""
 
     def __init__(self, stock: TableBatch, ledger: TableBatch, outbox: Outbox) -> None:
+        super().__init__()
         self.stock, self.ledger, self.outbox = stock, ledger, outbox
         self.now = utc_now_iso()
 
@@ -74,6 +80,14 @@ class StockHandler:
             if outcome is StockOutcome.APPLIED:
                 self.stock.put(update.sku, view, partition)
             return
+        if "commands" in payload:
+            apply = lambda item: self._command(event, item, None)  # noqa: E731
+            self.each_item(event, payload["commands"], "sku", COMMAND_PARTITIONS, apply)
+        else:
+            self._command(event, payload, key)
+
+    def _command(self, event: faust.EventT[Any], payload: dict[str, Any], key: str | None) -> None:
+        partition = event.message.partition
         command = parse_command(payload, key=key)
         ledger_key = entry_key(command.order_id, command.line)
         before = self._stock(command.sku)
@@ -84,9 +98,8 @@ class StockHandler:
                 self.stock.put(command.sku, step.stock, partition)
             self._count(step, command)
         if step.result is not None:  # duplicates are answered again: the first answer may be lost
-            self.outbox.add(
-                reservation_results_topic, command.order_id, result_to_json(step.result)
-            )
+            body, topic = result_to_json(step.result), reservation_results_topic
+            self.outbox.add_to_envelope(topic, RESULT_PARTITIONS, command.order_id, "results", body)
 
     def _stock(self, sku: str) -> InventoryView:
         view: InventoryView | None = self.stock.get(sku)

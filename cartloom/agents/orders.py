@@ -16,8 +16,9 @@ from typing import Any, cast
 import faust
 
 from cartloom import metrics
-from cartloom.agents.batching import Outbox, TableBatch, event_key, handle_batch
-from cartloom.app import app, settings
+from cartloom.agents.batching import BatchHandler, Outbox, TableBatch, event_key, handle_batch
+from cartloom.agents.saga import schedule_order
+from cartloom.app import app, settings, topology
 from cartloom.clock import utc_now_iso
 from cartloom.dlq import dead_letter_topic
 from cartloom.domain.errors import InvalidInput, RejectReason
@@ -43,15 +44,20 @@ async def process_orders(stream: faust.StreamT[bytes]) -> None:
     """Handle order inputs a batch at a time; nothing is acknowledged without a trace."""
     batch_max, within = settings.order_batch_max, settings.order_batch_within_seconds
     async for events in cast(Any, stream).take_events(batch_max, within):
-        orders, outbox = TableBatch(order_by_id), Outbox(app.producer)
+        orders, outbox = TableBatch(order_by_id, app.producer), Outbox(app.producer)
         handler = OrderHandler(orders, outbox)
-        await handle_batch(events, handler.handle, ([orders], outbox), dead_letter_topic, "orders")
+        await handle_batch(events, handler, ([orders], outbox), dead_letter_topic, "orders")
 
 
-class OrderHandler:
+COMMAND_PARTITIONS = topology.topic("inventory.commands").partitions
+RESULT_PARTITIONS = topology.topic("reservation.results").partitions
+
+
+class OrderHandler(BatchHandler):
     """Dispatches one event by its topic to the domain and records what it decided."""
 
     def __init__(self, orders: TableBatch, outbox: Outbox) -> None:
+        super().__init__()
         self.orders, self.outbox = orders, outbox
         self.now = utc_now_iso()  # one clock reading per batch
 
@@ -66,12 +72,11 @@ class OrderHandler:
             self._step(
                 "event", event, apply_order_event(self._known(key), lifecycle_event, self.now)
             )
+        elif topic == "reservation.results" and "results" in payload:
+            apply = lambda item: self._result(event, item, None)  # noqa: E731
+            self.each_item(event, payload["results"], "order_id", RESULT_PARTITIONS, apply)
         elif topic == "reservation.results":
-            result = parse_result(payload, key=key)
-            step = apply_reservation_result(
-                self._known(key), result, self.now, ttl_seconds=settings.reservation_ttl_seconds
-            )
-            self._step("result", event, step)
+            self._result(event, payload, key)
         else:
             order_id, kind = parse_timeout(payload, key=key)
             view = self.orders.get(order_id)
@@ -89,9 +94,18 @@ class OrderHandler:
             return
         view = new_order_view(order, self.now, deadline_seconds=settings.saga_deadline_seconds)
         self.orders.put(order.order_id, view, event.message.partition)
+        schedule_order(view)
         self._send(reserve_commands(view))
         metrics.ORDERS_RECEIVED.inc()
         metrics.ORDER_INPUTS.labels(input="order", outcome="applied").inc()
+
+    def _result(self, event: faust.EventT[Any], payload: dict[str, Any], key: str | None) -> None:
+        result = parse_result(payload, key=key)
+        ttl = settings.reservation_ttl_seconds
+        step = apply_reservation_result(
+            self._known(result.order_id), result, self.now, ttl_seconds=ttl
+        )
+        self._step("result", event, step)
 
     def _known(self, order_id: str) -> OrderView:
         view: OrderView | None = self.orders.get(order_id)
@@ -110,10 +124,13 @@ class OrderHandler:
             return
         before = self.orders.get(step.view["order_id"])
         self.orders.put(step.view["order_id"], step.view, event.message.partition)
+        schedule_order(step.view)
         if before is None or before["status"] != step.view["status"]:
             metrics.ORDER_TRANSITIONS.labels(status=step.view["status"]).inc()
         self._send(step.commands)
 
     def _send(self, commands: Iterable[Command]) -> None:
         for command in commands:
-            self.outbox.add(inventory_commands_topic, command.sku, command_to_json(command))
+            body = command_to_json(command)
+            topic, partitions = inventory_commands_topic, COMMAND_PARTITIONS
+            self.outbox.add_to_envelope(topic, partitions, command.sku, "commands", body)

@@ -157,6 +157,15 @@ def resolve_timeout(view: OrderView, kind: Timeout, now: str, *, ttl_seconds: fl
     return OrderStep(changed, StepOutcome.APPLIED, tuple(commands))
 
 
+def due_at(view: OrderView) -> str | None:
+    """When the order will next need a nudge (:func:`due_timeout` turns non-``None``), if ever."""
+    if view["status"] == Status.RECEIVED:
+        return view["deadline_at"]
+    if view["status"] == Status.RESERVED:
+        return view["expires_at"]
+    return None
+
+
 def due_timeout(view: OrderView, now: str) -> Timeout | None:
     """The nudge an order needs at ``now``, if any (the timer scans with this)."""
     if view["status"] == Status.RECEIVED and view["deadline_at"] is not None:

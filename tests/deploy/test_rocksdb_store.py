@@ -102,15 +102,6 @@ async def test_a_restarted_pod_with_static_membership_keeps_its_tables(
     await restarted_pod_keeps_its_orders(deploy_stack, deploy_stack_dir, "static", pod_env)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "cartloom/agents/batching.py writes table.data[key] outside Faust's current-event "
-        "context; Faust's RocksDB store reads the partition from that context (assert event "
-        "is not None), so every order is dead-lettered with the rocksdb:// store. Fix: set "
-        "faust.streams._current_event to each event around handler(event) in handle_batch."
-    ),
-)
 async def test_rocksdb_store_serves_orders_and_a_lost_volume_is_rebuilt(
     deploy_stack: dict[str, str], deploy_stack_dir: Path
 ) -> None:

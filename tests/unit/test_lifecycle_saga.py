@@ -216,3 +216,16 @@ def test_settle_commands_repeat_what_the_state_implies() -> None:
         Release("o-1", 0, "A", ReleaseReason.CANCELLED, None),
         Release("o-1", 1, "B", ReleaseReason.CANCELLED, None),
     )
+
+
+def test_due_at_is_the_deadline_then_the_expiry_then_never() -> None:
+    from cartloom.domain.saga import due_at
+
+    view = new_order()
+    assert due_at(view) == view["deadline_at"] is not None
+    assert due_timeout(view, view["deadline_at"]) is Timeout.DEADLINE
+    for result in (answer(0, "A", 2, 2, 9), answer(1, "B", 3, 3, 9)):
+        view = apply_reservation_result(view, result, NOW, ttl_seconds=60).view
+    assert due_at(view) == view["expires_at"] is not None
+    expired = resolve_timeout(view, Timeout.EXPIRE, "2026-11-25T10:01:00.001+00:00", ttl_seconds=60)
+    assert due_at(expired.view) is None
