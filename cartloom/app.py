@@ -7,9 +7,11 @@ through the explicit ``AUTODISCOVER`` list when the worker starts.
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 
-from cartloom.faust_types import RawKeyTable
+from cartloom.faust_types import RawKeyTable, tuned_transport
 from cartloom.settings import Settings, get_settings
 from cartloom.topology import Topology, load_topology
 
@@ -18,6 +20,7 @@ AUTODISCOVER = [
     "cartloom.agents.orders",
     "cartloom.agents.inventory",
     "cartloom.agents.saga",
+    "cartloom.agents.intake",
     "cartloom.agents.materialise",
     "cartloom.agents.shopify",
     "cartloom.shopify.webhooks",
@@ -26,13 +29,25 @@ AUTODISCOVER = [
 ]
 
 
+class CartloomApp(faust.App):
+    """A Faust app whose Kafka consumers take their fetch wait from CartLoom's settings."""
+
+    fetch_max_wait_ms = 500
+
+    def _new_transport(self) -> Any:
+        url = self.conf.broker_consumer[0]
+        if url.scheme not in ("kafka", "aiokafka"):
+            return super()._new_transport()
+        return tuned_transport(self.fetch_max_wait_ms)(self.conf.broker_consumer, self)
+
+
 def create_app(settings: Settings, topology: Topology) -> faust.App:
     """Build the Faust app from CartLoom's settings alone.
 
     ``env={}`` stops Faust from reading its own environment variables (``BROKER_URL``,
     ``STORE``...), which would otherwise silently override what is passed here.
     """
-    return faust.App(
+    app = CartloomApp(
         settings.app_id,
         env={},
         autodiscover=AUTODISCOVER,
@@ -62,6 +77,8 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         logging_config=None,
         Table=RawKeyTable,
     )
+    app.fetch_max_wait_ms = settings.broker_fetch_max_wait_ms
+    return app
 
 
 settings = get_settings()

@@ -58,6 +58,7 @@ def worker(
 
     if create_topics:
         asyncio.run(apply_topics(settings.bootstrap_servers, topology.all_topics(settings.app_id)))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust does not create it
     sys.argv = ["cartloom", "worker", "--loglevel", loglevel]
     app.main()
 

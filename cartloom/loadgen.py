@@ -22,6 +22,11 @@ class LoadPlan:
     invalid_share: float = 0.0
     prefix: str = "load"
     seed: int = 7
+    sku_prefix: str = "SKU-"
+
+    def sku(self, n: int) -> str:
+        """The SKU number ``n`` of this plan."""
+        return f"{self.sku_prefix}{n:05d}"
 
 
 def sample_orders(plan: LoadPlan) -> Iterator[tuple[str, bytes]]:
@@ -32,7 +37,7 @@ def sample_orders(plan: LoadPlan) -> Iterator[tuple[str, bytes]]:
     for n in range(plan.orders):
         order_id = f"{plan.prefix}-{n:07d}"
         lines = [
-            {"sku": f"SKU-{rng.randrange(plan.skus):05d}", "quantity": rng.randint(1, 3)}
+            {"sku": plan.sku(rng.randrange(plan.skus)), "quantity": rng.randint(1, 3)}
             for _ in range(rng.randint(1, plan.max_lines))
         ]
         order: dict[str, Any] = {
@@ -46,6 +51,13 @@ def sample_orders(plan: LoadPlan) -> Iterator[tuple[str, bytes]]:
         if invalid_every and n % invalid_every == invalid_every - 1:
             order["lines"] = []  # breaks the contract: lines must be non-empty
         yield order_id, orjson.dumps(order)
+
+
+def sample_stock(plan: LoadPlan, on_hand: int) -> Iterator[tuple[str, bytes]]:
+    """An absolute stock level of ``on_hand`` for every SKU of ``plan`` (key = SKU)."""
+    for n in range(plan.skus):
+        sku = plan.sku(n)
+        yield sku, orjson.dumps({"sku": sku, "on_hand": on_hand, "location": "demo-warehouse"})
 
 
 def is_valid_index(plan: LoadPlan, n: int) -> bool:
@@ -62,7 +74,7 @@ async def publish(
     messages: Iterator[tuple[str, bytes]],
     on_sent: Callable[[int], None] = lambda _: None,
 ) -> int:
-    """Send every message (key = order id) and wait for the broker to take them all."""
+    """Send every message (key = its entity id) and wait for the broker to take them all."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers,
         linger_ms=5,

@@ -65,6 +65,20 @@ AGENT_BATCH_SECONDS = Histogram(
     ["agent"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+ORDER_INTAKE = Counter(
+    "cartloom_order_intake_records_total",
+    "Records the order intake read from `orders`, by outcome (accepted, dead_lettered).",
+    ["outcome"],
+)
+ORDER_INTAKE_LAG = Gauge(
+    "cartloom_order_intake_lag_records",
+    "Records of `orders` on this worker's intake partitions not yet forwarded (its lag).",
+)
+ORDER_INTAKE_BATCH_SECONDS = Histogram(
+    "cartloom_order_intake_batch_seconds",
+    "Time from reading one intake batch to its offsets being committed.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
 DEAD_LETTERS_REPLAYED = Counter(
     "cartloom_dead_letters_replayed_total",
     "Dead letters sent back to their source topic by `cartloom dlq replay`, by topic.",

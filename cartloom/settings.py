@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     broker_session_timeout: float = Field(60.0, gt=0, description="Seconds; tests use ~6.")
     broker_rebalance_timeout: float = Field(60.0, gt=0, description="Seconds; tests use ~6.")
     broker_heartbeat_interval: float = Field(3.0, gt=0, description="Seconds; tests use 1.")
+    broker_fetch_max_wait_ms: int = Field(
+        500,
+        ge=1,
+        le=30_000,
+        description="Longest a fetch waits for new records (the embedded broker always waits"
+        " this long on a quiet partition; the local stack uses 50).",
+    )
     group_instance_id: str | None = Field(
         None, description="Kafka static membership id, unique per worker (a StatefulSet pod name)."
     )

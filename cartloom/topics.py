@@ -27,6 +27,8 @@ def declared_topic(name: str) -> faust.TopicT:
 
 orders_topic = declared_topic("orders")
 orders_dlq_topic = declared_topic("orders.dlq")
+orders_accepted_topic = declared_topic("orders.accepted")
+orders_accepted_dlq_topic = declared_topic("orders.accepted.dlq")
 inventory_topic = declared_topic("inventory")
 order_events_topic = declared_topic("order.events")
 
@@ -62,8 +64,10 @@ def co_partitioned_topics(*names: str) -> faust.TopicT:
 
 
 #: Everything keyed by order id that changes an order; the orders agent reads it.
+#: ``orders`` itself is read by the intake (cartloom.agents.intake), which forwards
+#: envelopes of valid orders on ``orders.accepted``.
 order_inputs = co_partitioned_topics(
-    "orders", "order.events", "reservation.results", "order.timeouts"
+    "orders.accepted", "order.events", "reservation.results", "order.timeouts"
 )
 #: Everything keyed by SKU that changes stock; the inventory agent reads it.
 stock_inputs = co_partitioned_topics("inventory", "inventory.commands")

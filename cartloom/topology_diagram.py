@@ -26,6 +26,7 @@ NODES: dict[str, tuple[str, str]] = {
     "update_catalog": ("agent", "update_catalog"),
     "map_inventory_items": ("agent", "map_inventory_items<br/>item to SKU"),
     "apply_privacy_jobs": ("agent", "apply_privacy_jobs<br/>redact, export"),
+    "order_intake": ("svc", "order intake<br/>raw batches, validate"),
     "process_orders": ("agent", "process_orders<br/>lifecycle, saga"),
     "reserve_stock": ("agent", "reserve_stock<br/>stock, ledger"),
     "nudge_overdue_orders": ("svc", "nudge_overdue_orders<br/>timer"),
@@ -53,8 +54,9 @@ FLOWS: dict[str, tuple[str, str]] = {
     "update_catalog": ("shopify.catalog", "table:product_by_id"),
     "map_inventory_items": ("shopify.inventory_items", "table:sku_by_inventory_item inventory"),
     "apply_privacy_jobs": ("shopify.redactions", "table:order_by_id shopify.data_exports"),
+    "order_intake": ("orders", "orders.accepted"),
     "process_orders": (
-        "orders order.events reservation.results order.timeouts",
+        "orders.accepted order.events reservation.results order.timeouts",
         "table:order_by_id inventory.commands",
     ),
     "reserve_stock": (

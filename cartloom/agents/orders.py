@@ -49,6 +49,7 @@ async def process_orders(stream: faust.StreamT[bytes]) -> None:
         await handle_batch(events, handler, ([orders], outbox), dead_letter_topic, "orders")
 
 
+ORDER_PARTITIONS = topology.topic("orders.accepted").partitions
 COMMAND_PARTITIONS = topology.topic("inventory.commands").partitions
 RESULT_PARTITIONS = topology.topic("reservation.results").partitions
 
@@ -65,7 +66,10 @@ class OrderHandler(BatchHandler):
         """Apply one event; raise :class:`InvalidInput` for what belongs in a dead-letter topic."""
         topic, key = event.message.topic, event_key(event)
         payload = decode_json_object(event.value)
-        if topic == "orders":
+        if topic == "orders.accepted" and "orders" in payload:
+            apply = lambda item: self._order(event, item, None)  # noqa: E731
+            self.each_item(event, payload["orders"], "order_id", ORDER_PARTITIONS, apply)
+        elif topic == "orders.accepted":  # one order, e.g. replayed from orders.accepted.dlq
             self._order(event, payload, key)
         elif topic == "order.events":
             lifecycle_event = parse_order_event(payload, key=key)
@@ -84,7 +88,7 @@ class OrderHandler(BatchHandler):
                 ttl = settings.reservation_ttl_seconds
                 self._step("timeout", event, resolve_timeout(view, kind, self.now, ttl_seconds=ttl))
 
-    def _order(self, event: faust.EventT[Any], payload: dict[str, Any], key: str) -> None:
+    def _order(self, event: faust.EventT[Any], payload: dict[str, Any], key: str | None) -> None:
         order = parse_order(payload, key=key)
         known: OrderView | None = self.orders.get(order.order_id)
         if known is not None:  # a redelivery or replay: repeat what the order implies

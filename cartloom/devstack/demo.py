@@ -1,7 +1,9 @@
 """``cartloom dev demo``: the main job on the local stack, shown as it happens.
 
-Starts the stack (if needed) and a worker, publishes sample orders with a plain Kafka
-producer, and follows them into DynamoDB and Redis with live progress bars.
+Starts the stack (if needed) and a worker, publishes stock for the demo's SKUs and then
+sample orders with a plain Kafka producer (more demand than stock, so some orders are
+rejected), follows them into DynamoDB and Redis with live progress bars, and prints how
+the orders ended.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from rich.table import Table
 
 from cartloom.devstack.processes import free_port
 from cartloom.devstack.stack import StackState, up
-from cartloom.loadgen import LoadPlan, is_valid_index, publish, sample_orders
+from cartloom.loadgen import LoadPlan, is_valid_index, publish, sample_orders, sample_stock
 from cartloom.settings import Settings, load_settings
 from cartloom.sinks.dynamodb import dynamodb_client_config
 from cartloom.sinks.redis import redis_client
@@ -41,7 +43,7 @@ async def run_demo(state_dir: Path, orders: int, console: Console) -> bool:
     web_port = free_port()
     worker = _start_worker(state, state_dir, web_port)
     try:
-        await _wait_ready(web_port, worker, console)
+        await _wait_ready(web_port, worker, console, state_dir / "logs" / "worker.log")
         return await _publish_and_follow(load_settings(), web_port, orders, console)
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -55,6 +57,7 @@ async def run_demo(state_dir: Path, orders: int, console: Console) -> bool:
 def _start_worker(state: StackState, state_dir: Path, web_port: int) -> subprocess.Popen[bytes]:
     log_path = state_dir / "logs" / "worker.log"
     env = {**os.environ, **state.env, "CARTLOOM_WEB_PORT": str(web_port)}
+    env.setdefault("CARTLOOM_DATA_DIR", str(state_dir / "worker-data"))
     with log_path.open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "cartloom", "worker"],
@@ -65,13 +68,15 @@ def _start_worker(state: StackState, state_dir: Path, web_port: int) -> subproce
         )
 
 
-async def _wait_ready(port: int, worker: subprocess.Popen[bytes], console: Console) -> None:
+async def _wait_ready(
+    port: int, worker: subprocess.Popen[bytes], console: Console, log_path: Path
+) -> None:
     with console.status("starting a worker (joining the consumer group)..."):
         deadline = time.monotonic() + 120
         async with aiohttp.ClientSession() as http:
             while time.monotonic() < deadline:
                 if worker.poll() is not None:
-                    raise RuntimeError("the worker exited; see .cartloom/logs/worker.log")
+                    raise RuntimeError(f"the worker exited; see {log_path}")
                 try:
                     async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
                         if response.status == 200:
@@ -84,7 +89,10 @@ async def _wait_ready(port: int, worker: subprocess.Popen[bytes], console: Conso
 
 
 async def _publish_and_follow(settings: Settings, port: int, count: int, console: Console) -> bool:
-    plan = LoadPlan(orders=count, invalid_share=0.02, prefix=f"demo-{uuid.uuid4().hex[:6]}")
+    prefix = f"demo-{uuid.uuid4().hex[:6]}"
+    plan = LoadPlan(orders=count, invalid_share=0.02, prefix=prefix, sku_prefix=f"{prefix}-SKU-")
+    # About 4 units per order over 50 SKUs: stock for roughly three orders in four.
+    on_hand = max(1, count * 3 // plan.skus)
     valid = sum(is_valid_index(plan, n) for n in range(count))
     columns = (
         TextColumn("{task.description:<28}"),
@@ -93,6 +101,13 @@ async def _publish_and_follow(settings: Settings, port: int, count: int, console
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console) as progress:
+        stocked = progress.add_task("stock levels to inventory", total=plan.skus)
+        await publish(
+            settings.bootstrap_servers,
+            "inventory",
+            sample_stock(plan, on_hand),
+            lambda n: progress.advance(stocked, n),
+        )
         sent = progress.add_task("published to orders", total=count)
         in_dynamo = progress.add_task("in DynamoDB (orders table)", total=valid)
         in_redis = progress.add_task("in Redis (cartloom:order:*)", total=valid)
@@ -113,6 +128,13 @@ async def _publish_and_follow(settings: Settings, port: int, count: int, console
             progress.update(in_redis, completed=done[1])
             await asyncio.sleep(0.3)
     console.print(f"{count - valid} malformed orders were sent on purpose: they are in orders.dlq")
+    statuses = await _status_counts(settings, plan.prefix)
+    settle_by = time.monotonic() + 30
+    while statuses.get("received") and time.monotonic() < settle_by:  # reservations in flight
+        await asyncio.sleep(0.5)
+        statuses = await _status_counts(settings, plan.prefix)
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items()))
+    console.print(f"orders by status: {summary} ({on_hand} units of each of {plan.skus} SKUs)")
     await _show_sample(settings, port, f"{plan.prefix}-0000000", console)
     return done == (valid, valid)
 
@@ -132,6 +154,26 @@ async def _count_dynamodb(settings: Settings, prefix: str) -> int:
         ):
             total += page["Count"]
     return total
+
+
+async def _status_counts(settings: Settings, prefix: str) -> dict[str, int]:
+    session = get_session()
+    counts: dict[str, int] = {}
+    async with session.create_client(
+        "dynamodb", endpoint_url=settings.dynamodb_endpoint, config=dynamodb_client_config(settings)
+    ) as client:
+        paginator = client.get_paginator("scan")
+        async for page in paginator.paginate(
+            TableName=settings.dynamodb_table("orders"),
+            ProjectionExpression="#s",
+            ExpressionAttributeNames={"#s": "status"},
+            FilterExpression="begins_with(order_id, :p)",
+            ExpressionAttributeValues={":p": {"S": prefix}},
+        ):
+            for item in page["Items"]:
+                status = item.get("status", {}).get("S", "?")
+                counts[status] = counts.get(status, 0) + 1
+    return counts
 
 
 async def _count_redis(settings: Settings, prefix: str) -> int:

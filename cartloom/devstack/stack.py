@@ -45,10 +45,13 @@ LOCAL_AWS_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 #: Short group timeouts: against the embedded broker the first join takes ~4 s, not ~30 s.
+#: Short fetch waits: the embedded broker holds a fetch for the whole wait even when records
+#: arrive meanwhile, so every hop of the saga would otherwise add up to the wait.
 LOCAL_TUNING_ENV = {
     "CARTLOOM_BROKER_SESSION_TIMEOUT": "6",
     "CARTLOOM_BROKER_REBALANCE_TIMEOUT": "6",
     "CARTLOOM_BROKER_HEARTBEAT_INTERVAL": "1",
+    "CARTLOOM_BROKER_FETCH_MAX_WAIT_MS": "50",
 }
 
 

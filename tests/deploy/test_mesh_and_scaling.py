@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from cartloom.agents.intake import intake_group_id
 from tests.deploy.manifests import (
     INGRESS_PRINCIPAL,
     K8S,
@@ -119,7 +120,8 @@ def test_keda_scales_the_statefulset_on_consumer_group_lag(overlay: str) -> None
     for trigger in scaled["spec"]["triggers"]:
         meta = trigger["metadata"]
         assert trigger["type"] == "kafka"
-        assert meta["consumerGroup"] == group, "KEDA must watch the Faust group (CARTLOOM_APP_ID)"
+        expected = intake_group_id(group) if meta["topic"] == "orders" else group
+        assert meta["consumerGroup"] == expected, "KEDA must watch the group reading the topic"
         assert meta["topic"] and not meta["topic"].endswith(".dlq")
         assert int(meta["lagThreshold"]) > 0
         assert meta["allowIdleConsumers"] == "false"

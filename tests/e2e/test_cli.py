@@ -102,3 +102,42 @@ def test_invalid_setting_is_a_clear_error_not_a_traceback() -> None:
     assert result.returncode == 2
     assert "CARTLOOM_WEB_PORT" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
+    """What `make demo` runs: orders reach DynamoDB and Redis, some reserved, some rejected."""
+    state_dir = tmp_path / "stack"
+    try:
+        demo = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cartloom",
+                "dev",
+                "demo",
+                "--orders",
+                "300",
+                "--state-dir",
+                str(state_dir),
+            ],
+            capture_output=True,
+            text=True,
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("CARTLOOM_")},
+                "COLUMNS": "200",
+            },
+            cwd=tmp_path,
+            timeout=300,
+            check=False,
+        )
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        out = demo.stdout
+        assert "6 malformed orders were sent on purpose" in out
+        summary = next(line for line in out.splitlines() if line.startswith("orders by status:"))
+        parts = summary.split(":", 1)[1].split("(")[0].split(",")
+        counts = {status: int(n) for n, status in (part.split() for part in parts)}
+        assert counts.get("received", 0) == 0, summary  # every valid order was resolved
+        assert counts["reserved"] > 0 and counts["rejected"] > 0, summary  # demand > stock
+        assert sum(counts.values()) == 294, summary
+    finally:
+        cartloom("dev", "down", "--state-dir", str(state_dir))

@@ -14,10 +14,18 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from cartloom.agents.intake import intake_group_id
 from tests.harness import eventually
 
 APP_ID = "cartloom"
-SAGA_TOPICS = ("orders", "order.events", "inventory", "inventory.commands", "reservation.results")
+SAGA_TOPICS = (
+    "orders",
+    "orders.accepted",
+    "order.events",
+    "inventory",
+    "inventory.commands",
+    "reservation.results",
+)
 
 
 def changelog(table: str) -> str:
@@ -67,12 +75,25 @@ async def changelog_counts(bootstrap: str, table: str, keys: Iterable[str]) -> i
 
 
 async def caught_up(bootstrap: str, topics: Iterable[str] = SAGA_TOPICS) -> bool:
-    """True when the worker's group has committed every message of ``topics``.
+    """True when the worker has committed every message of ``topics``.
 
-    Reads the group's offsets without joining it (manual assignment, no commits).
+    ``orders`` is read by the order intake in its own group, everything else by Faust's.
+    Reads the groups' offsets without joining them (no subscription, no commits).
     """
+    wanted = list(topics)
+    by_group = {
+        intake_group_id(APP_ID): [t for t in wanted if t == "orders"],
+        APP_ID: [t for t in wanted if t != "orders"],
+    }
+    for group, group_topics in by_group.items():
+        if group_topics and not await _group_caught_up(bootstrap, group, group_topics):
+            return False
+    return True
+
+
+async def _group_caught_up(bootstrap: str, group: str, topics: list[str]) -> bool:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=APP_ID, enable_auto_commit=False
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
     )
     await consumer.start()
     try:

@@ -84,11 +84,18 @@ async def test_scrape_passes_promtool_and_carries_faust_and_cartloom_figures(
     assert lint.stdout.decode().strip() == ""  # no naming or unit complaints either
 
     # Faust's own sensor and CartLoom's metrics come out of one registry on one page.
-    assert value(text, "faust_topic_messages_received_total", topic="orders") > value(
-        before, "faust_topic_messages_received_total", topic="orders"
+    # Orders reach Faust as the intake's envelopes on orders.accepted.
+    assert value(text, "faust_topic_messages_received_total", topic="orders.accepted") > value(
+        before, "faust_topic_messages_received_total", topic="orders.accepted"
     )
     assert value(text, "faust_events_total") > value(before, "faust_events_total")
-    assert value(text, "cartloom_event_delay_seconds_count", topic="orders") >= 1
+    assert value(text, "cartloom_event_delay_seconds_count", topic="orders.accepted") >= 1
+    assert value(text, "cartloom_order_intake_records_total", outcome="accepted") > value(
+        before, "cartloom_order_intake_records_total", outcome="accepted"
+    )
+    assert value(text, "cartloom_order_intake_records_total", outcome="dead_lettered") > value(
+        before, "cartloom_order_intake_records_total", outcome="dead_lettered"
+    )
     assert value(text, "cartloom_orders_received_total") > value(
         before, "cartloom_orders_received_total"
     )

@@ -1,0 +1,193 @@
+"""Order intake: reads ``orders`` in raw batches and hands them on in envelopes.
+
+Faust's per-event machinery, not Kafka, caps a worker (FACTS.md: ~12-14k decoded events/s,
+whatever the batching), and before this every order cost at least one Faust event. The
+intake reads ``orders`` with a plain aiokafka consumer in its own group
+(``{app_id}-intake``, which spreads the partitions over the workers like any group),
+validates each record with the pure :func:`cartloom.domain.orders.parse_order`, copies
+what it cannot use byte for byte to ``orders.dlq`` with the reason and origin headers,
+and sends the valid orders of a batch, grouped by partition, as one
+``{"orders": [...]}`` message per partition to ``orders.accepted``. The orders agent
+then handles hundreds of orders in one Faust event, with its tables and changelogs as
+before.
+
+At-least-once: offsets are committed only after every envelope and dead letter of the
+batch is acknowledged by the broker. A crash or rebalance in between re-reads the batch;
+the orders agent treats an order id it already holds as a redelivery, so nothing
+changes twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import mode
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from cartloom import metrics
+from cartloom.agents.batching import ENVELOPE_MAX, partition_for
+from cartloom.app import app, settings, topology
+from cartloom.deadletter import dead_letter_headers
+from cartloom.domain.errors import InvalidInput, RejectReason
+from cartloom.domain.orders import parse_order
+from cartloom.domain.payloads import decode_json_object
+
+log = logging.getLogger(__name__)
+
+SOURCE_TOPIC = "orders"
+ENVELOPE_TOPIC = "orders.accepted"
+DEAD_LETTER_TOPIC = "orders.dlq"
+#: Most records read per batch.
+BATCH_MAX = 5_000
+
+
+def intake_group_id(app_id: str) -> str:
+    """The consumer group of the order intake (its lag is the backlog of ``orders``)."""
+    return f"{app_id}-intake"
+
+
+def accept(record: ConsumerRecord[bytes, bytes]) -> tuple[str, dict[str, Any]]:
+    """The order a record carries (id, payload); raises :class:`InvalidInput` if unusable."""
+    if record.value is None:
+        raise InvalidInput(RejectReason.INVALID_JSON, "empty message")
+    payload = decode_json_object(record.value)
+    key = None if record.key is None else record.key.decode(errors="replace")
+    if key is None:
+        raise InvalidInput(RejectReason.KEY_MISMATCH, "message has no key (the order id)")
+    order = parse_order(payload, key=key)
+    return order.order_id, payload
+
+
+class IntakeBatch:
+    """The envelopes and dead letters one batch of ``orders`` records turns into."""
+
+    def __init__(self, partitions: int) -> None:
+        self._partitions = partitions
+        self.envelopes: dict[int, list[dict[str, Any]]] = {}
+        #: partition -> the oldest record timestamp (ms) among its orders
+        self.oldest: dict[int, int] = {}
+        self.dead_letters: list[tuple[ConsumerRecord[bytes, bytes], RejectReason, str]] = []
+
+    def add(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        """Sort one record into its partition's envelope, or into the dead letters."""
+        try:
+            order_id, payload = accept(record)
+        except InvalidInput as exc:
+            self.dead_letters.append((record, exc.reason, exc.detail))
+            return
+        except Exception as exc:  # a bug must not drop the record
+            log.exception("intake failed on %s:%s", record.partition, record.offset)
+            detail = f"{type(exc).__name__}: {exc}"
+            self.dead_letters.append((record, RejectReason.PROCESSING_ERROR, detail))
+            return
+        partition = partition_for(order_id, self._partitions)
+        self.envelopes.setdefault(partition, []).append(payload)
+        if record.timestamp is not None:
+            oldest = self.oldest.get(partition, record.timestamp)
+            self.oldest[partition] = min(oldest, record.timestamp)
+
+
+@app.service
+class OrderIntake(mode.Service):
+    """Runs the intake loop with the worker; stops after the batch in hand."""
+
+    def __post_init__(self) -> None:
+        self._partitions = topology.topic(ENVELOPE_TOPIC).partitions
+
+    async def on_started(self) -> None:
+        """Start reading ``orders`` once the worker is up."""
+        self.add_future(self._supervise())
+
+    async def _supervise(self) -> None:
+        while not self.should_stop:
+            try:
+                await self._run()
+                return
+            except Exception:
+                log.exception("order intake crashed; restarting")
+                await self.sleep(2.0)
+
+    async def _run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            SOURCE_TOPIC,
+            bootstrap_servers=settings.bootstrap_servers,
+            group_id=intake_group_id(settings.app_id),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=BATCH_MAX,
+            fetch_max_wait_ms=settings.broker_fetch_max_wait_ms,
+            session_timeout_ms=int(settings.broker_session_timeout * 1000),
+            rebalance_timeout_ms=int(settings.broker_rebalance_timeout * 1000),
+            heartbeat_interval_ms=int(settings.broker_heartbeat_interval * 1000),
+        )
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers,
+            acks="all",
+            linger_ms=2,
+            max_batch_size=512 * 1024,
+            max_request_size=4 * 1024 * 1024,
+        )
+        await producer.start()
+        await consumer.start()
+        try:
+            while not self.should_stop:
+                batch = await consumer.getmany(timeout_ms=200, max_records=BATCH_MAX)
+                if batch:
+                    await self._forward(batch, producer, consumer)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+
+    async def _forward(
+        self,
+        batch: Mapping[TopicPartition, list[ConsumerRecord[bytes, bytes]]],
+        producer: AIOKafkaProducer,
+        consumer: AIOKafkaConsumer,
+    ) -> None:
+        started = time.perf_counter()
+        intake = IntakeBatch(self._partitions)
+        for records in batch.values():
+            for record in records:
+                intake.add(record)
+        sends = []
+        for partition, orders in intake.envelopes.items():
+            for start in range(0, len(orders), ENVELOPE_MAX):
+                chunk = orders[start : start + ENVELOPE_MAX]
+                body, key = orjson.dumps({"orders": chunk}), str(chunk[0]["order_id"]).encode()
+                # Stamped with the oldest order's time: the agent's event delay stays end to end.
+                stamp = intake.oldest.get(partition)
+                send = producer.send(
+                    ENVELOPE_TOPIC, body, key=key, partition=partition, timestamp_ms=stamp
+                )
+                sends.append(await send)
+        for record, reason, detail in intake.dead_letters:
+            headers = list(dead_letter_headers(record, reason, detail).items())
+            sends.append(
+                await producer.send(
+                    DEAD_LETTER_TOPIC, record.value, key=record.key, headers=headers
+                )
+            )
+            metrics.DEAD_LETTERS.labels(topic=SOURCE_TOPIC, reason=reason.value).inc()
+        await asyncio.gather(*sends)  # raises if the broker refused any: nothing is committed
+        accepted = sum(len(orders) for orders in intake.envelopes.values())
+        metrics.ORDER_INTAKE.labels(outcome="accepted").inc(accepted)
+        metrics.ORDER_INTAKE.labels(outcome="dead_lettered").inc(len(intake.dead_letters))
+        offsets = {tp: records[-1].offset + 1 for tp, records in batch.items() if records}
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # A rebalance took the partitions: the new owner re-reads them (the agent dedupes).
+            log.warning("order intake could not commit: %s", exc)
+        metrics.ORDER_INTAKE_BATCH_SECONDS.observe(time.perf_counter() - started)
+        lag = 0
+        for tp in consumer.assignment():
+            highwater, taken = consumer.highwater(tp), offsets.get(tp)
+            if highwater is not None and taken is not None:
+                lag += max(0, highwater - taken)
+        metrics.ORDER_INTAKE_LAG.set(lag)
