@@ -177,7 +177,10 @@ async def run_audit(
     """
     entities = changelog_entities(settings, topology)
     topic_of = {entity: topic for topic, entity in entities.items()}
-    state = ChangelogState(closed_order_ttl=settings.redis_closed_order_ttl_seconds)
+    state = ChangelogState(
+        closed_order_ttl=settings.redis_closed_order_ttl_seconds,
+        dynamodb_closed_order_ttl=settings.dynamodb_closed_order_ttl_seconds,
+    )
     report = AuditReport(strict=strict, sample=sample)
     chosen = [store for store in STORES if store in set(stores)]
     async with AsyncExitStack() as stack:

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     redis_closed_order_ttl_seconds: int = Field(
         604_800, ge=0, description="TTL of closed orders in Redis (0 = keep); see docs/sinks.md."
     )
+    dynamodb_closed_order_ttl_seconds: int = Field(
+        0, ge=0, description="DynamoDB deletes closed orders this long after (0 = keep)."
+    )
 
     shopify_webhook_secret: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Comma-separated; several allow rotation."

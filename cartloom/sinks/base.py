@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any, Protocol
 
 #: Materialised entities and the attribute that keys them.
@@ -22,7 +23,7 @@ KEY_ATTRIBUTE: dict[str, str] = {
 }
 
 #: Order statuses after which nothing a storefront does depends on the cached copy.
-CLOSED_ORDER_STATUSES = frozenset({"rejected", "fulfilled", "cancelled", "refunded"})
+CLOSED_ORDER_STATUSES = frozenset({"rejected", "fulfilled", "cancelled", "refunded", "expired"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,11 +149,25 @@ def redis_ttl_seconds(entity: str, document: dict[str, Any], closed_order_ttl: i
     return 0
 
 
-def expires_at(document: dict[str, Any] | None) -> int | None:
-    """The document's DynamoDB TTL (``expires_at``, epoch seconds), if it carries one."""
-    if document is None:
+#: The DynamoDB attribute the tables' TTL reads (epoch seconds); set only by the sink.
+TTL_ATTRIBUTE = "ttl_epoch"
+
+
+def dynamodb_expiry(entity: str, document: dict[str, Any] | None, closed_ttl: int) -> int | None:
+    """When DynamoDB may delete the item (epoch seconds), or None to keep it.
+
+    Only closed orders expire, ``closed_ttl`` seconds after they last changed, and only when
+    ``closed_ttl`` > 0 (``CARTLOOM_DYNAMODB_CLOSED_ORDER_TTL_SECONDS``; 0 keeps everything:
+    DynamoDB is where readers find an order once Redis has let it go).
+    """
+    if entity != "orders" or document is None or closed_ttl <= 0:
         return None
-    value = document.get("expires_at")
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(value)
-    return None
+    if document.get("status") not in CLOSED_ORDER_STATUSES:
+        return None
+    changed = document.get("updated_at")
+    if not isinstance(changed, str):
+        return None
+    try:
+        return int(datetime.fromisoformat(changed).timestamp()) + closed_ttl
+    except ValueError:
+        return None

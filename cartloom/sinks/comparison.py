@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from cartloom.sinks.base import StoredView, document_version, expires_at, redis_ttl_seconds
+from cartloom.sinks.base import StoredView, document_version, dynamodb_expiry, redis_ttl_seconds
 
 
 def digest(document: dict[str, Any] | None) -> bytes | None:
@@ -48,6 +48,7 @@ class ChangelogState:
     """The changelogs folded into the newest :class:`Expected` per (entity, key)."""
 
     closed_order_ttl: int
+    dynamodb_closed_order_ttl: int = 0
     expected: dict[tuple[str, str], Expected] = field(default_factory=dict)
     records: int = 0
     regressions: int = 0
@@ -68,7 +69,12 @@ class ChangelogState:
             return
         ttl = redis_ttl_seconds(entity, document, self.closed_order_ttl)
         self.expected[slot] = Expected(
-            version, digest(document), partition, offset, ttl > 0, expires_at(document)
+            version,
+            digest(document),
+            partition,
+            offset,
+            ttl > 0,
+            dynamodb_expiry(entity, document, self.dynamodb_closed_order_ttl),
         )
 
     def keys(self, entity: str) -> list[str]:
@@ -100,7 +106,7 @@ def compare(
 ) -> str | None:
     """The kind of difference between the table's ``expected`` and a store's view, or None.
 
-    A closed order missing from Redis, and an item past its ``expires_at`` missing from
+    A closed order missing from Redis, and an item past its DynamoDB TTL missing from
     DynamoDB, are allowed: that is the TTL policy, and return ``"expired"``.
     """
     if expected is None or expected.deleted:

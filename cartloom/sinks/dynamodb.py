@@ -25,10 +25,12 @@ from botocore.exceptions import ClientError
 from cartloom.settings import Settings
 from cartloom.sinks.base import (
     KEY_ATTRIBUTE,
+    TTL_ATTRIBUTE,
     PartialWrite,
     StoredView,
     ViewChange,
     WriteOutcome,
+    dynamodb_expiry,
 )
 
 log = logging.getLogger(__name__)
@@ -48,12 +50,12 @@ def dynamodb_client_config(settings: Settings) -> AioConfig:
     )
 
 
-def to_item(entity: str, change: ViewChange) -> dict[str, Any]:
+def to_item(entity: str, change: ViewChange, closed_ttl: int = 0) -> dict[str, Any]:
     """The DynamoDB item for ``change``: scalar fields as attributes, the whole view as ``doc``.
 
-    Top-level strings, finite numbers and booleans are copied as attributes (so a
-    document's ``expires_at`` becomes the table's TTL attribute); ``doc`` keeps the
-    whole view as JSON, which is what readers and the audit use.
+    Top-level strings, finite numbers and booleans are copied as attributes (so ``status``
+    can be indexed); ``doc`` keeps the whole view as JSON, which is what readers and the
+    audit use. A closed order gets the TTL attribute when ``closed_ttl`` > 0.
     """
     assert change.document is not None
     item: dict[str, Any] = {}
@@ -67,6 +69,9 @@ def to_item(entity: str, change: ViewChange) -> dict[str, Any]:
     item[KEY_ATTRIBUTE[entity]] = {"S": change.key}
     item["version"] = {"N": str(change.version)}
     item["doc"] = {"S": orjson.dumps(change.document).decode()}
+    expiry = dynamodb_expiry(entity, change.document, closed_ttl)
+    if expiry is not None:
+        item[TTL_ATTRIBUTE] = {"N": str(expiry)}
     return item
 
 
@@ -193,7 +198,11 @@ class DynamoDBSink:
                 }
             try:
                 await self._client.put_item(
-                    TableName=table, Item=to_item(change.entity, change), **guard
+                    TableName=table,
+                    Item=to_item(
+                        change.entity, change, self._settings.dynamodb_closed_order_ttl_seconds
+                    ),
+                    **guard,
                 )
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "")

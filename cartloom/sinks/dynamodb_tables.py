@@ -12,7 +12,7 @@ from cartloom.sinks.base import KEY_ATTRIBUTE
 from cartloom.sinks.dynamodb import dynamodb_client_config
 
 #: Tables whose items may expire, and the attribute holding the expiry (epoch seconds).
-TTL_ATTRIBUTE: dict[str, str] = {"orders": "expires_at"}
+TTL_ATTRIBUTE: dict[str, str] = {"orders": "ttl_epoch"}  # see sinks.base.dynamodb_expiry
 
 
 def table_definition(name: str, key_attribute: str) -> dict[str, Any]:

@@ -67,10 +67,10 @@ def test_every_replica_has_point_in_time_recovery_and_deletion_protection(
             assert spec["DeletionProtectionEnabled"] is True
 
 
-def test_only_orders_expire_and_by_the_expires_at_attribute(template: dict[str, Any]) -> None:
+def test_only_orders_expire_and_by_the_ttl_epoch_attribute(template: dict[str, Any]) -> None:
     ttl = {e: r["Properties"].get("TimeToLiveSpecification") for e, r in tables(template).items()}
     assert ttl == {
-        "orders": {"AttributeName": "expires_at", "Enabled": True},
+        "orders": {"AttributeName": "ttl_epoch", "Enabled": True},
         "inventory": None,
         "products": None,
     }

@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from cartloom.sinks.base import StoredView, ViewChange, coalesce, expires_at, redis_ttl_seconds
+from cartloom.sinks.base import (
+    StoredView,
+    ViewChange,
+    coalesce,
+    dynamodb_expiry,
+    redis_ttl_seconds,
+)
 from cartloom.sinks.comparison import ChangelogState, Expected, compare, digest
 from cartloom.sinks.dynamodb import from_item, to_item
 from cartloom.sinks.memory import MemorySink
@@ -70,17 +76,29 @@ def test_a_zero_closed_order_ttl_keeps_every_view() -> None:
 
 def test_item_carries_scalars_key_version_and_the_whole_document() -> None:
     document = doc("o-1", 3, status="paid", total=12.5, gift=False, lines=[{"sku": "A"}])
-    document["expires_at"] = 1_900_000_000
     item = to_item("orders", ViewChange("orders", "o-1", 3, document))
     assert item["order_id"] == {"S": "o-1"}
     assert item["version"] == {"N": "3"}
     assert item["status"] == {"S": "paid"}
     assert item["total"] == {"N": "12.5"}
     assert item["gift"] == {"BOOL": False}
-    assert item["expires_at"] == {"N": "1900000000"}  # the table's TTL attribute
+    assert "ttl_epoch" not in item  # an open order never expires
     assert "lines" not in item
     assert from_item(item) == StoredView(3, document)
-    assert expires_at(document) == 1_900_000_000
+
+
+def test_closed_orders_expire_from_dynamodb_only_when_a_ttl_is_set() -> None:
+    closed = doc("o-1", 4, status="cancelled")
+    closed["updated_at"] = "2026-11-25T10:00:00+00:00"
+    change = ViewChange("orders", "o-1", 4, closed)
+    assert "ttl_epoch" not in to_item("orders", change)  # 0 keeps every item
+    item = to_item("orders", change, closed_ttl=3600)
+    assert item["ttl_epoch"] == {"N": str(1_795_600_800 + 3600)}
+    assert dynamodb_expiry("orders", closed, 3600) == 1_795_600_800 + 3600
+    for status in ("reserved", "paid"):
+        assert dynamodb_expiry("orders", {**closed, "status": status}, 3600) is None
+    assert dynamodb_expiry("orders", {**closed, "status": "expired"}, 3600) is not None
+    assert dynamodb_expiry("inventory", closed, 3600) is None
 
 
 def test_non_finite_numbers_are_not_copied_as_attributes() -> None:
