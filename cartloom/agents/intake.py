@@ -173,8 +173,9 @@ class OrderIntake(mode.Service):
                     DEAD_LETTER_TOPIC, record.value, key=record.key, headers=headers
                 )
             )
-            metrics.DEAD_LETTERS.labels(topic=SOURCE_TOPIC, reason=reason.value).inc()
         await asyncio.gather(*sends)  # raises if the broker refused any: nothing is committed
+        for _, reason, _ in intake.dead_letters:  # counted once durably in orders.dlq
+            metrics.DEAD_LETTERS.labels(topic=SOURCE_TOPIC, reason=reason.value).inc()
         accepted = sum(len(orders) for orders in intake.envelopes.values())
         metrics.ORDER_INTAKE.labels(outcome="accepted").inc(accepted)
         metrics.ORDER_INTAKE.labels(outcome="dead_lettered").inc(len(intake.dead_letters))
