@@ -429,6 +429,13 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     bars = ax.bar(names, rates, color=["#999999", "#d98c4a", "#3b7dd8"][: len(names)])
     ax.bar_label(bars, labels=[f"{r:,.0f}/s" for r in rates])
+    if "naive" in summary["results"]:
+        target = 2.5 * summary["results"]["naive"]["events_per_s"]
+        ax.axhline(target, color="#3b7dd8", linestyle="--", linewidth=1)
+        ax.annotate("target: 2.5x naive", (len(names) - 0.5, target), ha="right", va="bottom")
+    ax.set_ylim(
+        0, max([*rates, 2.5 * summary["results"].get("naive", {}).get("events_per_s", 0)]) * 1.15
+    )
     ax.set_ylabel("events (orders) per second")
     ax.set_title(f"One worker, embedded broker, {summary['settings']['orders']:,} events")
     fig.tight_layout()
