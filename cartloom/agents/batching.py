@@ -6,7 +6,7 @@ batches (``stream.take_events``) and do per-batch work once:
 - :class:`TableBatch` reads through to the table and coalesces writes: a key changed by
   many events of a batch (a hot SKU, an order and its answers) is written to the
   changelog once, on the partition of the event that changed it (the same partition
-  ``table[key] = value`` would use), straight to the producer like :class:`Outbox`, and
+  ``table[key] = value`` would use), in whole producer batches per partition, and
   records the written offset in the store as Faust's own changelog callback does.
 - :class:`Outbox` collects the batch's messages and hands them straight to the Kafka
   producer (not through Faust's one-message-at-a-time ``send_soon`` buffer, which stalls
@@ -53,6 +53,17 @@ ENVELOPE_MAX = 500
 def partition_for(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2, as every producer) gives ``key``."""
     return int((murmur2(key.encode()) & 0x7FFFFFFF) % partitions)
+
+
+_TOPIC_NAMES: dict[int, str] = {}
+
+
+def topic_name(topic: faust.TopicT) -> str:
+    """``topic.get_topic_name()``, remembered (it is asked once per item on the hot path)."""
+    name = _TOPIC_NAMES.get(id(topic))
+    if name is None:
+        name = _TOPIC_NAMES[id(topic)] = topic.get_topic_name()
+    return name
 
 
 @dataclass(frozen=True)
@@ -138,24 +149,43 @@ class TableBatch:
         self._dirty[key] = partition
 
     async def flush(self) -> int:
-        """Write each changed key to the changelog once; return how many were written."""
-        data, send = self._table.data, self._producer.send
+        """Write each changed key to the changelog once; return how many were written.
+
+        The records of one partition go out as whole aiokafka batches (``create_batch`` /
+        ``send_batch``): a per-record ``send`` costs a future, a partitioner call and an
+        accumulator append each, the largest Kafka cost per order before this. The batches
+        join the producer's queue, so Faust's flush before it commits covers them too.
+        """
+        data, kafka = self._table.data, self._producer._ensure_producer()  # aiokafka's
         topic = self._table.changelog_topic.get_topic_name()
+        by_partition: dict[int, list[str]] = {}
         for key, partition in self._dirty.items():
-            value = orjson.dumps(data[key])
-            delivery = await send(
-                topic, key.encode(), value, partition=partition, timestamp=None, headers=None
-            )
-            delivery.add_done_callback(self._persisted)
+            by_partition.setdefault(partition, []).append(key)
+        for partition, keys in by_partition.items():
+            batch = kafka.create_batch()
+            for key in keys:
+                value = orjson.dumps(data[key])
+                if batch.append(key=key.encode(), value=value, timestamp=None) is None:
+                    await self._send_batch(kafka, batch, topic, partition)
+                    batch = kafka.create_batch()
+                    if batch.append(key=key.encode(), value=value, timestamp=None) is None:
+                        raise ValueError(f"changelog record of {key!r} exceeds the batch size")
+            await self._send_batch(kafka, batch, topic, partition)
         written = len(self._dirty)
         self._dirty.clear()
         return written
 
-    def _persisted(self, delivery: Any) -> None:
+    async def _send_batch(self, kafka: Any, batch: Any, topic: str, partition: int) -> None:
+        count = batch.record_count()
+        if count:
+            delivery = await kafka.send_batch(batch, topic, partition=partition)
+            delivery.add_done_callback(lambda done: self._persisted(done, count))
+
+    def _persisted(self, delivery: Any, count: int) -> None:
         """Remember the changelog offset in the store (what lets RocksDB skip it on recovery)."""
         if not delivery.cancelled() and delivery.exception() is None:
-            record = delivery.result()
-            self._table.data.set_persisted_offset(record.topic_partition, record.offset)
+            record = delivery.result()  # the batch's base offset
+            self._table.data.set_persisted_offset(record.topic_partition, record.offset + count - 1)
 
 
 class Outbox:
@@ -175,7 +205,7 @@ class Outbox:
     ) -> None:
         """Queue ``item`` in the envelope ``{field: [...]}`` bound for ``key``'s partition."""
         partition = partition_for(key, partitions)
-        group = self._grouped.setdefault((topic.get_topic_name(), partition), (key, field, []))
+        group = self._grouped.setdefault((topic_name(topic), partition), (key, field, []))
         group[2].append(item)
 
     async def flush(self) -> int:

@@ -76,7 +76,7 @@ class StockHandler(BatchHandler):
             view, outcome = apply_stock(
                 self._stock(update.sku), update, offset=event.message.offset, now=self.now
             )
-            metrics.STOCK_UPDATES.labels(outcome=outcome.value).inc()
+            metrics.labelled(metrics.STOCK_UPDATES, outcome.value).inc()
             if outcome is StockOutcome.APPLIED:
                 self.stock.put(update.sku, view, partition)
             return
@@ -108,12 +108,14 @@ class StockHandler(BatchHandler):
     def _count(self, step: LedgerStep, command: Any) -> None:
         result = step.result
         if result is not None:
-            metrics.RESERVATIONS.labels(outcome=result.outcome.value).inc()
+            metrics.labelled(metrics.RESERVATIONS, result.outcome.value).inc()
             if result.outcome is ReserveOutcome.PARTIAL:
                 metrics.OVERSOLD_UNITS.inc(result.short_by)
                 self._alert("oversold", step, short_by=result.short_by)
         if isinstance(command, Release) and step.released:
-            metrics.RESERVED_UNITS_RELEASED.labels(reason=command.reason.value).inc(step.released)
+            metrics.labelled(metrics.RESERVED_UNITS_RELEASED, command.reason.value).inc(
+                step.released
+            )
             if command.reason is ReleaseReason.EXPIRED:
                 metrics.RESERVATIONS_EXPIRED.inc()
                 self._alert("reservation_expired", step, released=step.released)

@@ -93,7 +93,7 @@ class OrderHandler(BatchHandler):
         known: OrderView | None = self.orders.get(order.order_id)
         if known is not None:  # a redelivery or replay: repeat what the order implies
             metrics.ORDERS_DUPLICATE.inc()
-            metrics.ORDER_INPUTS.labels(input="order", outcome="duplicate").inc()
+            metrics.labelled(metrics.ORDER_INPUTS, "order", "duplicate").inc()
             self._send(settle_commands(known))
             return
         view = new_order_view(order, self.now, deadline_seconds=settings.saga_deadline_seconds)
@@ -101,7 +101,7 @@ class OrderHandler(BatchHandler):
         schedule_order(view)
         self._send(reserve_commands(view))
         metrics.ORDERS_RECEIVED.inc()
-        metrics.ORDER_INPUTS.labels(input="order", outcome="applied").inc()
+        metrics.labelled(metrics.ORDER_INPUTS, "order", "applied").inc()
 
     def _result(self, event: faust.EventT[Any], payload: dict[str, Any], key: str | None) -> None:
         result = parse_result(payload, key=key)
@@ -118,7 +118,7 @@ class OrderHandler(BatchHandler):
         return view
 
     def _step(self, kind: str, event: faust.EventT[Any], step: OrderStep) -> None:
-        metrics.ORDER_INPUTS.labels(input=kind, outcome=step.outcome.value).inc()
+        metrics.labelled(metrics.ORDER_INPUTS, kind, step.outcome.value).inc()
         for refused in (step.detail,) if step.outcome is StepOutcome.ILLEGAL else step.refused:
             metrics.ORDER_TRANSITIONS_REFUSED.inc()
             log.warning("order %s: refused %s", step.view["order_id"], refused)
@@ -130,7 +130,7 @@ class OrderHandler(BatchHandler):
         self.orders.put(step.view["order_id"], step.view, event.message.partition)
         schedule_order(step.view)
         if before is None or before["status"] != step.view["status"]:
-            metrics.ORDER_TRANSITIONS.labels(status=step.view["status"]).inc()
+            metrics.labelled(metrics.ORDER_TRANSITIONS, step.view["status"]).inc()
         self._send(step.commands)
 
     def _send(self, commands: Iterable[Command]) -> None:
