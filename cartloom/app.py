@@ -11,7 +11,7 @@ from typing import Any
 
 import faust
 
-from cartloom.faust_types import RawKeyTable, tuned_transport
+from cartloom.faust_types import RawKeyTable, TunedTransport
 from cartloom.settings import Settings, get_settings
 from cartloom.topology import Topology, load_topology
 
@@ -38,7 +38,7 @@ class CartloomApp(faust.App):
         url = self.conf.broker_consumer[0]
         if url.scheme not in ("kafka", "aiokafka"):
             return super()._new_transport()
-        return tuned_transport(self.fetch_max_wait_ms)(self.conf.broker_consumer, self)
+        return TunedTransport(self.conf.broker_consumer, self)
 
 
 def create_app(settings: Settings, topology: Topology) -> faust.App:

@@ -39,9 +39,17 @@ async def send_to_dead_letter(
 ) -> None:
     """Copy ``event``'s original bytes to ``dlq`` with the reason, and count it."""
     message = event.message
-    await dlq.send(
-        key=message.key,
-        value=message.value,
-        headers=dead_letter_headers(message, reason, detail),
-    )
+    await send_item_to_dead_letter(dlq, message, message.key, message.value, reason, detail)
+
+
+async def send_item_to_dead_letter(
+    dlq: faust.TopicT,
+    message: Any,
+    key: bytes | None,
+    value: bytes | None,
+    reason: RejectReason,
+    detail: str,
+) -> None:
+    """Send ``key``/``value`` (one item of ``message``, or all of it) to ``dlq``, and count it."""
+    await dlq.send(key=key, value=value, headers=dead_letter_headers(message, reason, detail))
     metrics.DEAD_LETTERS.labels(topic=message.topic, reason=reason.value).inc()

@@ -26,34 +26,29 @@ class RawKeyTable(faust.Table):  # type: ignore[type-arg]
 
 
 class TunedConsumerThread(AIOKafkaConsumerThread):
-    """Faust's aiokafka consumer thread, with the fetch wait CartLoom's settings choose.
+    """Faust's aiokafka consumer thread, with the fetch wait the app's settings choose.
 
     Faust hard-codes ``fetch_max_wait_ms=1500``. A real Kafka broker answers a fetch as
     soon as records arrive, so the wait only bounds empty polls; the embedded broker holds
     every fetch for the whole wait, which made each hop of the order saga cost up to 1.5 s.
+    The app (``cartloom.app.CartloomApp``) carries the value as ``fetch_max_wait_ms``.
     """
-
-    fetch_max_wait_ms = 500
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = self.fetch_max_wait_ms  # read when the consumer starts
+        # Read when the consumer starts; 500 ms (aiokafka's default) for a plain Faust app.
+        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_max_wait_ms", 500)
         return consumer
 
 
-def tuned_transport(fetch_max_wait_ms: int) -> type[Any]:
-    """Faust's aiokafka transport whose consumers wait at most ``fetch_max_wait_ms``."""
+class TunedConsumer(aiokafka_driver.Consumer):
+    """Faust's aiokafka consumer, on :class:`TunedConsumerThread`."""
 
-    class ConsumerThread(TunedConsumerThread):
-        pass
+    def _new_consumer_thread(self) -> TunedConsumerThread:
+        return TunedConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
-    ConsumerThread.fetch_max_wait_ms = fetch_max_wait_ms
 
-    class TunedConsumer(aiokafka_driver.Consumer):
-        def _new_consumer_thread(self) -> TunedConsumerThread:
-            return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+class TunedTransport(aiokafka_driver.Transport):
+    """Faust's aiokafka transport, with :class:`TunedConsumer`."""
 
-    class TunedTransport(aiokafka_driver.Transport):
-        Consumer = TunedConsumer
-
-    return TunedTransport
+    Consumer = TunedConsumer

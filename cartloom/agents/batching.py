@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,7 +41,8 @@ from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
 
 from cartloom import metrics
-from cartloom.deadletter import dead_letter_headers, send_to_dead_letter
+from cartloom.app import topology
+from cartloom.deadletter import send_item_to_dead_letter, send_to_dead_letter
 from cartloom.domain.errors import InvalidInput, RejectReason
 
 log = logging.getLogger(__name__)
@@ -55,15 +57,15 @@ def partition_for(key: str, partitions: int) -> int:
     return int((murmur2(key.encode()) & 0x7FFFFFFF) % partitions)
 
 
-_TOPIC_NAMES: dict[int, str] = {}
+_TOPIC_FACTS: dict[int, tuple[str, int]] = {}
 
 
-def topic_name(topic: faust.TopicT) -> str:
-    """``topic.get_topic_name()``, remembered (it is asked once per item on the hot path)."""
-    name = _TOPIC_NAMES.get(id(topic))
-    if name is None:
-        name = _TOPIC_NAMES[id(topic)] = topic.get_topic_name()
-    return name
+def topic_facts(topic: faust.TopicT) -> tuple[str, int]:
+    """``topic``'s name and partition count, remembered (asked once per item on the hot path)."""
+    facts = _TOPIC_FACTS.get(id(topic))
+    if facts is None:
+        facts = _TOPIC_FACTS[id(topic)] = (topic.get_topic_name(), int(topic.partitions or 0))
+    return facts
 
 
 @dataclass(frozen=True)
@@ -77,22 +79,21 @@ class ItemFailure:
     detail: str
 
 
-class BatchHandler:
+class BatchHandler(ABC):
     """Base of the agents' per-event handlers: item-level failures of envelopes."""
 
     def __init__(self) -> None:
         self.failed_items: list[ItemFailure] = []
 
+    @abstractmethod
     def handle(self, event: faust.EventT[Any]) -> None:
-        """Apply one event (subclasses)."""
-        raise NotImplementedError
+        """Apply one event; raise ``InvalidInput`` for what belongs in a dead-letter topic."""
 
     def each_item(
         self,
         event: faust.EventT[Any],
         items: Any,
         key_of: str,
-        partitions: int,
         apply: Callable[[dict[str, Any]], None],
     ) -> None:
         """Apply every item of an envelope; a failing item is dead-lettered on its own.
@@ -103,6 +104,7 @@ class BatchHandler:
         if not isinstance(items, list):
             raise InvalidInput(RejectReason.INVALID_SCHEMA, "envelope items must be a list")
         partition = event.message.partition
+        partitions = topology.topic(event.message.topic).partitions
         for item in items:
             key = item.get(key_of) if isinstance(item, dict) else None
             try:
@@ -198,14 +200,14 @@ class Outbox:
 
     def add(self, topic: faust.TopicT, key: str, value: Mapping[str, Any]) -> None:
         """Queue ``value`` as JSON for ``topic`` keyed by ``key``."""
-        self._pending.append((topic.get_topic_name(), key.encode(), orjson.dumps(value)))
+        self._pending.append((topic_facts(topic)[0], key.encode(), orjson.dumps(value)))
 
     def add_to_envelope(
-        self, topic: faust.TopicT, partitions: int, key: str, field: str, item: Mapping[str, Any]
+        self, topic: faust.TopicT, key: str, field: str, item: Mapping[str, Any]
     ) -> None:
         """Queue ``item`` in the envelope ``{field: [...]}`` bound for ``key``'s partition."""
-        partition = partition_for(key, partitions)
-        group = self._grouped.setdefault((topic_name(topic), partition), (key, field, []))
+        name, partitions = topic_facts(topic)
+        group = self._grouped.setdefault((name, partition_for(key, partitions)), (key, field, []))
         group[2].append(item)
 
     async def flush(self) -> int:
@@ -277,7 +279,6 @@ async def handle_batch(
         await send_to_dead_letter(dead_letter_topic(event.message.topic), event, reason, detail)
     for item in handler.failed_items:
         message = item.event.message
-        headers = dead_letter_headers(message, item.reason, item.detail)
-        await dead_letter_topic(message.topic).send(key=item.key, value=item.value, headers=headers)
-        metrics.DEAD_LETTERS.labels(topic=message.topic, reason=item.reason.value).inc()
+        dlq = dead_letter_topic(message.topic)
+        await send_item_to_dead_letter(dlq, message, item.key, item.value, item.reason, item.detail)
     metrics.AGENT_BATCH_SECONDS.labels(agent=agent).observe(time.perf_counter() - started)

@@ -16,7 +16,7 @@ import faust
 
 from cartloom import metrics
 from cartloom.agents.batching import BatchHandler, Outbox, TableBatch, event_key, handle_batch
-from cartloom.app import app, settings, topology
+from cartloom.app import app, settings
 from cartloom.clock import utc_now_iso
 from cartloom.dlq import dead_letter_topic
 from cartloom.domain.inventory import (
@@ -54,10 +54,6 @@ async def reserve_stock(stream: faust.StreamT[bytes]) -> None:
         await handle_batch(events, handler, writes, dead_letter_topic, "stock")
 
 
-COMMAND_PARTITIONS = topology.topic("inventory.commands").partitions
-RESULT_PARTITIONS = topology.topic("reservation.results").partitions
-
-
 class StockHandler(BatchHandler):
     """Dispatches one event by its topic to the domain and records what it decided."""
 
@@ -82,7 +78,7 @@ class StockHandler(BatchHandler):
             return
         if "commands" in payload:
             apply = lambda item: self._command(event, item, None)  # noqa: E731
-            self.each_item(event, payload["commands"], "sku", COMMAND_PARTITIONS, apply)
+            self.each_item(event, payload["commands"], "sku", apply)
         else:
             self._command(event, payload, key)
 
@@ -99,7 +95,7 @@ class StockHandler(BatchHandler):
             self._count(step, command)
         if step.result is not None:  # duplicates are answered again: the first answer may be lost
             body, topic = result_to_json(step.result), reservation_results_topic
-            self.outbox.add_to_envelope(topic, RESULT_PARTITIONS, command.order_id, "results", body)
+            self.outbox.add_to_envelope(topic, command.order_id, "results", body)
 
     def _stock(self, sku: str) -> InventoryView:
         view: InventoryView | None = self.stock.get(sku)

@@ -18,7 +18,7 @@ import faust
 from cartloom import metrics
 from cartloom.agents.batching import BatchHandler, Outbox, TableBatch, event_key, handle_batch
 from cartloom.agents.saga import schedule_order
-from cartloom.app import app, settings, topology
+from cartloom.app import app, settings
 from cartloom.clock import utc_now_iso
 from cartloom.dlq import dead_letter_topic
 from cartloom.domain.errors import InvalidInput, RejectReason
@@ -49,11 +49,6 @@ async def process_orders(stream: faust.StreamT[bytes]) -> None:
         await handle_batch(events, handler, ([orders], outbox), dead_letter_topic, "orders")
 
 
-ORDER_PARTITIONS = topology.topic("orders.accepted").partitions
-COMMAND_PARTITIONS = topology.topic("inventory.commands").partitions
-RESULT_PARTITIONS = topology.topic("reservation.results").partitions
-
-
 class OrderHandler(BatchHandler):
     """Dispatches one event by its topic to the domain and records what it decided."""
 
@@ -68,7 +63,7 @@ class OrderHandler(BatchHandler):
         payload = decode_json_object(event.value)
         if topic == "orders.accepted" and "orders" in payload:
             apply = lambda item: self._order(event, item, None)  # noqa: E731
-            self.each_item(event, payload["orders"], "order_id", ORDER_PARTITIONS, apply)
+            self.each_item(event, payload["orders"], "order_id", apply)
         elif topic == "orders.accepted":  # one order, e.g. replayed from orders.accepted.dlq
             self._order(event, payload, key)
         elif topic == "order.events":
@@ -78,7 +73,7 @@ class OrderHandler(BatchHandler):
             )
         elif topic == "reservation.results" and "results" in payload:
             apply = lambda item: self._result(event, item, None)  # noqa: E731
-            self.each_item(event, payload["results"], "order_id", RESULT_PARTITIONS, apply)
+            self.each_item(event, payload["results"], "order_id", apply)
         elif topic == "reservation.results":
             self._result(event, payload, key)
         else:
@@ -136,5 +131,4 @@ class OrderHandler(BatchHandler):
     def _send(self, commands: Iterable[Command]) -> None:
         for command in commands:
             body = command_to_json(command)
-            topic, partitions = inventory_commands_topic, COMMAND_PARTITIONS
-            self.outbox.add_to_envelope(topic, partitions, command.sku, "commands", body)
+            self.outbox.add_to_envelope(inventory_commands_topic, command.sku, "commands", body)
