@@ -296,6 +296,9 @@ async def run_cartloom(env: dict[str, str], work: Path, args: Any) -> dict[str, 
         # measures the order path, not the deadline rejecting a backlog.
         CARTLOOM_SAGA_DEADLINE_SECONDS="3600",
     )
+    # BENCH_SET_CARTLOOM_X=v sets CARTLOOM_X=v for the worker under test (to compare tunings).
+    prefix = "BENCH_SET_"
+    proc_env.update({k[len(prefix) :]: v for k, v in os.environ.items() if k.startswith(prefix)})
     argv = [sys.executable, "-m", "cartloom", "--env-file", str(work / "none.env"), "worker"]
     proc = start(argv, proc_env, work / "cartloom.log")
     tail = ChangelogTail(bootstrap, f"{app_id}-order_by_id-changelog")

@@ -55,10 +55,12 @@ def worker(
     """Run a CartLoom worker (same as ``faust -A cartloom.app worker``)."""
     from cartloom.app import app, settings, topology
     from cartloom.kafka_admin import apply_topics
+    from cartloom.runtime import tune_garbage_collector
 
     if create_topics:
         asyncio.run(apply_topics(settings.bootstrap_servers, topology.all_topics(settings.app_id)))
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust does not create it
+    tune_garbage_collector(settings.gc_young_threshold)
     sys.argv = ["cartloom", "worker", "--loglevel", loglevel]
     app.main()
 

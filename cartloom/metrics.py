@@ -24,6 +24,28 @@ def labelled(metric: Any, *values: str) -> Any:
     return metric.labels(*values)
 
 
+class Tally:
+    """Counts made while an agent handles a batch, added to their counters once per batch.
+
+    A counter's ``inc`` takes a lock; the order path counts several things per order, so
+    it counts here and :meth:`publish` adds each total once, when the batch is handled.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[Any, tuple[str, ...]], float] = {}
+
+    def count(self, metric: Any, *labels: str, amount: float = 1) -> None:
+        """Add ``amount`` to ``metric`` (with ``labels``, if it has labels) at publish time."""
+        key = (metric, labels)
+        self._counts[key] = self._counts.get(key, 0) + amount
+
+    def publish(self) -> None:
+        """Add every total to its counter and start again from zero."""
+        for (metric, labels), amount in self._counts.items():
+            (labelled(metric, *labels) if labels else metric).inc(amount)
+        self._counts.clear()
+
+
 ORDERS_RECEIVED = Counter(
     "cartloom_orders_received_total",
     "Orders accepted into the orders table for the first time.",

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         None, description="Kafka static membership id, unique per worker (a StatefulSet pod name)."
     )
     stream_buffer_maxsize: int = Field(4096, ge=1, description="Events buffered per partition.")
+    gc_young_threshold: int = Field(
+        50_000,
+        ge=0,
+        description="Allocations between young garbage collections (Python's default is 700;"
+        " 0 keeps it); see cartloom/runtime.py.",
+    )
 
     reservation_ttl_seconds: float = Field(
         1800.0, ge=0, description="Unpaid channel reservations are released after this (0 = never)."

@@ -84,6 +84,7 @@ class BatchHandler(ABC):
 
     def __init__(self) -> None:
         self.failed_items: list[ItemFailure] = []
+        self.tally = metrics.Tally()  # what the batch counted, published once it is handled
 
     @abstractmethod
     def handle(self, event: faust.EventT[Any]) -> None:
@@ -140,14 +141,23 @@ class TableBatch:
         self._table = table
         self._producer = producer
         self._dirty: dict[str, int] = {}
+        # What this batch read or wrote. The agent is the table's only writer and handles
+        # a batch without awaiting, so nothing else changes a key between two reads; a
+        # plain dict spares the store's Mapping machinery (several calls per read).
+        self._seen: dict[str, Any] = {}
 
     def get(self, key: str) -> Any:
         """The key's current value, including changes made earlier in this batch."""
-        return self._table.data.get(key)
+        seen = self._seen
+        if key in seen:
+            return seen[key]
+        value = seen[key] = self._table.data.get(key)
+        return value
 
     def put(self, key: str, value: Any, partition: int) -> None:
         """Change ``key`` now (later events of the batch see it); log it at :meth:`flush`."""
         self._table.data[key] = value
+        self._seen[key] = value
         self._dirty[key] = partition
 
     async def flush(self) -> int:
@@ -158,7 +168,7 @@ class TableBatch:
         accumulator append each, the largest Kafka cost per order before this. The batches
         join the producer's queue, so Faust's flush before it commits covers them too.
         """
-        data, kafka = self._table.data, self._producer._ensure_producer()  # aiokafka's
+        data, kafka = self._seen, self._producer._ensure_producer()  # aiokafka's
         topic = self._table.changelog_topic.get_topic_name()
         by_partition: dict[int, list[str]] = {}
         for key, partition in self._dirty.items():
@@ -175,6 +185,7 @@ class TableBatch:
             await self._send_batch(kafka, batch, topic, partition)
         written = len(self._dirty)
         self._dirty.clear()
+        self._seen.clear()
         return written
 
     async def _send_batch(self, kafka: Any, batch: Any, topic: str, partition: int) -> None:
@@ -271,6 +282,7 @@ async def handle_batch(
             log.exception("event at %s offset %s failed", event.message.tp, event.message.offset)
             failed.append((event, RejectReason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"))
     _current_event.set(None)
+    handler.tally.publish()
     tables, outbox = writes
     for table in tables:
         await table.flush()

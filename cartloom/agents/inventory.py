@@ -72,7 +72,7 @@ class StockHandler(BatchHandler):
             view, outcome = apply_stock(
                 self._stock(update.sku), update, offset=event.message.offset, now=self.now
             )
-            metrics.labelled(metrics.STOCK_UPDATES, outcome.value).inc()
+            self.tally.count(metrics.STOCK_UPDATES, outcome.value)
             if outcome is StockOutcome.APPLIED:
                 self.stock.put(update.sku, view, partition)
             return
@@ -104,16 +104,15 @@ class StockHandler(BatchHandler):
     def _count(self, step: LedgerStep, command: Any) -> None:
         result = step.result
         if result is not None:
-            metrics.labelled(metrics.RESERVATIONS, result.outcome.value).inc()
+            self.tally.count(metrics.RESERVATIONS, result.outcome.value)
             if result.outcome is ReserveOutcome.PARTIAL:
-                metrics.OVERSOLD_UNITS.inc(result.short_by)
+                self.tally.count(metrics.OVERSOLD_UNITS, amount=result.short_by)
                 self._alert("oversold", step, short_by=result.short_by)
         if isinstance(command, Release) and step.released:
-            metrics.labelled(metrics.RESERVED_UNITS_RELEASED, command.reason.value).inc(
-                step.released
-            )
+            reason = command.reason.value
+            self.tally.count(metrics.RESERVED_UNITS_RELEASED, reason, amount=step.released)
             if command.reason is ReleaseReason.EXPIRED:
-                metrics.RESERVATIONS_EXPIRED.inc()
+                self.tally.count(metrics.RESERVATIONS_EXPIRED)
                 self._alert("reservation_expired", step, released=step.released)
 
     def _alert(self, kind: str, step: LedgerStep, **fields: int) -> None:

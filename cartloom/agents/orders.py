@@ -87,16 +87,16 @@ class OrderHandler(BatchHandler):
         order = parse_order(payload, key=key)
         known: OrderView | None = self.orders.get(order.order_id)
         if known is not None:  # a redelivery or replay: repeat what the order implies
-            metrics.ORDERS_DUPLICATE.inc()
-            metrics.labelled(metrics.ORDER_INPUTS, "order", "duplicate").inc()
+            self.tally.count(metrics.ORDERS_DUPLICATE)
+            self.tally.count(metrics.ORDER_INPUTS, "order", "duplicate")
             self._send(settle_commands(known))
             return
         view = new_order_view(order, self.now, deadline_seconds=settings.saga_deadline_seconds)
         self.orders.put(order.order_id, view, event.message.partition)
         schedule_order(view)
         self._send(reserve_commands(view))
-        metrics.ORDERS_RECEIVED.inc()
-        metrics.labelled(metrics.ORDER_INPUTS, "order", "applied").inc()
+        self.tally.count(metrics.ORDERS_RECEIVED)
+        self.tally.count(metrics.ORDER_INPUTS, "order", "applied")
 
     def _result(self, event: faust.EventT[Any], payload: dict[str, Any], key: str | None) -> None:
         result = parse_result(payload, key=key)
@@ -113,9 +113,9 @@ class OrderHandler(BatchHandler):
         return view
 
     def _step(self, kind: str, event: faust.EventT[Any], step: OrderStep) -> None:
-        metrics.labelled(metrics.ORDER_INPUTS, kind, step.outcome.value).inc()
+        self.tally.count(metrics.ORDER_INPUTS, kind, step.outcome.value)
         for refused in (step.detail,) if step.outcome is StepOutcome.ILLEGAL else step.refused:
-            metrics.ORDER_TRANSITIONS_REFUSED.inc()
+            self.tally.count(metrics.ORDER_TRANSITIONS_REFUSED)
             log.warning("order %s: refused %s", step.view["order_id"], refused)
         if step.outcome is StepOutcome.DUPLICATE:
             self._send(settle_commands(step.view))
@@ -125,7 +125,7 @@ class OrderHandler(BatchHandler):
         self.orders.put(step.view["order_id"], step.view, event.message.partition)
         schedule_order(step.view)
         if before is None or before["status"] != step.view["status"]:
-            metrics.labelled(metrics.ORDER_TRANSITIONS, step.view["status"]).inc()
+            self.tally.count(metrics.ORDER_TRANSITIONS, step.view["status"])
         self._send(step.commands)
 
     def _send(self, commands: Iterable[Command]) -> None:

@@ -22,9 +22,10 @@ import orjson
 from cartloom import metrics
 from cartloom.app import app, settings
 from cartloom.clock import utc_now_iso
+from cartloom.domain.instants import posix
 from cartloom.domain.orders import OrderView
 from cartloom.domain.saga import due_at, due_timeout
-from cartloom.domain.schedule import DueSchedule, posix
+from cartloom.domain.schedule import DueSchedule
 from cartloom.tables import order_by_id
 from cartloom.topics import order_timeouts_topic
 

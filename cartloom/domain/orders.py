@@ -8,10 +8,10 @@ to DynamoDB and Redis. Both are pure: the caller passes ``now``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Any, NotRequired, TypedDict
 
 from cartloom.domain.errors import InvalidInput, RejectReason
+from cartloom.domain.instants import instant_after
 from cartloom.domain.payloads import (
     optional_str,
     require_int,
@@ -189,7 +189,6 @@ def new_order_view(order: PlacedOrder, now: str, *, deadline_seconds: float = 30
 
     Every line starts ``pending``; the saga must resolve them by ``deadline_at``.
     """
-    deadline = datetime.fromisoformat(now) + timedelta(seconds=deadline_seconds)
     return OrderView(
         order_id=order.order_id,
         source=order.source,
@@ -213,7 +212,7 @@ def new_order_view(order: PlacedOrder, now: str, *, deadline_seconds: float = 30
             )
             for index, line in enumerate(order.lines)
         ],
-        deadline_at=deadline.isoformat(timespec="milliseconds"),
+        deadline_at=instant_after(now, deadline_seconds),
         expires_at=None,
         rejection=None,
         oversold=[],

@@ -26,7 +26,7 @@ def decode_json_object(raw: bytes | str | None) -> dict[str, Any]:
 def require_str(payload: dict[str, Any], field: str, *, max_len: int = 256) -> str:
     """A non-empty string field."""
     value = payload.get(field)
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str) or not value or value.isspace():  # isspace copies nothing
         raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{field} must be a non-empty string")
     if len(value) > max_len:
         raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{field} is longer than {max_len}")
@@ -36,7 +36,7 @@ def require_str(payload: dict[str, Any], field: str, *, max_len: int = 256) -> s
 def require_int(payload: dict[str, Any], field: str, *, minimum: int | None = None) -> int:
     """An integer field (booleans refused), optionally bounded below."""
     value = payload.get(field)
-    if not isinstance(value, int) or isinstance(value, bool):
+    if type(value) is not int and (not isinstance(value, int) or isinstance(value, bool)):
         raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{field} must be an integer")
     if minimum is not None and value < minimum:
         raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{field} must be >= {minimum}")

@@ -13,11 +13,11 @@ resolves. Pure: callers pass ``now`` and the durations.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from cartloom.domain.errors import InvalidInput, RejectReason
+from cartloom.domain.instants import instant_after, is_before
 from cartloom.domain.ledger import (
     Command,
     Commit,
@@ -193,8 +193,7 @@ def _confirm(changed: OrderView, now: str, ttl_seconds: float, *, reason: str | 
     record_transition(changed, Status.RESERVED, now, reason)
     changed["deadline_at"] = None
     if not changed["accepted_upstream"] and ttl_seconds > 0:
-        expires = datetime.fromisoformat(now) + timedelta(seconds=ttl_seconds)
-        changed["expires_at"] = expires.isoformat(timespec="milliseconds")
+        changed["expires_at"] = instant_after(now, ttl_seconds)
     return _replay_deferred(OrderStep(changed, StepOutcome.APPLIED), now)
 
 
@@ -260,4 +259,4 @@ def _confirm_reason(view: OrderView) -> str | None:
 
 
 def _before(now: str, moment: str) -> bool:
-    return datetime.fromisoformat(now) < datetime.fromisoformat(moment)
+    return is_before(now, moment)

@@ -11,12 +11,6 @@ Pure: times are POSIX seconds passed in by the caller.
 from __future__ import annotations
 
 import heapq
-from datetime import datetime
-
-
-def posix(instant: str) -> float:
-    """POSIX seconds of an ISO-8601 instant with a time zone (as the order views hold)."""
-    return datetime.fromisoformat(instant).timestamp()
 
 
 class DueSchedule:

@@ -1,6 +1,7 @@
 """The saga timer's schedule: only what is due comes out, once, newest time wins."""
 
-from cartloom.domain.schedule import DueSchedule, posix
+from cartloom.domain.instants import posix
+from cartloom.domain.schedule import DueSchedule
 
 
 def test_only_due_orders_come_out_earliest_first_and_once() -> None:
