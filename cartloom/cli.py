@@ -268,6 +268,30 @@ def shopify_register_webhooks(
     console.print("privacy topics: set the app's compliance webhook URLs to the same address")
 
 
+@shopify_cli.command("ingress")
+def shopify_ingress() -> None:
+    """Receive webhooks in a process of their own (CARTLOOM_WEBHOOK_INGRESS_PORT, 6067).
+
+    The same receiver as every worker's POST /webhooks/shopify, without the agents on its
+    event loop: see cartloom/shopify/ingress.py. Stops on SIGTERM after the requests in hand.
+    """
+    import uvloop
+
+    from cartloom.runtime import tune_garbage_collector
+    from cartloom.settings import load_settings
+    from cartloom.shopify.ingress import serve
+    from cartloom.shopify.receiver import build_receiver
+
+    settings = load_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    receiver = build_receiver(settings)
+    receiver.enqueuer.autostart = True  # a broker that is not up yet is tried again per delivery
+    tune_garbage_collector(settings.gc_young_threshold)
+    uvloop.run(serve(receiver, settings.web_bind, settings.webhook_ingress_port))
+
+
 @shopify_cli.command("simulate")
 def shopify_simulate(
     port: Annotated[int, typer.Option(help="Port of the simulated Admin API.")] = 6070,

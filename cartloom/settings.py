@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="Host name other workers use to reach this one.")
     web_bind: str = Field("0.0.0.0", description="Address the web server listens on.")  # noqa: S104
     web_port: int = Field(6066, ge=1, le=65535, description="Port of the web views.")
+    webhook_ingress_port: int = Field(
+        6067, ge=1, le=65535, description="Port of `cartloom shopify ingress` (webhooks only)."
+    )
     api_token: SecretStr | None = Field(
         None, description="Bearer token the live-query endpoints require; unset = open."
     )
@@ -111,7 +114,9 @@ class Settings(BaseSettings):
     shopify_webhook_enqueue_timeout: float = Field(
         4.0, gt=0, le=4.5, description="Seconds to get a delivery into Kafka before 503."
     )
-    shopify_producer_linger_ms: int = Field(2, ge=0, description="Receiver batching window.")
+    shopify_producer_linger_ms: int = Field(
+        0, ge=0, description="Receiver batching window (0: what one event-loop pass read)."
+    )
     shopify_dedupe_window_seconds: int = Field(
         172_800, ge=172_800, description="Webhook/event id dedupe window (>= 48 h)."
     )

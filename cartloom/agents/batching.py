@@ -32,18 +32,17 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import faust
 import orjson
-from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
 
 from cartloom import metrics
 from cartloom.app import topology
 from cartloom.deadletter import send_item_to_dead_letter, send_to_dead_letter
 from cartloom.domain.errors import InvalidInput, RejectReason
+from cartloom.partitioning import key_partition
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +50,9 @@ log = logging.getLogger(__name__)
 ENVELOPE_MAX = 500
 
 
-@lru_cache(maxsize=65_536)
 def partition_for(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner (murmur2, as every producer) gives ``key``."""
-    return int((murmur2(key.encode()) & 0x7FFFFFFF) % partitions)
+    return key_partition(key.encode(), partitions)
 
 
 _TOPIC_FACTS: dict[int, tuple[str, int]] = {}

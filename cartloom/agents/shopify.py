@@ -24,7 +24,6 @@ from typing import Any
 
 import faust
 import orjson
-from aiokafka.partitioner import murmur2
 
 from cartloom import metrics
 from cartloom.app import app, settings
@@ -46,6 +45,7 @@ from cartloom.domain.shopify_state import (
     personal_data,
     redacted,
 )
+from cartloom.partitioning import key_partition
 from cartloom.tables import (
     order_by_id,
     product_by_id,
@@ -260,6 +260,6 @@ def owned_shop_orders(shop: str, partition: int) -> list[str]:
         if view.get("shop") not in (None, shop):
             continue
         raw = key if isinstance(key, bytes) else str(key).encode()
-        if (murmur2(raw) & 0x7FFFFFFF) % partitions == partition:
+        if key_partition(raw, partitions) == partition:
             owned.append(raw.decode())
     return owned

@@ -13,18 +13,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 
 from cartloom import metrics
 from cartloom.domain.errors import InvalidInput
 from cartloom.domain.shopify import KNOWN_TOPICS, resource_key
+from cartloom.partitioning import key_partition
 from cartloom.settings import Settings
 from cartloom.shopify.signatures import SignatureVerifier
 
@@ -57,14 +57,37 @@ class Answer:
     status: int
     body: dict[str, Any]
 
+    @property
+    def json(self) -> bytes:
+        """The body as the JSON bytes of the HTTP answer."""
+        return _ACCEPTED_JSON if self is ACCEPTED else orjson.dumps(self.body)
+
+
+#: The answer to every delivery that made it into Kafka (built once, not per request).
+ACCEPTED = Answer(200, {"status": "accepted"})
+_ACCEPTED_JSON = orjson.dumps(ACCEPTED.body)
+
 
 @dataclass
 class _Batch:
-    """Records for one partition collected during one linger window, and their shared fate."""
+    """Records for one partition collected during one linger window, and their shared fate.
+
+    Each request waits on a future of its own (``waiters``): one that goes away cancels
+    only its own wait, never its neighbours' batch.
+    """
 
     builder: Any
-    sent: asyncio.Future[None]
     deadline: float
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def settle(self, error: BaseException | None) -> None:
+        """Tell every request still waiting that the batch is in Kafka, or why not."""
+        for waiter in self.waiters:
+            if not waiter.done():
+                if error is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(error)
 
 
 class KafkaEnqueuer:
@@ -89,6 +112,11 @@ class KafkaEnqueuer:
         self._sending: set[asyncio.Task[None]] = set()
         self._starting = asyncio.Lock()
         self.autostart = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether the producer is connected (deliveries can be enqueued)."""
+        return self._producer is not None
 
     async def start(self) -> None:
         """Connect (idempotent); called by the start hook, or by the first delivery if sooner."""
@@ -135,14 +163,15 @@ class KafkaEnqueuer:
             if self._producer is None:
                 raise KafkaUnavailable("producer not started")
             batch = self._append(key, value, headers)
-            # The batch's deadline bounds the wait (one timer per batch, not per request);
-            # shield: a request that goes away must not cancel its neighbours' batch.
-            await asyncio.shield(batch.sent)
+            # The batch's deadline bounds the wait (one timer per window, not per request).
+            waiter = asyncio.get_running_loop().create_future()
+            batch.waiters.append(waiter)
+            await waiter
         except (KafkaError, TimeoutError) as exc:
             raise KafkaUnavailable(f"{type(exc).__name__}: {exc}") from None
 
     def _append(self, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> _Batch:
-        partition = (murmur2(key) & 0x7FFFFFFF) % self._partitions
+        partition = key_partition(key, self._partitions)
         for _ in range(2):
             batch = self._batches.get(partition) or self._open(partition)
             if batch.builder.append(key=key, value=value, timestamp=None, headers=headers):
@@ -154,8 +183,7 @@ class KafkaEnqueuer:
         assert self._producer is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
-        batch = _Batch(self._producer.create_batch(), loop.create_future(), deadline)
-        batch.sent.add_done_callback(_observe)
+        batch = _Batch(self._producer.create_batch(), deadline)
         self._batches[partition] = batch
         if self._window is None:  # one linger window for every partition: one produce request
             self._window = loop.call_later(self._linger, self._flush)
@@ -176,31 +204,41 @@ class KafkaEnqueuer:
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, batches: dict[int, _Batch]) -> None:
-        """Hand the batches to aiokafka together, then settle each one's waiters."""
+        """Hand the window's batches to aiokafka together, then settle each one's waiters.
+
+        One deadline (the earliest batch's) bounds the whole window: a batch the broker
+        has not acknowledged by then fails with ``TimeoutError`` (the requests answer 503
+        and Shopify retries; a record that lands anyway is a duplicate the normaliser drops).
+        """
         producer = self._producer
-        delivered: list[tuple[_Batch, asyncio.Future[Any]]] = []
-        for partition, batch in batches.items():
-            try:
-                assert producer is not None, "producer stopped with records collected"
-                async with asyncio.timeout_at(batch.deadline):
-                    future = await producer.send_batch(batch.builder, TOPIC, partition=partition)
-                delivered.append((batch, future))
-            except Exception as exc:
-                batch.sent.set_exception(exc)
-        for batch, future in delivered:
-            try:
-                async with asyncio.timeout_at(batch.deadline):
-                    await future
-            except Exception as exc:
-                batch.sent.set_exception(exc)
+        sent: list[tuple[_Batch, asyncio.Future[Any]]] = []
+        try:
+            async with asyncio.timeout_at(min(batch.deadline for batch in batches.values())):
+                for partition, batch in batches.items():
+                    if producer is None:
+                        batch.settle(KafkaUnavailable("producer stopped with records collected"))
+                        continue
+                    try:
+                        delivery = await producer.send_batch(
+                            batch.builder, TOPIC, partition=partition
+                        )
+                    except KafkaError as exc:
+                        batch.settle(exc)
+                    else:
+                        sent.append((batch, delivery))
+                if sent:
+                    await asyncio.wait([delivery for _, delivery in sent])
+        except TimeoutError:
+            pass
+        for batch, delivery in sent:
+            if not delivery.done():
+                batch.settle(TimeoutError("the broker did not acknowledge in time"))
+            elif delivery.cancelled():
+                batch.settle(KafkaError("delivery cancelled"))
             else:
-                batch.sent.set_result(None)
-
-
-def _observe(future: asyncio.Future[None]) -> None:
-    """Mark a batch's failure as seen even if every waiter already timed out."""
-    if not future.cancelled():
-        future.exception()
+                batch.settle(delivery.exception())
+        for batch in batches.values():  # not handed over before the deadline (or refused)
+            batch.settle(TimeoutError("the broker did not take the batch in time"))
 
 
 class KafkaUnavailable(RuntimeError):  # noqa: N818 - names the condition the caller answers 503 to
@@ -215,7 +253,7 @@ class WebhookReceiver:
         self.enqueuer = enqueuer
         self.max_bytes = max_bytes
 
-    async def handle(self, request: web.Request) -> Answer:
+    async def handle(self, request: web.BaseRequest) -> Answer:
         """Answer a delivery: 200, 400, 401, 413 or 503 (see the module docstring)."""
         started = time.perf_counter()
         headers = request.headers
@@ -226,7 +264,9 @@ class WebhookReceiver:
         metrics.SHOPIFY_WEBHOOK_SECONDS.observe(time.perf_counter() - started)
         return answer
 
-    async def _answer(self, request: web.Request, headers: Mapping[str, str], topic: str) -> Answer:
+    async def _answer(
+        self, request: web.BaseRequest, headers: Mapping[str, str], topic: str
+    ) -> Answer:
         try:
             body = await read_body(request, self.max_bytes)
         except asyncio.IncompleteReadError:
@@ -257,10 +297,10 @@ class WebhookReceiver:
         except KafkaUnavailable as exc:
             log.warning("webhook %s not enqueued, answering 503: %s", topic, exc)
             return Answer(503, {"error": "cannot enqueue now, retry later"})
-        return Answer(200, {"status": "accepted"})
+        return ACCEPTED
 
 
-async def read_body(request: web.Request, limit: int) -> bytes | None:
+async def read_body(request: web.BaseRequest, limit: int) -> bytes | None:
     """The whole raw body, or None as soon as it is known to exceed ``limit`` bytes.
 
     A declared ``Content-Length`` over the limit is refused before reading; otherwise the
@@ -312,27 +352,3 @@ def build_receiver(settings: Settings) -> WebhookReceiver:
         settings.shopify_webhook_enqueue_timeout,
     )
     return WebhookReceiver(verifier, enqueuer, settings.shopify_webhook_max_bytes)
-
-
-def standalone_app(receiver: WebhookReceiver) -> web.Application:
-    """A bare aiohttp app serving only ``POST /webhooks/shopify`` (benchmarks, simulations)."""
-
-    async def handler(request: web.Request) -> web.Response:
-        answer = await receiver.handle(request)
-        return web.json_response(answer.body, status=answer.status, dumps=_dumps)
-
-    async def on_startup(_: web.Application) -> None:
-        await receiver.enqueuer.start()
-
-    async def on_cleanup(_: web.Application) -> None:
-        await receiver.enqueuer.stop()
-
-    app = web.Application(client_max_size=receiver.max_bytes + 1)
-    app.router.add_post("/webhooks/shopify", handler)
-    app.on_startup.append(on_startup)
-    app.on_cleanup.append(on_cleanup)
-    return app
-
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()

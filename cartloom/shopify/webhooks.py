@@ -28,7 +28,7 @@ class ShopifyWebhooks(View):
     async def post(self, request: Request) -> Response:
         """Verify and enqueue one delivery (the request is aiohttp's under Faust's driver)."""
         answer = await receiver.handle(cast(Any, request))
-        return self.json(answer.body, status=answer.status)
+        return self.bytes(answer.json, content_type="application/json", status=answer.status)
 
 
 @app.service

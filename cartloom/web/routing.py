@@ -22,15 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka.partitioner import murmur2
 from faust.types import TP
 
-
-def key_partition(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner (Java and aiokafka alike) gives ``key``."""
-    if partitions < 1:
-        raise ValueError(f"partitions must be >= 1, got {partitions}")
-    return (int(murmur2(key)) & 0x7FFFFFFF) % partitions
+from cartloom.partitioning import key_partition
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import RawTestServer
 from pydantic import SecretStr
 
 from cartloom.devstack.processes import ServerProcess, free_port, spawn, stop
 from cartloom.devstack.stack import _broker_ready, broker_argv
 from cartloom.kafka_admin import apply_topics
 from cartloom.shopify.delivery import post, signed
-from cartloom.shopify.receiver import KafkaEnqueuer, WebhookReceiver, standalone_app
+from cartloom.shopify.ingress import Ingress
+from cartloom.shopify.receiver import KafkaEnqueuer, WebhookReceiver
 from cartloom.shopify.signatures import SignatureVerifier
 from cartloom.shopify.store import SimulatedStore
 from cartloom.topology import load_topology
@@ -62,13 +63,17 @@ async def test_503_when_the_broker_is_gone_and_200_while_it_is_up(
     )
     store = SimulatedStore()
     store.add_product("Outage Tee", ["OUT-1"])
-    async with TestServer(standalone_app(receiver)) as web, aiohttp.ClientSession() as http:
-        url = str(web.make_url("/webhooks/shopify"))
-        assert await post(http, url, signed(store.history[0], store.domain, SECRET)) == 200
-        stop(server)
-        started = time.monotonic()
-        status = await post(http, url, signed(store.history[1], store.domain, SECRET))
-        elapsed = time.monotonic() - started
+    await receiver.enqueuer.start()
+    try:
+        async with RawTestServer(Ingress(receiver)) as web, aiohttp.ClientSession() as http:
+            url = str(web.make_url("/webhooks/shopify"))
+            assert await post(http, url, signed(store.history[0], store.domain, SECRET)) == 200
+            stop(server)
+            started = time.monotonic()
+            status = await post(http, url, signed(store.history[1], store.domain, SECRET))
+            elapsed = time.monotonic() - started
+    finally:
+        await receiver.enqueuer.stop()
     assert status == 503
     assert elapsed < 5.0
 
@@ -81,9 +86,7 @@ async def test_503_before_the_producer_has_started() -> None:
     )
     store = SimulatedStore()
     store.add_product("Early Tee", ["EARLY-1"])
-    app = standalone_app(receiver)
-    app.on_startup.clear()  # the producer never starts, as in a worker still booting
-    app.on_cleanup.clear()
-    async with TestServer(app) as web, aiohttp.ClientSession() as http:
+    # the producer never starts, as in a worker still booting
+    async with RawTestServer(Ingress(receiver)) as web, aiohttp.ClientSession() as http:
         url = str(web.make_url("/webhooks/shopify"))
         assert await post(http, url, signed(store.history[0], store.domain, SECRET)) == 503
