@@ -68,24 +68,31 @@ def start_worker(
     log_dir: Path,
     name: str = "worker",
     extra_env: dict[str, str] | None = None,
+    command: tuple[str, ...] = ("worker",),
+    port_setting: str = "CARTLOOM_WEB_PORT",
 ) -> WorkerProcess:
-    """Start a worker against the stack; its settings come only from ``stack_env``."""
+    """Start a worker (or another ``cartloom`` server ``command``) against the stack.
+
+    Its settings come only from ``stack_env`` and ``extra_env``; it listens on a free port
+    given in ``port_setting``.
+    """
     port = free_port()
     data_dir = log_dir / f"{name}-data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARTLOOM_")}
     env.update(stack_env)
     env.update(
         {
-            "CARTLOOM_WEB_PORT": str(port),
+            port_setting: str(port),
             "CARTLOOM_DATA_DIR": str(data_dir),
             "CARTLOOM_LOG_LEVEL": "info",
             **(extra_env or {}),
         }
     )
     log = log_dir / f"{name}.log"
+    argv = [sys.executable, "-m", "cartloom", "--env-file", str(log_dir / "none.env"), *command]
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "cartloom", "--env-file", str(log_dir / "none.env"), "worker"],
+            argv,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

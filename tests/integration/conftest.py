@@ -82,6 +82,10 @@ async def dynamodb(stack: StackState) -> AsyncIterator[Any]:
 
 SHOPIFY_SECRET = "whsec-integration"
 SHOPIFY_MAX_BYTES = 65_536
+SHOPIFY_RECEIVER_ENV = {
+    "CARTLOOM_SHOPIFY_WEBHOOK_SECRET": f"retired-secret,{SHOPIFY_SECRET}",
+    "CARTLOOM_SHOPIFY_WEBHOOK_MAX_BYTES": str(SHOPIFY_MAX_BYTES),
+}
 
 
 @pytest.fixture(scope="session")
@@ -91,11 +95,25 @@ async def shopify_worker(stack: StackState, stack_dir: Path) -> AsyncIterator[Wo
         stack.env,
         stack_dir,
         "shopify-worker",
-        extra_env={
-            "CARTLOOM_APP_ID": "cartloom-shopify",
-            "CARTLOOM_SHOPIFY_WEBHOOK_SECRET": f"retired-secret,{SHOPIFY_SECRET}",
-            "CARTLOOM_SHOPIFY_WEBHOOK_MAX_BYTES": str(SHOPIFY_MAX_BYTES),
-        },
+        extra_env={"CARTLOOM_APP_ID": "cartloom-shopify", **SHOPIFY_RECEIVER_ENV},
+    )
+    try:
+        await wait_ready(process)
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+async def ingress(stack: StackState, stack_dir: Path) -> AsyncIterator[WorkerProcess]:
+    """``cartloom shopify ingress``: the receiver alone, with the Shopify worker's settings."""
+    process = start_worker(
+        stack.env,
+        stack_dir,
+        "ingress",
+        extra_env=SHOPIFY_RECEIVER_ENV,
+        command=("shopify", "ingress"),
+        port_setting="CARTLOOM_WEBHOOK_INGRESS_PORT",
     )
     try:
         await wait_ready(process)

@@ -48,9 +48,12 @@ async def deliver(worker: WorkerProcess, deliveries: list[SignedDelivery]) -> li
         return [await post(http, url(worker), d) for d in deliveries]
 
 
+@pytest.mark.parametrize("receiver", ["shopify_worker", "ingress"])
 async def test_statuses_forged_malformed_oversized_duplicate(
-    shopify_worker: WorkerProcess, bootstrap: str
+    receiver: str, bootstrap: str, request: pytest.FixtureRequest
 ) -> None:
+    """The same answers from a worker's receiver and from ``cartloom shopify ingress``."""
+    server: WorkerProcess = request.getfixturevalue(receiver)
     store, _ = new_store()
     store.add_product("Status Tee", ["ST-1"])
     good = signed(store.history[0], store.domain, SECRET)
@@ -73,7 +76,7 @@ async def test_statuses_forged_malformed_oversized_duplicate(
         (good, 200),  # a retry of the same delivery
         (resigned(good.body, "retired-secret"), 200),  # rotation: both secrets valid
     ]
-    statuses = await deliver(shopify_worker, [delivery for delivery, _ in cases])
+    statuses = await deliver(server, [delivery for delivery, _ in cases])
     assert statuses == [status for _, status in cases]
 
     key = f"{store.domain}/product/{store.history[0].payload['id']}".encode()

@@ -1,0 +1,110 @@
+"""``cartloom shopify ingress``: the webhook receiver in a process of its own, on real servers.
+
+The statuses it answers are checked beside the worker's in
+``test_shopify_webhooks.py::test_statuses_forged_malformed_oversized_duplicate``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from cartloom.devstack.stack import StackState
+from cartloom.domain.shopify import resource_key
+from cartloom.shopify.delivery import DeliveryPlan, post, signed
+from tests.harness import WorkerProcess, eventually, start_worker, wait_ready
+from tests.integration.conftest import SHOPIFY_RECEIVER_ENV, SHOPIFY_SECRET
+from tests.integration.shopify_helpers import TopicReader
+from tests.integration.test_shopify_webhooks import EXPECTED_EVENTS, new_store, run_history
+
+pytestmark = pytest.mark.integration
+
+
+async def test_serves_health_readiness_metrics_and_refuses_other_paths(
+    ingress: WorkerProcess,
+) -> None:
+    store, _ = new_store("paths")
+    store.add_product("Paths Tee", ["PATHS-1"])
+    async with aiohttp.ClientSession() as http:
+        delivered = await post(
+            http,
+            f"{ingress.url}/webhooks/shopify",
+            signed(store.history[0], store.domain, SHOPIFY_SECRET),
+        )
+        async with http.get(f"{ingress.url}/healthz") as health:
+            assert health.status == 200
+        async with http.get(f"{ingress.url}/readyz") as ready:
+            assert ready.status == 200
+        async with http.get(f"{ingress.url}/webhooks/shopify") as wrong_method:
+            assert wrong_method.status == 405
+            assert wrong_method.headers["Allow"] == "POST"
+        async with http.get(f"{ingress.url}/orders/1") as elsewhere:
+            assert elsewhere.status == 404  # the ingress answers webhooks, not queries
+        async with http.get(f"{ingress.url}/metrics") as scrape:
+            assert scrape.status == 200
+            text = await scrape.text()
+    assert delivered == 200
+    assert (
+        'cartloom_shopify_webhooks_received_total{outcome="accepted",topic="products/create"}'
+        in text
+    )
+
+
+async def test_history_through_the_ingress_reaches_the_streams(
+    ingress: WorkerProcess, shopify_worker: WorkerProcess, bootstrap: str
+) -> None:
+    """Deliveries answered by the ingress are normalised by the workers' agents."""
+    _, _, events, levels = await run_history(ingress, bootstrap, DeliveryPlan(), "INGR")
+    assert events == EXPECTED_EVENTS
+    assert levels == {b"INGR-S": 3, b"INGR-M": 40}
+
+
+async def test_sigterm_drains_every_accepted_delivery_into_kafka(
+    stack: StackState, tmp_path: Path, bootstrap: str
+) -> None:
+    """Stopped mid-burst, the ingress answers nothing 200 that is not in Kafka, and exits 0."""
+    process = start_worker(
+        stack.env,
+        tmp_path,
+        "draining-ingress",
+        extra_env=SHOPIFY_RECEIVER_ENV,
+        command=("shopify", "ingress"),
+        port_setting="CARTLOOM_WEBHOOK_INGRESS_PORT",
+    )
+    try:
+        await wait_ready(process)
+        store, _ = new_store("drain")
+        for number in range(300):
+            store.add_product(f"Drain Tee {number}", [f"DRAIN-{number}"])
+        events = [event for event in store.history if event.topic == "products/create"]
+        deliveries = [signed(event, store.domain, SHOPIFY_SECRET) for event in events]
+        url = f"{process.url}/webhooks/shopify"
+        answered: list[int] = []
+        async with aiohttp.ClientSession() as http:
+
+            async def one(index: int) -> tuple[int, int]:
+                status = await post(http, url, deliveries[index])
+                answered.append(status)
+                return index, status
+
+            burst = [asyncio.ensure_future(one(i)) for i in range(len(deliveries))]
+            await eventually(lambda: asyncio.sleep(0, len(answered) >= 20), what="first answers")
+            process.process.send_signal(signal.SIGTERM)
+            results = await asyncio.gather(*burst)
+        exit_code = await asyncio.to_thread(process.process.wait, 30)
+    finally:
+        process.stop()
+    assert exit_code == 0, process.log_tail()
+    accepted = {
+        resource_key(events[index].topic, store.domain, events[index].payload).encode()
+        for index, status in results
+        if status == 200
+    }
+    assert accepted, "some deliveries were answered before the stop"
+    assert {status for _, status in results} <= {200, 503, 599}  # 599: no longer listening
+    async with TopicReader(bootstrap, "shopify.webhooks", accepted) as reader:
+        await reader.until(lambda r: {x.key for x in r} >= accepted, "every 200 in Kafka")
