@@ -24,6 +24,8 @@ OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
 #: Kubernetes version the built-in kinds are validated against.
 K8S_VERSION = "1.30"
 INGRESS_PRINCIPAL = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+#: Name of the webhook ingress Deployment, its Service, HPA, PDB and AuthorizationPolicy.
+INGRESS = "cartloom-webhooks"
 
 Doc = dict[str, Any]
 
@@ -68,11 +70,51 @@ def one(docs: tuple[Doc, ...], kind: str) -> Doc:
     return found[0]
 
 
+def named(docs: tuple[Doc, ...], kind: str, name: str) -> Doc:
+    """The document of ``kind`` called ``name``."""
+    found = [doc for doc in kinds(docs, kind) if doc["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
 def worker_container(docs: tuple[Doc, ...]) -> Doc:
     """The worker container of the StatefulSet."""
     pod = one(docs, "StatefulSet")["spec"]["template"]["spec"]
     (container,) = (c for c in pod["containers"] if c["name"] == "worker")
     return typing.cast(Doc, container)
+
+
+def ingress_deployment(docs: tuple[Doc, ...]) -> Doc:
+    """The Deployment of the webhook ingress (``cartloom shopify ingress``)."""
+    return named(docs, "Deployment", INGRESS)
+
+
+def ingress_container(docs: tuple[Doc, ...]) -> Doc:
+    """The container of the webhook ingress Deployment."""
+    pod = ingress_deployment(docs)["spec"]["template"]["spec"]
+    (container,) = (c for c in pod["containers"] if c["name"] == "webhooks")
+    return typing.cast(Doc, container)
+
+
+def workloads(docs: tuple[Doc, ...]) -> list[Doc]:
+    """Every workload that runs CartLoom pods: the workers' StatefulSet, the ingress Deployment."""
+    return kinds(docs, "StatefulSet") + kinds(docs, "Deployment")
+
+
+def pod_labels(workload: Doc) -> dict[str, str]:
+    """Labels of the pods ``workload`` creates."""
+    return typing.cast(dict[str, str], workload["spec"]["template"]["metadata"]["labels"])
+
+
+def selected_workloads(docs: tuple[Doc, ...], selector: dict[str, str]) -> list[Doc]:
+    """The workloads whose pods a label selector (``matchLabels`` or a Service's) matches."""
+    return [w for w in workloads(docs) if selector.items() <= pod_labels(w).items()]
+
+
+def port_names(workload: Doc) -> dict[str, int]:
+    """Named container ports of a workload's pods: name -> port."""
+    containers = workload["spec"]["template"]["spec"]["containers"]
+    return {p["name"]: p["containerPort"] for c in containers for p in c.get("ports", [])}
 
 
 def configmap_data(docs: tuple[Doc, ...]) -> dict[str, str]:

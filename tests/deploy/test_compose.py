@@ -1,4 +1,5 @@
-"""docker-compose.yml: accepted by docker-compose, a 3-broker KRaft cluster, scalable workers."""
+"""docker-compose.yml: accepted by docker-compose, a 3-broker KRaft cluster, scalable workers and
+webhook ingress."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -24,7 +26,8 @@ def kafka_services() -> dict[str, dict[str, str]]:
 
 def test_docker_compose_accepts_the_file() -> None:
     services = compose_config()["services"]
-    expected = {"redis", "dynamodb", "init", "worker", "simulator", "prometheus", "grafana"}
+    expected = {"redis", "dynamodb", "init", "worker", "webhooks", "simulator", "prometheus"}
+    expected |= {"grafana"}
     assert expected <= set(services)
 
 
@@ -70,13 +73,42 @@ def test_workers_reach_every_broker() -> None:
     assert hosts == set(kafka_services())
 
 
-def test_workers_can_be_scaled() -> None:
-    worker = compose_config()["services"]["worker"]
-    assert "container_name" not in worker
-    assert "hostname" not in worker
-    for port in worker.get("ports", []):
+def _port_range(text: str) -> set[int]:
+    first, _, last = text.partition("-")
+    return set(range(int(first), int(last or first) + 1)) if first else set()
+
+
+def port_mappings(service: dict[str, Any]) -> list[tuple[set[int], int]]:
+    """(host ports, container port) of each ``ports`` entry, in either form `config` prints:
+    a mapping (Compose v2) or ``[ip:][host[-host]:]container[/proto]`` (docker-compose 1.x)."""
+    mappings = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            mappings.append((_port_range(str(port.get("published", ""))), int(port["target"])))
+            continue
+        parts = str(port).split("/", 1)[0].split(":")
+        host = parts[-2] if len(parts) >= 2 else ""
+        mappings.append((_port_range(host), int(parts[-1])))
+    return mappings
+
+
+def host_ports(service: dict[str, Any]) -> set[int]:
+    """Every host port a service may publish (the whole of a range)."""
+    return {port for hosts, _ in port_mappings(service) for port in hosts}
+
+
+@pytest.mark.parametrize("name", ["worker", "webhooks"])
+def test_workers_and_the_ingress_can_be_scaled(name: str) -> None:
+    service = compose_config()["services"][name]
+    assert "container_name" not in service
+    assert "hostname" not in service
+    for port in service.get("ports", []):
         published = str(port.get("published", "")) if isinstance(port, dict) else str(port)
         assert "-" in published or not published, "a fixed host port would stop --scale"
+
+
+def test_workers_advertise_their_own_host() -> None:
+    worker = compose_config()["services"]["worker"]
     # Each replica advertises its own host name for query forwarding, never a shared one.
     assert "CARTLOOM_WEB_HOST" not in worker["environment"]
     assert 'CARTLOOM_WEB_HOST="$$(hostname)"' in " ".join(worker["entrypoint"])
@@ -96,16 +128,46 @@ def test_the_init_job_creates_topics_and_tables_before_workers_start() -> None:
     assert condition == "service_completed_successfully"
 
 
+def test_the_webhook_ingress_runs_the_cli_command() -> None:
+    services = compose_config()["services"]
+    webhooks = services["webhooks"]
+    assert webhooks["command"] == ["shopify", "ingress"]
+    assert "entrypoint" not in webhooks, "the image's entry point: `cartloom`"
+    assert webhooks["image"] == services["worker"]["image"]
+    port = int(webhooks["environment"]["CARTLOOM_WEBHOOK_INGRESS_PORT"])
+    assert {target for _, target in port_mappings(webhooks)} == {port}
+    # Its own check: the image's HEALTHCHECK probes the worker's port, where nothing listens.
+    check = " ".join(webhooks["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{port}/readyz" in check
+    # The producer reads shopify.webhooks' partitions at start: the topics must exist.
+    assert webhooks["depends_on"]["init"]["condition"] == "service_completed_successfully"
+    assert webhooks["restart"] == "unless-stopped"
+
+
+def test_published_host_ports_do_not_collide_with_the_ingress() -> None:
+    services = compose_config()["services"]
+    ingress = host_ports(services["webhooks"])
+    assert ingress
+    for name, service in services.items():
+        if name != "webhooks":
+            overlap = ingress & host_ports(service)
+            assert not overlap, f"webhooks and {name} both publish {sorted(overlap)}"
+
+
 def test_the_simulator_runs_the_cli_command() -> None:
-    simulator = compose_config()["services"]["simulator"]
+    services = compose_config()["services"]
+    simulator = services["simulator"]
     command = simulator["command"]
     assert command[:2] == ["shopify", "simulate"]
     assert "--bind=0.0.0.0" in command, "reachable from the workers' containers"
     (port,) = (arg.split("=", 1)[1] for arg in command if arg.startswith("--port="))
-    worker_env = compose_config()["services"]["worker"]["environment"]
+    worker_env = services["worker"]["environment"]
     assert worker_env["CARTLOOM_SHOPIFY_API_URL"] == f"http://simulator:{port}"
+    # Shopify's webhook address is the ingress, as in production.
     (target,) = (arg.split("=", 1)[1] for arg in command if arg.startswith("--deliver-to="))
-    assert target == f"http://worker:{worker_env['CARTLOOM_WEB_PORT']}/webhooks/shopify"
+    ingress_port = services["webhooks"]["environment"]["CARTLOOM_WEBHOOK_INGRESS_PORT"]
+    assert target == f"http://webhooks:{ingress_port}/webhooks/shopify"
+    assert simulator["depends_on"]["webhooks"]["condition"] == "service_healthy"
     # It signs with the secret the workers verify, and both are set out of the box.
     assert simulator["environment"]["CARTLOOM_SHOPIFY_WEBHOOK_SECRET"]
     assert simulator["environment"]["CARTLOOM_SHOPIFY_ACCESS_TOKEN"]
@@ -160,7 +222,7 @@ def test_compose_prometheus_config_is_valid() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("service", ["worker", "init", "simulator"])
+@pytest.mark.parametrize("service", ["worker", "webhooks", "init", "simulator"])
 def test_aws_credentials_never_reach_real_aws(service: str) -> None:
     env = compose_config()["services"][service]["environment"]
     assert env["CARTLOOM_DYNAMODB_ENDPOINT"] == "http://dynamodb:5000"

@@ -23,6 +23,7 @@ from tests.deploy.manifests import (
     broker_hosts,
     compose_config,
     configmap_data,
+    ingress_container,
     one,
     render,
     secret_setting_names,
@@ -39,8 +40,29 @@ COMPOSE_PER_CONTAINER = {
 }
 
 
+#: What `cartloom shopify ingress` reads (cartloom/cli.py, build_receiver): each must be set
+#: for it in every deployment, from the ConfigMap, the Secret or the compose environment.
+INGRESS_SETTINGS = {
+    "CARTLOOM_BROKER_URL",
+    "CARTLOOM_WEB_BIND",
+    "CARTLOOM_WEBHOOK_INGRESS_PORT",
+    "CARTLOOM_SHOPIFY_WEBHOOK_SECRET",
+    "CARTLOOM_SHOPIFY_SHOP_SECRETS",
+    "CARTLOOM_SHOPIFY_WEBHOOK_MAX_BYTES",
+    "CARTLOOM_SHOPIFY_WEBHOOK_ENQUEUE_TIMEOUT",
+    "CARTLOOM_SHOPIFY_PRODUCER_LINGER_MS",
+    "CARTLOOM_LOG_LEVEL",
+    "CARTLOOM_GC_YOUNG_THRESHOLD",
+}
+
+
 def env_names(container: Doc) -> set[str]:
     return {e["name"] for e in container.get("env", [])}
+
+
+def test_the_ingress_settings_are_real_settings() -> None:
+    unknown = INGRESS_SETTINGS - setting_names()
+    assert not unknown, f"renamed or removed in cartloom/settings.py: {sorted(unknown)}"
 
 
 def test_env_example_lists_every_setting() -> None:
@@ -72,6 +94,21 @@ def test_the_configmap_holds_no_stale_or_secret_keys(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_ingress_gets_every_setting_it_reads_and_no_unknown_one(overlay: str) -> None:
+    docs = render(overlay)
+    container = ingress_container(docs)
+    missing = INGRESS_SETTINGS - set(configmap_data(docs)) - env_names(container)
+    assert not missing, f"{overlay}: the webhook ingress is not given {sorted(missing)}"
+    unknown = {n for n in env_names(container) if n.startswith("CARTLOOM_")} - setting_names()
+    assert not unknown, (
+        f"{overlay}: deployment.yaml sets settings the code does not read: {unknown}"
+    )
+    env = {e["name"]: e for e in container["env"]}
+    for name in secret_setting_names() & set(env):
+        assert env[name]["valueFrom"]["secretKeyRef"]["key"] == name, name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_secret_setting_comes_from_the_secret(overlay: str) -> None:
     env = {e["name"]: e for e in worker_container(render(overlay))["env"]}
     for name in secret_setting_names():
@@ -79,13 +116,13 @@ def test_every_secret_setting_comes_from_the_secret(overlay: str) -> None:
         assert env[name]["valueFrom"]["secretKeyRef"]["key"] == name
 
 
-def kubernetes_env(docs: tuple[Doc, ...]) -> dict[str, str]:
-    """The worker's environment as a pod would see it (secrets stubbed)."""
+def kubernetes_env(docs: tuple[Doc, ...], container: Doc | None = None) -> dict[str, str]:
+    """The worker's (or ``container``'s) environment as a pod would see it (secrets stubbed)."""
     statefulset = one(docs, "StatefulSet")
     pod_name = f"{statefulset['metadata']['name']}-0"
     namespace = statefulset["metadata"]["namespace"]
     env = dict(configmap_data(docs))
-    for item in worker_container(docs)["env"]:
+    for item in (container or worker_container(docs))["env"]:
         if "value" in item:
             value = item["value"].replace("$(POD_NAME)", pod_name)
             env[item["name"]] = value.replace("$(POD_NAMESPACE)", namespace)
@@ -111,6 +148,20 @@ def test_kubernetes_settings_are_valid(overlay: str, monkeypatch: pytest.MonkeyP
     assert settings.store.startswith("rocksdb://")
     assert settings.group_instance_id == f"{one(docs, 'StatefulSet')['metadata']['name']}-0"
     assert settings.web_host.endswith(".svc.cluster.local")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_kubernetes_ingress_settings_are_valid(
+    overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = render(overlay)
+    container = ingress_container(docs)
+    settings = settings_from(kubernetes_env(docs, container), monkeypatch)
+    (port,) = (p["containerPort"] for p in container["ports"] if p["name"] == "http")
+    assert settings.webhook_ingress_port == port
+    assert settings.web_bind == "0.0.0.0"
+    assert settings.shopify_webhook_secret, "every delivery would get 401"
+    assert settings.broker_url == configmap_data(docs)["CARTLOOM_BROKER_URL"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -179,6 +230,18 @@ def test_compose_passes_every_setting_to_the_workers() -> None:
     assert not unknown, f"docker-compose.yml sets settings the code does not read: {unknown}"
 
 
+def test_compose_gives_the_ingress_the_workers_settings() -> None:
+    services = compose_config()["services"]
+    env = services["webhooks"]["environment"]
+    assert env == services["worker"]["environment"], "one x-cartloom-env for both"
+    missing = INGRESS_SETTINGS - set(env)
+    assert not missing, f"the others pass through from .env (unset: default): {missing}"
+    # The stack's own: its brokers, its port, the secret the simulator signs with.
+    fixed = ("CARTLOOM_BROKER_URL", "CARTLOOM_WEB_BIND", "CARTLOOM_WEBHOOK_INGRESS_PORT")
+    for name in (*fixed, "CARTLOOM_SHOPIFY_WEBHOOK_SECRET"):
+        assert env[name], name
+
+
 def test_compose_settings_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     env = compose_config()["services"]["worker"]["environment"]
     settings = settings_from({k: v for k, v in env.items() if v is not None}, monkeypatch)
@@ -186,17 +249,24 @@ def test_compose_settings_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.dynamodb_endpoint == "http://dynamodb:5000"
 
 
-def test_compose_and_kubernetes_scrape_the_web_port() -> None:
+def test_compose_and_kubernetes_scrape_the_web_and_ingress_ports() -> None:
     compose_prometheus = yaml.safe_load((ROOT / "deploy/compose/prometheus.yml").read_text())
-    ports = {
-        sd["port"]
+    scraped = {
+        (name, sd["port"])
         for job in compose_prometheus["scrape_configs"]
         for sd in job.get("dns_sd_configs", [])
+        for name in sd["names"]
     }
-    web_port = int(compose_config()["services"]["worker"]["environment"]["CARTLOOM_WEB_PORT"])
-    assert ports == {web_port}
+    env = compose_config()["services"]["worker"]["environment"]
+    web_port = int(env["CARTLOOM_WEB_PORT"])
+    ingress_port = int(env["CARTLOOM_WEBHOOK_INGRESS_PORT"])
+    assert scraped == {("worker", web_port), ("webhooks", ingress_port)}
+    jobs = {job["job_name"] for job in compose_prometheus["scrape_configs"]}
+    assert "cartloom-webhooks" in jobs, "named as its Kubernetes Service (the job there)"
     for overlay in OVERLAYS:
-        assert int(configmap_data(render(overlay))["CARTLOOM_WEB_PORT"]) == web_port
+        settings = configmap_data(render(overlay))
+        assert int(settings["CARTLOOM_WEB_PORT"]) == web_port
+        assert int(settings["CARTLOOM_WEBHOOK_INGRESS_PORT"]) == ingress_port
 
 
 def test_prometheus_rule_files_are_loaded_by_the_compose_prometheus() -> None:

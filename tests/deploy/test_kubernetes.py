@@ -1,24 +1,42 @@
-"""deploy/k8s: every overlay renders, validates against the API schemas, and runs safe workers."""
+"""deploy/k8s: every overlay renders, validates against the API schemas, runs safe workers and a
+stateless webhook ingress."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import kubernetes_validate
 import pytest
 
 from tests.deploy.manifests import (
+    INGRESS,
     K8S_VERSION,
     OVERLAYS,
     ROOT,
+    Doc,
     configmap_data,
+    ingress_container,
+    ingress_deployment,
     kinds,
+    named,
     one,
+    pod_labels,
+    port_names,
     render,
+    selected_workloads,
     worker_container,
+    workloads,
 )
 
-BUILT_IN_GROUPS = {"v1", "apps/v1", "policy/v1", "batch/v1", "rbac.authorization.k8s.io/v1"}
+BUILT_IN_GROUPS = {
+    "v1",
+    "apps/v1",
+    "policy/v1",
+    "batch/v1",
+    "autoscaling/v2",
+    "rbac.authorization.k8s.io/v1",
+}
 
 
 def test_there_are_dev_and_prod_overlays() -> None:
@@ -28,9 +46,14 @@ def test_there_are_dev_and_prod_overlays() -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_built_in_kinds_pass_the_api_schemas(overlay: str) -> None:
     built_in = [doc for doc in render(overlay) if doc["apiVersion"] in BUILT_IN_GROUPS]
-    assert {"StatefulSet", "Service", "ConfigMap", "PodDisruptionBudget"} <= {
-        doc["kind"] for doc in built_in
-    }
+    assert {
+        "StatefulSet",
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+    } <= {doc["kind"] for doc in built_in}
     for doc in built_in:
         try:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
@@ -96,44 +119,134 @@ def test_probes_use_healthz_and_readyz_on_the_web_port(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_webhook_ingress_is_a_stateless_deployment(overlay: str) -> None:
+    docs = render(overlay)
+    deployment = ingress_deployment(docs)
+    container = ingress_container(docs)
+    assert container["args"] == ["shopify", "ingress"]
+    assert "command" not in container, "the image's entry point: `cartloom`"
+    assert container["image"] == worker_container(docs)["image"]
+    assert pod_labels(deployment)["app.kubernetes.io/component"] == "webhooks"
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels(deployment).items()
+    # Nothing kept on disk: no claim, only scratch space.
+    pod = deployment["spec"]["template"]["spec"]
+    assert all("persistentVolumeClaim" not in v for v in pod.get("volumes", []))
+    # The HPA owns the replica count: a value here would be reset by every `kubectl apply`.
+    assert "replicas" not in deployment["spec"]
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_ingress_probes_use_healthz_and_readyz_on_the_ingress_port(overlay: str) -> None:
+    docs = render(overlay)
+    container = ingress_container(docs)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["http"] == int(configmap_data(docs)["CARTLOOM_WEBHOOK_INGRESS_PORT"])
+    assert ports["http"] != int(configmap_data(docs)["CARTLOOM_WEB_PORT"])
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # The producer connects at start only: a pod that never connected is restarted.
+    assert container["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+
+
+def _seconds(duration: str) -> float:
+    """``20s`` -> 20.0 (the Istio durations used here)."""
+    assert duration.endswith("s"), duration
+    return float(duration[:-1])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_ingress_drains_within_its_grace_period(overlay: str) -> None:
+    docs = render(overlay)
+    template = ingress_deployment(docs)["spec"]["template"]
+    container = ingress_container(docs)
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    # After the pause, the requests in hand and the producer's flush take an enqueue timeout each.
+    timeout = float(configmap_data(docs)["CARTLOOM_SHOPIFY_WEBHOOK_ENQUEUE_TIMEOUT"])
+    drain = float(command[1]) + 2 * timeout
+    assert template["spec"]["terminationGracePeriodSeconds"] > drain
+    # The sidecar carries the flush to Kafka: it must outlive the drain.
+    proxy = json.loads(template["metadata"]["annotations"]["proxy.istio.io/config"])
+    assert proxy["holdApplicationUntilProxyStarts"] is True
+    assert _seconds(proxy["terminationDrainDuration"]) > drain
+
+
+def cartloom_containers(docs: tuple[Doc, ...]) -> list[Doc]:
+    return [worker_container(docs), ingress_container(docs)]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_requests_and_limits_are_set(overlay: str) -> None:
-    resources = worker_container(render(overlay))["resources"]
-    for kind in ("requests", "limits"):
-        assert {"cpu", "memory"} <= set(resources[kind]), kind
+    for container in cartloom_containers(render(overlay)):
+        resources = container["resources"]
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(resources[kind]), (container["name"], kind)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_workers_run_as_the_images_non_root_user(overlay: str) -> None:
     docs = render(overlay)
-    pod = one(docs, "StatefulSet")["spec"]["template"]["spec"]
     user = re.search(r"^USER (\d+)", (ROOT / "Dockerfile").read_text(), re.M)
     assert user, "the Dockerfile names a numeric USER"
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] == int(user.group(1))
-    assert pod["securityContext"]["fsGroup"] == int(user.group(1))  # can write its volume
-    container = worker_container(docs)["securityContext"]
-    assert container["allowPrivilegeEscalation"] is False
-    assert container["readOnlyRootFilesystem"] is True
-    assert pod["terminationGracePeriodSeconds"] >= 30  # time to commit and leave the group
+    for workload in workloads(docs):
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == int(user.group(1))
+        assert pod["securityContext"]["fsGroup"] == int(user.group(1))  # can write its volume
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        # time to commit and leave the group / to finish the deliveries in hand
+        assert pod["terminationGracePeriodSeconds"] >= 30
+    for container in cartloom_containers(docs):
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["readOnlyRootFilesystem"] is True
+        assert context["capabilities"]["drop"] == ["ALL"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_disruption_budget_covers_the_workers_one_at_a_time(overlay: str) -> None:
-    docs = render(overlay)
-    pdb = one(docs, "PodDisruptionBudget")
-    labels = one(docs, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert pdb["spec"]["maxUnavailable"] == 1
+def test_pods_spread_over_zones_and_nodes(overlay: str) -> None:
+    for workload in workloads(render(overlay)):
+        constraints = workload["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        keys = {c["topologyKey"] for c in constraints}
+        assert keys == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+        own = workload["spec"]["selector"]["matchLabels"]
+        for constraint in constraints:
+            assert constraint["labelSelector"]["matchLabels"] == own, workload["metadata"]["name"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_services_select_the_workers_by_named_port(overlay: str) -> None:
+def test_the_disruption_budgets_cover_each_workload_one_pod_at_a_time(overlay: str) -> None:
     docs = render(overlay)
-    labels = one(docs, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
-    port_names = {p["name"] for p in worker_container(docs)["ports"]}
+    covered: list[str] = []
+    for pdb in kinds(docs, "PodDisruptionBudget"):
+        (workload,) = selected_workloads(docs, pdb["spec"]["selector"]["matchLabels"])
+        covered.append(workload["metadata"]["name"])
+        assert pdb["spec"]["maxUnavailable"] == 1
+    assert sorted(covered) == sorted(w["metadata"]["name"] for w in workloads(docs))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_select_one_workload_by_named_port(overlay: str) -> None:
+    docs = render(overlay)
     for service in kinds(docs, "Service"):
-        assert service["spec"]["selector"].items() <= labels.items()
-        assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
+        name = service["metadata"]["name"]
+        selected = selected_workloads(docs, service["spec"]["selector"])
+        assert len(selected) == 1, f"{name} selects the pods of exactly one workload"
+        targets = {p["targetPort"] for p in service["spec"]["ports"]}
+        assert targets <= set(port_names(selected[0])), name
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_ingress_service_sends_port_80_to_the_ingress_port(overlay: str) -> None:
+    docs = render(overlay)
+    service = named(docs, "Service", INGRESS)
+    assert service["spec"]["type"] == "ClusterIP"
+    assert selected_workloads(docs, service["spec"]["selector"]) == [ingress_deployment(docs)]
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == 80
+    target = port_names(ingress_deployment(docs))[port["targetPort"]]
+    assert target == int(configmap_data(docs)["CARTLOOM_WEBHOOK_INGRESS_PORT"])
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -141,13 +254,36 @@ def test_secrets_come_from_the_secret_not_the_configmap(overlay: str) -> None:
     docs = render(overlay)
     refs = {
         e["valueFrom"]["secretKeyRef"]["name"]
-        for e in worker_container(docs)["env"]
+        for container in cartloom_containers(docs)
+        for e in container["env"]
         if "secretKeyRef" in e.get("valueFrom", {})
     }
-    assert len(refs) == 1
+    assert len(refs) == 1, "the workers and the ingress read one Secret"
     generated = {s["metadata"]["name"] for s in kinds(docs, "Secret")}
     if overlay == "prod":
         assert not generated, "prod's Secret is created outside git"
         assert refs == {"cartloom-secrets"}
     else:
         assert refs <= generated
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_ingress_loads_the_workers_settings_and_only_the_webhook_secrets(overlay: str) -> None:
+    docs = render(overlay)
+    container = ingress_container(docs)
+    assert container["envFrom"] == worker_container(docs)["envFrom"]
+    secrets = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    # What verifies a delivery, nothing more (no Admin API or query token on the public edge).
+    assert set(secrets) == {"CARTLOOM_SHOPIFY_WEBHOOK_SECRET", "CARTLOOM_SHOPIFY_SHOP_SECRETS"}
+    assert not secrets["CARTLOOM_SHOPIFY_WEBHOOK_SECRET"].get("optional", False)
+    assert secrets["CARTLOOM_SHOPIFY_SHOP_SECRETS"]["optional"] is True
+    # Its own identity, without the workers' IAM role.
+    account = ingress_deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"]
+    assert account != one(docs, "StatefulSet")["spec"]["template"]["spec"]["serviceAccountName"]
+    service_account = named(docs, "ServiceAccount", account)
+    assert "eks.amazonaws.com/role-arn" not in service_account["metadata"].get("annotations", {})
+    assert service_account["automountServiceAccountToken"] is False

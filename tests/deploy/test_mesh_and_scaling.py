@@ -11,16 +11,25 @@ import pytest
 
 from cartloom.agents.intake import intake_group_id
 from tests.deploy.manifests import (
+    INGRESS,
     INGRESS_PRINCIPAL,
     K8S,
     OVERLAYS,
     Doc,
     configmap_data,
+    ingress_container,
+    ingress_deployment,
     kinds,
+    named,
     one,
+    port_names,
     render,
+    selected_workloads,
     worker_container,
+    workloads,
 )
+
+PROMETHEUS_PRINCIPAL = "cluster.local/ns/monitoring/sa/prometheus-k8s"
 
 
 def _matches(value: str, patterns: list[str]) -> bool:
@@ -61,6 +70,14 @@ def worker_principal(docs: tuple[Doc, ...]) -> str:
     return f"cluster.local/ns/{namespace_of(docs)}/sa/{account}"
 
 
+def worker_policy(docs: tuple[Doc, ...]) -> Doc:
+    return named(docs, "AuthorizationPolicy", "cartloom-worker")
+
+
+def ingress_policy(docs: tuple[Doc, ...]) -> Doc:
+    return named(docs, "AuthorizationPolicy", INGRESS)
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_mtls_is_strict_for_the_whole_namespace(overlay: str) -> None:
     peer = one(render(overlay), "PeerAuthentication")
@@ -70,32 +87,49 @@ def test_mtls_is_strict_for_the_whole_namespace(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_authorization_policy_guards_the_workers(overlay: str) -> None:
+def test_authorization_policies_guard_each_workload(overlay: str) -> None:
     docs = render(overlay)
-    policy = one(docs, "AuthorizationPolicy")
-    labels = one(docs, "StatefulSet")["spec"]["template"]["metadata"]["labels"]
-    assert policy["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    for rule in policy["spec"]["rules"]:
-        assert rule.get("from"), "a rule without `from` would let any caller in"
-        for source in rule["from"]:
-            assert "*" not in source["source"].get("principals", [])
+    guarded: list[str] = []
+    for policy in kinds(docs, "AuthorizationPolicy"):
+        (workload,) = selected_workloads(docs, policy["spec"]["selector"]["matchLabels"])
+        guarded.append(workload["metadata"]["name"])
+        for rule in policy["spec"]["rules"]:
+            assert rule.get("from"), "a rule without `from` would let any caller in"
+            for source in rule["from"]:
+                assert "*" not in source["source"].get("principals", [])
+    assert sorted(guarded) == sorted(w["metadata"]["name"] for w in workloads(docs))
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_only_the_ingress_may_post_webhooks(overlay: str) -> None:
+def test_only_the_ingress_gateway_may_post_webhooks_to_the_webhook_ingress(overlay: str) -> None:
     docs = render(overlay)
-    policy = one(docs, "AuthorizationPolicy")
+    policy = ingress_policy(docs)
     assert allowed(policy, INGRESS_PRINCIPAL, "POST", "/webhooks/shopify")
     for caller in (worker_principal(docs), "cluster.local/ns/storefront/sa/storefront-api"):
         assert not allowed(policy, caller, "POST", "/webhooks/shopify")
     assert not allowed(policy, INGRESS_PRINCIPAL, "GET", "/orders/o-1")  # the public edge
     assert not allowed(policy, INGRESS_PRINCIPAL, "GET", "/metrics")
+    assert not allowed(policy, INGRESS_PRINCIPAL, "GET", "/readyz")
+    assert allowed(policy, PROMETHEUS_PRINCIPAL, "GET", "/metrics")
+    assert not allowed(policy, PROMETHEUS_PRINCIPAL, "POST", "/webhooks/shopify")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_nothing_public_reaches_the_workers(overlay: str) -> None:
+    docs = render(overlay)
+    policy = worker_policy(docs)
+    # Shopify's deliveries go to the ingress; the workers' own receiver is for small setups.
+    for caller in (INGRESS_PRINCIPAL, worker_principal(docs), PROMETHEUS_PRINCIPAL):
+        assert not allowed(policy, caller, "POST", "/webhooks/shopify")
+    assert not allowed(policy, INGRESS_PRINCIPAL, "GET", "/orders/o-1")
+    assert not allowed(policy, INGRESS_PRINCIPAL, "GET", "/metrics")
+    assert allowed(policy, PROMETHEUS_PRINCIPAL, "GET", "/metrics")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_only_named_services_may_query(overlay: str) -> None:
     docs = render(overlay)
-    policy = one(docs, "AuthorizationPolicy")
+    policy = worker_policy(docs)
     # Workers forward a query to the partition's owner, so their own principal (in this
     # overlay's namespace) must be one of the named callers.
     assert allowed(policy, worker_principal(docs), "GET", "/orders/o-1")
@@ -140,47 +174,99 @@ def test_scale_up_waits_and_scale_in_is_slower(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_hpa_scales_the_ingress_deployment_on_cpu(overlay: str) -> None:
+    docs = render(overlay)
+    hpa = named(docs, "HorizontalPodAutoscaler", INGRESS)
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    deployment = ingress_deployment(docs)
+    assert (target["apiVersion"], target["kind"]) == ("apps/v1", "Deployment")
+    assert target["name"] == deployment["metadata"]["name"]
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    if overlay == "prod":
+        assert hpa["spec"]["minReplicas"] >= 2, "a node or zone lost keeps a receiver"
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["type"] == "Resource"
+    assert metric["resource"]["name"] == "cpu"
+    assert metric["resource"]["target"]["type"] == "Utilization"
+    assert 0 < metric["resource"]["target"]["averageUtilization"] < 100
+    # Utilization is relative to requests: every container of the pod must request CPU.
+    assert "cpu" in ingress_container(docs)["resources"]["requests"]
+    behavior = hpa["spec"]["behavior"]
+    up, down = behavior["scaleUp"], behavior["scaleDown"]
+    assert down["stabilizationWindowSeconds"] > up["stabilizationWindowSeconds"]
+    # No second autoscaler fights over it.
+    scaled = [s["spec"]["scaleTargetRef"]["name"] for s in kinds(docs, "ScaledObject")]
+    assert deployment["metadata"]["name"] not in scaled
+
+
+def scraped_services(docs: tuple[Doc, ...]) -> list[Doc]:
+    selector = one(docs, "ServiceMonitor")["spec"]["selector"]["matchLabels"]
+    return [
+        s for s in kinds(docs, "Service") if selector.items() <= s["metadata"]["labels"].items()
+    ]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_service_monitor_scrapes_metrics_on_a_real_service_port(overlay: str) -> None:
     docs = render(overlay)
     monitor = one(docs, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    selector = monitor["spec"]["selector"]["matchLabels"]
-    services = [
-        s for s in kinds(docs, "Service") if selector.items() <= s["metadata"]["labels"].items()
+    services = scraped_services(docs)
+    # Every workload's pods through exactly one Service: none missed, none scraped twice.
+    scraped = [
+        w["metadata"]["name"]
+        for s in services
+        for w in selected_workloads(docs, s["spec"]["selector"])
     ]
-    assert len(services) == 1, "the ServiceMonitor selects exactly one Service"
-    (service,) = services
-    assert service["spec"]["clusterIP"] == "None", "scrape every pod, not one behind a VIP"
-    port_names = {p["name"] for p in service["spec"]["ports"]}
-    for endpoint in monitor["spec"]["endpoints"]:
-        assert endpoint["port"] in port_names
-        assert endpoint["path"] == "/metrics"
-        # Under STRICT mTLS the scrape must present Istio's certificates.
-        assert endpoint["scheme"] == "https"
-        assert {"caFile", "certFile", "keyFile"} <= set(endpoint["tlsConfig"])
+    assert sorted(scraped) == sorted(w["metadata"]["name"] for w in workloads(docs))
+    for service in services:
+        (workload,) = selected_workloads(docs, service["spec"]["selector"])
+        if workload["kind"] == "StatefulSet":
+            # Recovering (not ready) workers are scraped too.
+            assert service["spec"]["clusterIP"] == "None"
+            assert service["spec"]["publishNotReadyAddresses"] is True
+        ports = {p["name"]: p for p in service["spec"]["ports"]}
+        for endpoint in monitor["spec"]["endpoints"]:
+            assert endpoint["port"] in ports, service["metadata"]["name"]
+            # The scrape goes to the pod's port behind that Service port.
+            assert ports[endpoint["port"]]["targetPort"] in port_names(workload)
+            assert endpoint["path"] == "/metrics"
+            # Under STRICT mTLS the scrape must present Istio's certificates.
+            assert endpoint["scheme"] == "https"
+            assert {"caFile", "certFile", "keyFile"} <= set(endpoint["tlsConfig"])
 
 
-def test_prod_exposes_only_the_webhook_route_publicly() -> None:
+def test_prod_exposes_only_the_webhook_route_publicly_on_the_ingress() -> None:
     docs = render("prod")
     (virtual_service,) = kinds(docs, "VirtualService")
     (gateway,) = kinds(docs, "Gateway")
     assert virtual_service["spec"]["gateways"] == [gateway["metadata"]["name"]]
     services = {s["metadata"]["name"]: s for s in kinds(docs, "Service")}
+    webhook_port = int(configmap_data(docs)["CARTLOOM_WEBHOOK_INGRESS_PORT"])
     for route in virtual_service["spec"]["http"]:
         assert route["match"] == [
             {"uri": {"exact": "/webhooks/shopify"}, "method": {"exact": "POST"}}
         ]
         for destination in route["route"]:
             service = services[destination["destination"]["host"]]
-            ports = {p["port"] for p in service["spec"]["ports"]}
-            assert destination["destination"]["port"]["number"] in ports
+            ports = {p["port"]: p for p in service["spec"]["ports"]}
+            port = ports[destination["destination"]["port"]["number"]]
+            # Delivered to the webhook ingress pods, on the port `shopify ingress` listens on.
+            (workload,) = selected_workloads(docs, service["spec"]["selector"])
+            assert workload == ingress_deployment(docs)
+            assert port_names(workload)[port["targetPort"]] == webhook_port
+    # The gateway's principal may POST there (and only there).
+    assert allowed(ingress_policy(docs), INGRESS_PRINCIPAL, "POST", "/webhooks/shopify")
     assert all(s["tls"]["mode"] != "PASSTHROUGH" for s in gateway["spec"]["servers"])
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_worker_env_names_are_unique(overlay: str) -> None:
-    names = [e["name"] for e in worker_container(render(overlay))["env"]]
-    assert len(names) == len(set(names))
+    docs = render(overlay)
+    for container in (worker_container(docs), ingress_container(docs)):
+        names = [e["name"] for e in container["env"]]
+        assert len(names) == len(set(names)), container["name"]
 
 
 def _generator() -> ModuleType:
@@ -199,17 +285,15 @@ def test_the_prometheus_rule_is_a_current_copy_of_deploy_prometheus_rules() -> N
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_alert_job_selectors_match_the_scraped_service(overlay: str) -> None:
+def test_alert_job_selectors_match_the_scraped_services(overlay: str) -> None:
     docs = render(overlay)
     monitor = one(docs, "ServiceMonitor")
     assert "jobLabel" not in monitor["spec"]  # so the job label is the Service's name
-    selector = monitor["spec"]["selector"]["matchLabels"]
-    (service,) = (
-        s for s in kinds(docs, "Service") if selector.items() <= s["metadata"]["labels"].items()
-    )
-    job = service["metadata"]["name"]
+    jobs = [s["metadata"]["name"] for s in scraped_services(docs)]
+    assert INGRESS in jobs
     rules = [r for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
     patterns = {m for r in rules for m in re.findall(r'job=~"([^"]+)"', str(r["expr"]))}
     assert patterns, "the alerts select the CartLoom scrape job"
     for pattern in patterns:
-        assert re.fullmatch(pattern, job), f"alerts select job=~{pattern!r}, the job is {job!r}"
+        for job in jobs:
+            assert re.fullmatch(pattern, job), f"alerts select job=~{pattern!r}, a job is {job!r}"
