@@ -1,4 +1,4 @@
-"""A process that only receives Shopify's webhooks: ``cartloom webhooks serve``.
+"""A process that only receives Shopify's webhooks: ``cartloom shopify ingress``.
 
 Every worker answers ``POST /webhooks/shopify`` too, but there the receiver shares one
 event loop with the agents, and an agent handling a batch of a thousand order events
@@ -20,6 +20,7 @@ producer is connected: 200, else 503); ``GET /metrics`` (Prometheus).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,7 @@ from cartloom.shopify.receiver import WebhookReceiver
 log = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/webhooks/shopify"
+RECONNECT_SECONDS = 3.0
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -97,12 +99,25 @@ async def serve(receiver: WebhookReceiver, host: str, port: int) -> None:
     try:
         await site.start()
         log.info("webhook ingress listening on %s:%s", host, port)
-        try:
-            await receiver.enqueuer.start()
-        except Exception:  # the broker is not up yet: /readyz says 503, deliveries retry it
-            log.warning("producer not connected yet; deliveries will connect it", exc_info=True)
+        connecting = asyncio.create_task(_connect(receiver, stopping))
         await stopping.wait()
+        connecting.cancel()
         log.info("stopping: draining in-flight deliveries")
     finally:
         await runner.cleanup()  # stops listening and waits for the requests in hand
         await receiver.enqueuer.stop()
+
+
+async def _connect(receiver: WebhookReceiver, stopping: asyncio.Event) -> None:
+    """Connect the producer, trying again every few seconds until the broker takes it.
+
+    Until then ``/readyz`` answers 503, so no traffic is routed here and no delivery would
+    connect it: the ingress has to keep trying by itself.
+    """
+    while not stopping.is_set() and not receiver.enqueuer.connected:
+        try:
+            await receiver.enqueuer.start()
+        except Exception as exc:
+            log.warning("producer not connected yet (%s); trying again", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), RECONNECT_SECONDS)

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from cartloom.devstack.stack import StackState
+from cartloom.devstack.processes import free_port, spawn, stop
+from cartloom.devstack.stack import StackState, _broker_ready, broker_argv
 from cartloom.domain.shopify import resource_key
+from cartloom.kafka_admin import apply_topics
 from cartloom.shopify.delivery import DeliveryPlan, post, signed
+from cartloom.topology import load_topology
 from tests.harness import WorkerProcess, eventually, start_worker, wait_ready
 from tests.integration.conftest import SHOPIFY_RECEIVER_ENV, SHOPIFY_SECRET
 from tests.integration.shopify_helpers import TopicReader
@@ -108,3 +112,53 @@ async def test_sigterm_drains_every_accepted_delivery_into_kafka(
     assert {status for _, status in results} <= {200, 503, 599}  # 599: no longer listening
     async with TopicReader(bootstrap, "shopify.webhooks", accepted) as reader:
         await reader.until(lambda r: {x.key for x in r} >= accepted, "every 200 in Kafka")
+
+
+async def test_connects_once_the_broker_comes_up(stack: StackState, tmp_path: Path) -> None:
+    """Not ready (503) while no broker answers; ready and accepting once one does."""
+    broker_port = free_port()
+    env = {**stack.env, "CARTLOOM_BROKER_URL": f"kafka://127.0.0.1:{broker_port}"}
+    process = start_worker(
+        env,
+        tmp_path,
+        "early-ingress",
+        extra_env=SHOPIFY_RECEIVER_ENV,
+        command=("shopify", "ingress"),
+        port_setting="CARTLOOM_WEBHOOK_INGRESS_PORT",
+    )
+    broker = None
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def readiness() -> int | None:
+                try:
+                    async with http.get(f"{process.url}/readyz") as response:
+                        return response.status
+                except aiohttp.ClientError:
+                    return None
+
+            assert await eventually(readiness, what="ingress listening") == 503
+            broker = spawn("late-broker", broker_argv(broker_port), tmp_path, broker_port)
+            bootstrap = f"127.0.0.1:{broker_port}"
+
+            async def broker_up() -> bool:
+                try:
+                    return await _broker_ready(broker_port)
+                except Exception:
+                    return False
+
+            await eventually(broker_up, timeout=30, what="late broker")
+            await apply_topics(bootstrap, [load_topology().topic("shopify.webhooks")])
+            await eventually(lambda: _equals(readiness(), 200), timeout=30, what="ingress ready")
+            store, _ = new_store("late")
+            store.add_product("Late Tee", ["LATE-1"])
+            delivery = signed(store.history[0], store.domain, SHOPIFY_SECRET)
+            assert await post(http, f"{process.url}/webhooks/shopify", delivery) == 200
+    finally:
+        process.stop()
+        if broker is not None:
+            stop(broker)
+
+
+async def _equals(status: Awaitable[int | None], expected: int) -> bool:
+    return await status == expected
