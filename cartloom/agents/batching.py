@@ -32,6 +32,7 @@ import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import faust
@@ -50,8 +51,13 @@ log = logging.getLogger(__name__)
 ENVELOPE_MAX = 500
 
 
+@lru_cache(maxsize=65_536)
 def partition_for(key: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner (murmur2, as every producer) gives ``key``."""
+    """The partition Kafka's default partitioner (murmur2, as every producer) gives ``key``.
+
+    Remembered: an order id or SKU is placed several times per batch (the envelope check,
+    the envelope its commands or answers go in).
+    """
     return key_partition(key.encode(), partitions)
 
 

@@ -6,8 +6,10 @@ intake reads ``orders`` with a plain aiokafka consumer in its own group
 (``{app_id}-intake``, which spreads the partitions over the workers like any group),
 validates each record with the pure :func:`cartloom.domain.orders.parse_order`, copies
 what it cannot use byte for byte to ``orders.dlq`` with the reason and origin headers,
-and sends the valid orders of a batch, grouped by partition, as one
-``{"orders": [...]}`` message per partition to ``orders.accepted``. The orders agent
+and sends the valid orders of a batch (in the form of
+:func:`~cartloom.domain.orders.accepted_order_json`), grouped by partition, as one
+``{"orders": [...]}`` message per partition to ``orders.accepted``. Validation happens
+here once: the orders agent reads envelope orders without checking them again. The orders agent
 then handles hundreds of orders in one Faust event, with its tables and changelogs as
 before.
 
@@ -35,7 +37,7 @@ from cartloom.agents.batching import ENVELOPE_MAX, partition_for
 from cartloom.app import app, settings, topology
 from cartloom.deadletter import dead_letter_headers
 from cartloom.domain.errors import InvalidInput, RejectReason
-from cartloom.domain.orders import parse_order
+from cartloom.domain.orders import accepted_order_json, parse_order
 from cartloom.domain.payloads import decode_json_object
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ def intake_group_id(app_id: str) -> str:
 
 
 def accept(record: ConsumerRecord[bytes, bytes]) -> tuple[str, dict[str, Any]]:
-    """The order a record carries (id, payload); raises :class:`InvalidInput` if unusable."""
+    """The order a record carries (id, the form forwarded); raises :class:`InvalidInput`."""
     if record.value is None:
         raise InvalidInput(RejectReason.INVALID_JSON, "empty message")
     payload = decode_json_object(record.value)
@@ -61,7 +63,7 @@ def accept(record: ConsumerRecord[bytes, bytes]) -> tuple[str, dict[str, Any]]:
     if key is None:
         raise InvalidInput(RejectReason.KEY_MISMATCH, "message has no key (the order id)")
     order = parse_order(payload, key=key)
-    return order.order_id, payload
+    return order.order_id, accepted_order_json(order)
 
 
 class IntakeBatch:

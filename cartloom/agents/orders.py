@@ -24,7 +24,13 @@ from cartloom.dlq import dead_letter_topic
 from cartloom.domain.errors import InvalidInput, RejectReason
 from cartloom.domain.ledger import Command, command_to_json, parse_result
 from cartloom.domain.lifecycle import OrderStep, StepOutcome, apply_order_event, parse_order_event
-from cartloom.domain.orders import OrderView, new_order_view, parse_order
+from cartloom.domain.orders import (
+    OrderView,
+    PlacedOrder,
+    new_order_view,
+    parse_order,
+    read_accepted_order,
+)
 from cartloom.domain.payloads import decode_json_object
 from cartloom.domain.saga import (
     apply_reservation_result,
@@ -61,11 +67,11 @@ class OrderHandler(BatchHandler):
         """Apply one event; raise :class:`InvalidInput` for what belongs in a dead-letter topic."""
         topic, key = event.message.topic, event_key(event)
         payload = decode_json_object(event.value)
-        if topic == "orders.accepted" and "orders" in payload:
-            apply = lambda item: self._order(event, item, None)  # noqa: E731
+        if topic == "orders.accepted" and "orders" in payload:  # the intake validated them
+            apply = lambda item: self._order(event, read_accepted_order(item))  # noqa: E731
             self.each_item(event, payload["orders"], "order_id", apply)
         elif topic == "orders.accepted":  # one order, e.g. replayed from orders.accepted.dlq
-            self._order(event, payload, key)
+            self._order(event, parse_order(payload, key=key))
         elif topic == "order.events":
             lifecycle_event = parse_order_event(payload, key=key)
             self._step(
@@ -83,8 +89,7 @@ class OrderHandler(BatchHandler):
                 ttl = settings.reservation_ttl_seconds
                 self._step("timeout", event, resolve_timeout(view, kind, self.now, ttl_seconds=ttl))
 
-    def _order(self, event: faust.EventT[Any], payload: dict[str, Any], key: str | None) -> None:
-        order = parse_order(payload, key=key)
+    def _order(self, event: faust.EventT[Any], order: PlacedOrder) -> None:
         known: OrderView | None = self.orders.get(order.order_id)
         if known is not None:  # a redelivery or replay: repeat what the order implies
             self.tally.count(metrics.ORDERS_DUPLICATE)

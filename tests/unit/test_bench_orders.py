@@ -36,4 +36,14 @@ def test_bench_report_has_rates_ratios_and_percentiles() -> None:
     summary = bench.report(results, bench.parse_args([]))
     assert summary["ratios"]["cartloom_vs_naive"] == 1.5
     assert summary["ratios"]["cartloom_vs_bare"] == 0.5
-    assert summary["settings"]["orders"] == 10_000
+    assert summary["settings"]["orders"] == 40_000
+    assert summary["settings"]["rounds"] == 3
+
+
+def test_each_contender_reports_its_median_round_and_keeps_every_round() -> None:
+    bench = load()
+    rounds = [{"events_per_s": rate, "seconds": rate / 10} for rate in (7_000.0, 5_000.0, 9_000.0)]
+    median = bench.median_round(rounds)
+    assert median["events_per_s"] == 7_000.0
+    assert median["seconds"] == 700.0  # the whole median round, not a mix of rounds
+    assert median["rounds_events_per_s"] == [7_000, 5_000, 9_000]

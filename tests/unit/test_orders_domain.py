@@ -8,7 +8,12 @@ import orjson
 import pytest
 
 from cartloom.domain.errors import InvalidInput, RejectReason
-from cartloom.domain.orders import new_order_view, parse_order
+from cartloom.domain.orders import (
+    accepted_order_json,
+    new_order_view,
+    parse_order,
+    read_accepted_order,
+)
 from cartloom.domain.payloads import decode_json_object
 
 VALID: dict[str, Any] = {
@@ -84,3 +89,19 @@ def test_new_order_view_is_received_version_one_with_history() -> None:
         {"status": "received", "at": "2026-11-25T10:00:01+00:00", "reason": None}
     ]
     assert orjson.loads(orjson.dumps(view)) == view  # stored as JSON without loss
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        VALID,
+        with_(currency="EUR", total_price=12.5, customer={"id": 1}, accepted_upstream=True),
+        with_(lines=[{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 1}], extra="dropped"),
+    ],
+)
+def test_the_intakes_form_reads_back_as_the_order_it_validated(payload: dict[str, Any]) -> None:
+    order = parse_order(payload, key="o-1")
+    forwarded = orjson.loads(orjson.dumps(accepted_order_json(order)))  # as on orders.accepted
+    assert read_accepted_order(forwarded) == order
+    assert parse_order(forwarded, key="o-1") == order  # a dead-lettered item replays as one
+    assert "extra" not in forwarded
