@@ -3,7 +3,8 @@
     python bench/webhooks.py [--seconds 10] [--connections 64] [--out bench/results/webhooks.json]
 
 Starts a private Tansu broker, then measures with ``wrk`` (one thread, HTTP/1.1 keep-alive,
-distinct pre-signed Shopify deliveries) against, one after the other:
+distinct pre-signed Shopify deliveries) against, taking turns for ``--rounds`` rounds (each
+server reports its median round; every round's figure is kept):
 
 1. ``bare``: an aiohttp server that reads the body, checks the HMAC and answers 200;
 2. ``ingress``: ``cartloom shopify ingress``, CartLoom's receiver in a process of its own
@@ -232,8 +233,6 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             [TopicSpec(n, partitions[n], 1, s.cleanup_policy, None) for n, s in spec.items()],
         )
         me = [sys.executable, __file__]
-        port = free_port()
-        results["bare"] = await measure("bare", [*me, "serve-bare", str(port)], port, args, script)
         env = {k: v for k, v in os.environ.items() if not k.startswith("CARTLOOM_")}
         env.update(
             CARTLOOM_BROKER_URL=f"kafka://{bootstrap}",
@@ -242,41 +241,58 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             CARTLOOM_SHOPIFY_PRODUCER_LINGER_MS=str(args.linger_ms),
         )
         cartloom = [sys.executable, "-m", "cartloom", "--env-file", "/nonexistent"]
-        port = free_port()
-        results["ingress"] = await measure(
-            "ingress",
-            [*cartloom, "shopify", "ingress"],
-            port,
-            args,
-            script,
-            bootstrap=bootstrap,
-            env={**env, "CARTLOOM_WEBHOOK_INGRESS_PORT": str(port)},
-            ready_path="/readyz",
-        )
-        if not args.no_worker:
+        worker_env = {
+            **env,
+            "CARTLOOM_SINKS_ENABLED": "false",
+            "CARTLOOM_DATA_DIR": str(workdir / "worker-data"),
+            "CARTLOOM_BROKER_SESSION_TIMEOUT": "6",
+            "CARTLOOM_BROKER_REBALANCE_TIMEOUT": "6",
+            "CARTLOOM_BROKER_HEARTBEAT_INTERVAL": "1",
+        }
+        rounds: dict[str, list[dict[str, Any]]] = {}
+        for turn in range(1, args.rounds + 1):
+            print(f"round {turn}/{args.rounds}", flush=True)
             port = free_port()
-            env.update(
-                CARTLOOM_WEB_PORT=str(port),
-                CARTLOOM_SINKS_ENABLED="false",
-                CARTLOOM_DATA_DIR=str(workdir / "worker-data"),
-                CARTLOOM_BROKER_SESSION_TIMEOUT="6",
-                CARTLOOM_BROKER_REBALANCE_TIMEOUT="6",
-                CARTLOOM_BROKER_HEARTBEAT_INTERVAL="1",
-            )
-            argv = [*cartloom, "worker"]
-            results["worker"] = await measure(
-                "worker",
-                argv,
+            bare = await measure("bare", [*me, "serve-bare", str(port)], port, args, script)
+            rounds.setdefault("bare", []).append(bare)
+            port = free_port()
+            ingress = await measure(
+                "ingress",
+                [*cartloom, "shopify", "ingress"],
                 port,
                 args,
                 script,
                 bootstrap=bootstrap,
-                env=env,
+                env={**env, "CARTLOOM_WEBHOOK_INGRESS_PORT": str(port)},
                 ready_path="/readyz",
             )
+            rounds.setdefault("ingress", []).append(ingress)
+            if not args.no_worker:
+                port = free_port()
+                worker = await measure(
+                    "worker",
+                    [*cartloom, "worker"],
+                    port,
+                    args,
+                    script,
+                    bootstrap=bootstrap,
+                    env={**worker_env, "CARTLOOM_WEB_PORT": str(port)},
+                    ready_path="/readyz",
+                )
+                rounds.setdefault("worker", []).append(worker)
+        results.update({name: median_round(each) for name, each in rounds.items()})
     finally:
         stop(broker)
     return results
+
+
+def median_round(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median webhooks/s, and every round's webhooks/s beside it."""
+    ordered = sorted(results, key=lambda result: result["requests_per_second"])
+    return {
+        **ordered[(len(ordered) - 1) // 2],
+        "rounds_requests_per_second": [result["requests_per_second"] for result in results],
+    }
 
 
 def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -291,6 +307,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
         },
         "seconds": args.seconds,
+        "rounds": args.rounds,
         "connections": args.connections,
         "linger_ms": args.linger_ms,
         "webhook_partitions": args.webhook_partitions or "topics.yaml",
@@ -307,6 +324,7 @@ if __name__ == "__main__":
         parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
         parser.add_argument("--seconds", type=int, default=10)
         parser.add_argument("--connections", type=int, default=64)
+        parser.add_argument("--rounds", type=int, default=3, help="turns of every server")
         parser.add_argument("--deliveries", type=int, default=20_000)
         parser.add_argument("--no-worker", action="store_true")
         parser.add_argument("--linger-ms", type=int, default=LINGER_MS)
