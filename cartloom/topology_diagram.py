@@ -21,7 +21,11 @@ _FENCE, _END = "```mermaid\n", "```\n"
 NODES: dict[str, tuple[str, str]] = {
     "shopify": ("ext", "Shopify<br/>webhooks, Admin API"),
     "channels": ("ext", "Other channels<br/>POS, warehouses, ERPs"),
-    "receiver": ("svc", "webhook receiver<br/>POST /webhooks/shopify<br/>HMAC, enqueue, then 200"),
+    "receiver": (
+        "svc",
+        "webhook receiver (ingress, every worker)<br/>POST /webhooks/shopify<br/>"
+        "HMAC, enqueue, then 200",
+    ),
     "normalise_webhooks": ("agent", "normalise_webhooks<br/>dedupe, normalise"),
     "update_catalog": ("agent", "update_catalog"),
     "map_inventory_items": ("agent", "map_inventory_items<br/>item to SKU"),
