@@ -252,34 +252,25 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         rounds: dict[str, list[dict[str, Any]]] = {}
         for turn in range(1, args.rounds + 1):
             print(f"round {turn}/{args.rounds}", flush=True)
-            port = free_port()
-            bare = await measure("bare", [*me, "serve-bare", str(port)], port, args, script)
-            rounds.setdefault("bare", []).append(bare)
-            port = free_port()
-            ingress = await measure(
-                "ingress",
-                [*cartloom, "shopify", "ingress"],
-                port,
-                args,
-                script,
-                bootstrap=bootstrap,
-                env={**env, "CARTLOOM_WEBHOOK_INGRESS_PORT": str(port)},
-                ready_path="/readyz",
-            )
-            rounds.setdefault("ingress", []).append(ingress)
+            # (name, argv, environment, the setting that takes the port, readiness path)
+            servers = [
+                ("bare", [*me, "serve-bare"], None, None, "/healthz"),
+                ("ingress", [*cartloom, "shopify", "ingress"], env, "WEBHOOK_INGRESS", "/readyz"),
+            ]
             if not args.no_worker:
+                servers.append(("worker", [*cartloom, "worker"], worker_env, "WEB", "/readyz"))
+            for name, argv, server_env, port_setting, ready_path in servers:
                 port = free_port()
-                worker = await measure(
-                    "worker",
-                    [*cartloom, "worker"],
-                    port,
-                    args,
-                    script,
-                    bootstrap=bootstrap,
-                    env={**worker_env, "CARTLOOM_WEB_PORT": str(port)},
-                    ready_path="/readyz",
-                )
-                rounds.setdefault("worker", []).append(worker)
+                kw: dict[str, Any] = {"ready_path": ready_path}
+                if server_env is None:
+                    argv = [*argv, str(port)]
+                else:
+                    kw.update(
+                        bootstrap=bootstrap,
+                        env={**server_env, f"CARTLOOM_{port_setting}_PORT": str(port)},
+                    )
+                result = await measure(name, argv, port, args, script, **kw)
+                rounds.setdefault(name, []).append(result)
         results.update({name: median_round(each) for name, each in rounds.items()})
     finally:
         stop(broker)

@@ -8,7 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -99,6 +100,33 @@ def start_worker(
             stdin=subprocess.DEVNULL,
         )
     return WorkerProcess(process, port, log)
+
+
+def start_ingress(
+    stack_env: dict[str, str],
+    log_dir: Path,
+    name: str = "ingress",
+    extra_env: dict[str, str] | None = None,
+) -> WorkerProcess:
+    """Start ``cartloom shopify ingress`` (the webhook receiver alone) against the stack."""
+    return start_worker(
+        stack_env,
+        log_dir,
+        name,
+        extra_env,
+        command=("shopify", "ingress"),
+        port_setting="CARTLOOM_WEBHOOK_INGRESS_PORT",
+    )
+
+
+@asynccontextmanager
+async def serving(process: WorkerProcess) -> AsyncIterator[WorkerProcess]:
+    """``process`` once it is ready; stopped on the way out, ready or not."""
+    try:
+        await wait_ready(process)
+        yield process
+    finally:
+        process.stop()
 
 
 async def wait_ready(worker: WorkerProcess, timeout: float = 120.0) -> None:

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from cartloom.devstack.stack import StackState, down, up
-from tests.harness import WorkerProcess, start_worker, wait_ready
+from tests.harness import WorkerProcess, serving, start_ingress, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +38,8 @@ def stack(stack_dir: Path) -> Iterator[StackState]:
 @pytest.fixture(scope="session")
 async def worker(stack: StackState, stack_dir: Path) -> AsyncIterator[WorkerProcess]:
     """One CartLoom worker shared by the tests that only need the stream running."""
-    process = start_worker(stack.env, stack_dir, "worker")
-    try:
-        await wait_ready(process)
+    async with serving(start_worker(stack.env, stack_dir, "worker")) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="session")
@@ -91,32 +87,15 @@ SHOPIFY_RECEIVER_ENV = {
 @pytest.fixture(scope="session")
 async def shopify_worker(stack: StackState, stack_dir: Path) -> AsyncIterator[WorkerProcess]:
     """A worker of its own (app id ``cartloom-shopify``) with a webhook secret and 64 KiB limit."""
-    process = start_worker(
-        stack.env,
-        stack_dir,
-        "shopify-worker",
-        extra_env={"CARTLOOM_APP_ID": "cartloom-shopify", **SHOPIFY_RECEIVER_ENV},
-    )
-    try:
-        await wait_ready(process)
+    extra_env = {"CARTLOOM_APP_ID": "cartloom-shopify", **SHOPIFY_RECEIVER_ENV}
+    started = start_worker(stack.env, stack_dir, "shopify-worker", extra_env=extra_env)
+    async with serving(started) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="session")
 async def ingress(stack: StackState, stack_dir: Path) -> AsyncIterator[WorkerProcess]:
     """``cartloom shopify ingress``: the receiver alone, with the Shopify worker's settings."""
-    process = start_worker(
-        stack.env,
-        stack_dir,
-        "ingress",
-        extra_env=SHOPIFY_RECEIVER_ENV,
-        command=("shopify", "ingress"),
-        port_setting="CARTLOOM_WEBHOOK_INGRESS_PORT",
-    )
-    try:
-        await wait_ready(process)
+    started = start_ingress(stack.env, stack_dir, extra_env=SHOPIFY_RECEIVER_ENV)
+    async with serving(started) as process:
         yield process
-    finally:
-        process.stop()

@@ -20,7 +20,7 @@ from cartloom.domain.shopify import resource_key
 from cartloom.kafka_admin import apply_topics
 from cartloom.shopify.delivery import DeliveryPlan, post, signed
 from cartloom.topology import load_topology
-from tests.harness import WorkerProcess, eventually, start_worker, wait_ready
+from tests.harness import WorkerProcess, eventually, start_ingress, wait_ready
 from tests.integration.conftest import SHOPIFY_RECEIVER_ENV, SHOPIFY_SECRET
 from tests.integration.shopify_helpers import TopicReader
 from tests.integration.test_shopify_webhooks import EXPECTED_EVENTS, new_store, run_history
@@ -71,14 +71,7 @@ async def test_sigterm_drains_every_accepted_delivery_into_kafka(
     stack: StackState, tmp_path: Path, bootstrap: str
 ) -> None:
     """Stopped mid-burst, the ingress answers nothing 200 that is not in Kafka, and exits 0."""
-    process = start_worker(
-        stack.env,
-        tmp_path,
-        "draining-ingress",
-        extra_env=SHOPIFY_RECEIVER_ENV,
-        command=("shopify", "ingress"),
-        port_setting="CARTLOOM_WEBHOOK_INGRESS_PORT",
-    )
+    process = start_ingress(stack.env, tmp_path, "draining-ingress", SHOPIFY_RECEIVER_ENV)
     try:
         await wait_ready(process)
         store, _ = new_store("drain")
@@ -118,14 +111,7 @@ async def test_connects_once_the_broker_comes_up(stack: StackState, tmp_path: Pa
     """Not ready (503) while no broker answers; ready and accepting once one does."""
     broker_port = free_port()
     env = {**stack.env, "CARTLOOM_BROKER_URL": f"kafka://127.0.0.1:{broker_port}"}
-    process = start_worker(
-        env,
-        tmp_path,
-        "early-ingress",
-        extra_env=SHOPIFY_RECEIVER_ENV,
-        command=("shopify", "ingress"),
-        port_setting="CARTLOOM_WEBHOOK_INGRESS_PORT",
-    )
+    process = start_ingress(env, tmp_path, "early-ingress", SHOPIFY_RECEIVER_ENV)
     broker = None
     try:
         async with aiohttp.ClientSession() as http:
