@@ -48,12 +48,18 @@ async def deliver(worker: WorkerProcess, deliveries: list[SignedDelivery]) -> li
         return [await post(http, url(worker), d) for d in deliveries]
 
 
-@pytest.mark.parametrize("receiver", ["shopify_worker", "ingress"])
+@pytest.fixture(params=["worker", "ingress"])
+def receiver_server(
+    request: pytest.FixtureRequest, shopify_worker: WorkerProcess, ingress: WorkerProcess
+) -> WorkerProcess:
+    """A worker's receiver, then ``cartloom shopify ingress``: the same contract for both."""
+    return shopify_worker if request.param == "worker" else ingress
+
+
 async def test_statuses_forged_malformed_oversized_duplicate(
-    receiver: str, bootstrap: str, request: pytest.FixtureRequest
+    receiver_server: WorkerProcess, bootstrap: str
 ) -> None:
-    """The same answers from a worker's receiver and from ``cartloom shopify ingress``."""
-    server: WorkerProcess = request.getfixturevalue(receiver)
+    server = receiver_server
     store, _ = new_store()
     store.add_product("Status Tee", ["ST-1"])
     good = signed(store.history[0], store.domain, SECRET)
