@@ -308,6 +308,56 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def plot(summary: dict[str, Any], path: Path) -> None:
+    """Webhooks/s per server (bars: median round, dots: each round), p99 on each bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = summary["results"]
+    names = list(results)
+    rates = [results[name]["requests_per_second"] for name in names]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    bars = ax.bar(names, rates, color=["#999999", "#3b7dd8", "#d98c4a"][: len(names)])
+    labels = [
+        f"{rate:,}/s\np99 {results[n]['latency_ms']['p99']:.0f} ms"
+        for n, rate in zip(names, rates, strict=True)
+    ]
+    ax.bar_label(bars, labels=labels, label_type="center", color="white", fontweight="bold")
+    for index, name in enumerate(names):
+        each = results[name].get("rounds_requests_per_second", [])
+        ax.scatter([index] * len(each), each, color="#222222", s=9, zorder=3)
+    target = summary["target"]["requests_per_second"]
+    ax.axhline(target, color="#3b7dd8", linestyle="--", linewidth=1)
+    ax.annotate(
+        f"target {target / 1000:g}k/s, p99 < {summary['target']['p99_ms']} ms",
+        (len(names) - 1, target),
+        ha="center",
+        va="bottom",
+    )
+    ax.set_ylim(
+        0,
+        max(
+            [
+                *rates,
+                target,
+                *(max(results[n].get("rounds_requests_per_second", [0])) for n in names),
+            ]
+        )
+        * 1.18,
+    )
+    ax.set_ylabel("verified, enqueued webhooks/s")
+    ax.set_title(
+        f"wrk -c{summary['connections']}, median of {summary.get('rounds', 1)} rounds"
+        " (dots: each round)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "serve-bare":
         serve_bare(int(sys.argv[2]))
@@ -321,9 +371,13 @@ if __name__ == "__main__":
         parser.add_argument("--linger-ms", type=int, default=LINGER_MS)
         parser.add_argument("--webhook-partitions", type=int, default=0, help="0: topics.yaml")
         parser.add_argument("--out", type=Path, default=ROOT / "bench/results/webhooks.json")
+        parser.add_argument("--plot", type=Path, default=ROOT / "bench/results/webhooks.png")
         arguments = parser.parse_args()
         arguments.load_before = [round(x, 2) for x in os.getloadavg()]
         output = report(asyncio.run(main(arguments)), arguments)
         arguments.out.parent.mkdir(parents=True, exist_ok=True)
         arguments.out.write_bytes(orjson.dumps(output, option=orjson.OPT_INDENT_2) + b"\n")
         print(f"written to {arguments.out}")
+        if arguments.plot:
+            plot(output, arguments.plot)
+            print(f"written to {arguments.plot}")
