@@ -131,7 +131,7 @@ def resolve_timeout(view: OrderView, kind: Timeout, now: str, *, ttl_seconds: fl
     """Handle a timer's nudge; nothing happens unless the deadline or expiry has passed."""
     if kind is Timeout.DEADLINE:
         deadline = view["deadline_at"]
-        if view["status"] != Status.RECEIVED or deadline is None or _before(now, deadline):
+        if view["status"] != Status.RECEIVED or deadline is None or is_before(now, deadline):
             return OrderStep(view, StepOutcome.IGNORED)
         pending = [ln for ln in view["reservations"] if ln["outcome"] == "pending"]
         reason = f"reservation deadline passed with {len(pending)} line(s) unanswered"
@@ -148,7 +148,7 @@ def resolve_timeout(view: OrderView, kind: Timeout, now: str, *, ttl_seconds: fl
         )
         return _reject(changed, now, (rejection, reason), ReleaseReason.DEADLINE)
     expires = view["expires_at"]
-    if view["status"] != Status.RESERVED or expires is None or _before(now, expires):
+    if view["status"] != Status.RESERVED or expires is None or is_before(now, expires):
         return OrderStep(view, StepOutcome.IGNORED)
     changed = touched(view, now)
     record_transition(changed, Status.EXPIRED, now, "unpaid reservation expired")
@@ -169,9 +169,9 @@ def due_at(view: OrderView) -> str | None:
 def due_timeout(view: OrderView, now: str) -> Timeout | None:
     """The nudge an order needs at ``now``, if any (the timer scans with this)."""
     if view["status"] == Status.RECEIVED and view["deadline_at"] is not None:
-        return None if _before(now, view["deadline_at"]) else Timeout.DEADLINE
+        return None if is_before(now, view["deadline_at"]) else Timeout.DEADLINE
     if view["status"] == Status.RESERVED and view["expires_at"] is not None:
-        return None if _before(now, view["expires_at"]) else Timeout.EXPIRE
+        return None if is_before(now, view["expires_at"]) else Timeout.EXPIRE
     return None
 
 
@@ -256,7 +256,3 @@ def _oversold(result: ReserveResult) -> OversoldView:
 def _confirm_reason(view: OrderView) -> str | None:
     short = sum(item["short_by"] for item in view["oversold"])
     return f"accepted upstream; oversold by {short} unit(s)" if short else None
-
-
-def _before(now: str, moment: str) -> bool:
-    return is_before(now, moment)

@@ -60,12 +60,11 @@ class Answer:
     @property
     def json(self) -> bytes:
         """The body as the JSON bytes of the HTTP answer."""
-        return _ACCEPTED_JSON if self is ACCEPTED else orjson.dumps(self.body)
+        return orjson.dumps(self.body)
 
 
 #: The answer to every delivery that made it into Kafka (built once, not per request).
 ACCEPTED = Answer(200, {"status": "accepted"})
-_ACCEPTED_JSON = orjson.dumps(ACCEPTED.body)
 
 
 @dataclass
@@ -260,7 +259,7 @@ class WebhookReceiver:
         topic = headers.get(TOPIC_HEADER, "")
         label = topic if topic in KNOWN_TOPICS else "other"
         answer = await self._answer(request, headers, topic)
-        _received(label, _OUTCOMES[answer.status]).inc()
+        metrics.labelled(metrics.SHOPIFY_WEBHOOKS_RECEIVED, label, _OUTCOMES[answer.status]).inc()
         metrics.SHOPIFY_WEBHOOK_SECONDS.observe(time.perf_counter() - started)
         return answer
 
@@ -327,18 +326,6 @@ _OUTCOMES = {
     413: "oversized",
     503: "unavailable",
 }
-
-
-_RECEIVED: dict[tuple[str, str], Any] = {}
-
-
-def _received(topic: str, outcome: str) -> Any:
-    """The counter child for (topic, outcome), looked up once (labels() costs per call)."""
-    child = _RECEIVED.get((topic, outcome))
-    if child is None:
-        child = metrics.SHOPIFY_WEBHOOKS_RECEIVED.labels(topic=topic, outcome=outcome)
-        _RECEIVED[(topic, outcome)] = child
-    return child
 
 
 def build_receiver(settings: Settings) -> WebhookReceiver:

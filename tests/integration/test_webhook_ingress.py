@@ -88,8 +88,11 @@ async def test_sigterm_drains_every_accepted_delivery_into_kafka(
                 answered.append(status)
                 return index, status
 
+            async def some_answered() -> bool:
+                return len(answered) >= 20
+
             burst = [asyncio.ensure_future(one(i)) for i in range(len(deliveries))]
-            await eventually(lambda: asyncio.sleep(0, len(answered) >= 20), what="first answers")
+            await eventually(some_answered, what="first answers")
             process.process.send_signal(signal.SIGTERM)
             results = await asyncio.gather(*burst)
         exit_code = await asyncio.to_thread(process.process.wait, 30)
