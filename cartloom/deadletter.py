@@ -2,12 +2,13 @@
 
 Faust acknowledges an event whose agent raises and never processes it again; CartLoom's
 agents catch every failure per event and call :func:`send_to_dead_letter`, so the
-partition keeps moving and nothing disappears silently. The send goes through Faust's
-producer, which is flushed before offsets are committed (at-least-once).
+partition keeps moving and nothing disappears silently. The sends return their
+deliveries, which the caller awaits before the input is acknowledged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 import faust
@@ -36,10 +37,10 @@ def dead_letter_headers(message: Any, reason: RejectReason, detail: str) -> dict
 
 async def send_to_dead_letter(
     dlq: faust.TopicT, event: faust.EventT[Any], reason: RejectReason, detail: str
-) -> None:
-    """Copy ``event``'s original bytes to ``dlq`` with the reason, and count it."""
+) -> Awaitable[Any]:
+    """Copy ``event``'s original bytes to ``dlq`` with the reason; return the delivery."""
     message = event.message
-    await send_item_to_dead_letter(dlq, message, message.key, message.value, reason, detail)
+    return await send_item_to_dead_letter(dlq, message, message.key, message.value, reason, detail)
 
 
 async def send_item_to_dead_letter(
@@ -49,7 +50,12 @@ async def send_item_to_dead_letter(
     value: bytes | None,
     reason: RejectReason,
     detail: str,
-) -> None:
-    """Send ``key``/``value`` (one item of ``message``, or all of it) to ``dlq``, and count it."""
-    await dlq.send(key=key, value=value, headers=dead_letter_headers(message, reason, detail))
+) -> Awaitable[Any]:
+    """Send ``key``/``value`` (one item of ``message``, or all of it) to ``dlq``; count it.
+
+    Returns the delivery: the caller awaits it before acknowledging ``message``.
+    """
+    headers = dead_letter_headers(message, reason, detail)
+    delivery = await dlq.send(key=key, value=value, headers=headers)
     metrics.DEAD_LETTERS.labels(topic=message.topic, reason=reason.value).inc()
+    return delivery
