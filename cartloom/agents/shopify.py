@@ -26,6 +26,7 @@ import faust
 import orjson
 
 from cartloom import metrics
+from cartloom.agents.batching import UndeliveredError, delivered, stop_without_acknowledging
 from cartloom.app import app, settings
 from cartloom.clock import utc_now_iso
 from cartloom.deadletter import dead_letter_headers
@@ -109,16 +110,34 @@ async def dead_letter(event: faust.EventT[Any], reason: WebhookReason, detail: s
     added = dead_letter_headers(message, RejectReason.PROCESSING_ERROR, detail)
     added["cartloom-reason"] = reason.value.encode()
     merged = {name: value.encode() for name, value in headers.items()} | added
-    await shopify_webhooks_dlq_topic.send(key=message.key, value=message.value, headers=merged)
+    delivery = await shopify_webhooks_dlq_topic.send(
+        key=message.key, value=message.value, headers=merged
+    )
+    await delivered([delivery], "shopify.webhooks.dlq")
     metrics.DEAD_LETTERS.labels(topic=message.topic, reason=reason.value).inc()
 
 
 async def guarded(
     event: faust.EventT[Any], label: str, step: Callable[[faust.EventT[Any]], Awaitable[None]]
 ) -> None:
-    """Run ``step``; a bad payload or a bug sends the event to the DLQ instead of dropping it."""
+    """Run ``step``; a bad payload or a bug sends the event to the DLQ instead of dropping it.
+
+    Every send is awaited until the broker has it. One that fails stops the worker before
+    Faust can acknowledge the event (see :func:`stop_without_acknowledging`).
+    """
+    try:
+        await _guarded(event, label, step)
+    except UndeliveredError as exc:
+        stop_without_acknowledging(f"shopify {label}", exc)
+
+
+async def _guarded(
+    event: faust.EventT[Any], label: str, step: Callable[[faust.EventT[Any]], Awaitable[None]]
+) -> None:
     try:
         await step(event)
+    except UndeliveredError:
+        raise
     except InvalidInput as exc:
         await dead_letter(event, WebhookReason.INVALID_PAYLOAD, exc.detail)
         metrics.SHOPIFY_WEBHOOKS_PROCESSED.labels(topic=label, outcome="dead_letter").inc()
@@ -133,10 +152,13 @@ async def publish(output: Output) -> None:
     topic = STREAMS[output.stream]
     value = orjson.dumps(output.value)
     if output.key != BROADCAST_KEY:
-        await topic.send(key=output.key.encode(), value=value)
+        await delivered([await topic.send(key=output.key.encode(), value=value)], output.stream)
         return
-    for partition in range(topic.partitions or 1):
+    deliveries = [
         await topic.send(key=BROADCAST_KEY.encode(), value=value, partition=partition)
+        for partition in range(topic.partitions or 1)
+    ]
+    await delivered(deliveries, output.stream)
 
 
 @app.agent(shopify_webhooks_topic)
@@ -197,8 +219,11 @@ async def apply_item_event(event: faust.EventT[Any]) -> None:
     state = sku_by_inventory_item.get(key)
     was_parked = len((state or {}).get("parked") or {})
     new_state, levels = apply_item_message(state, message)
-    for level in levels:
+    deliveries = [
         await inventory_topic.send(key=level["sku"].encode(), value=orjson.dumps(level))
+        for level in levels
+    ]
+    await delivered(deliveries, "inventory")
     sku_by_inventory_item[key] = new_state
     if message.get("kind") == "level" and not levels:
         metrics.SHOPIFY_INVENTORY_PARKED.inc()
