@@ -40,7 +40,7 @@ async def dead_letter(bootstrap: str, topic: str, key: str) -> dict[str, Any] | 
         ("order.events", {"event": "shipped", "at": "2026-11-25T10:00:00Z"}, "invalid_schema"),
         ("order.events", {"event": "paid"}, "invalid_schema"),
         # held for its order, which never comes: dead-lettered once the hold (8 s here) is over
-    ("order.events", {"event": "paid", "at": "2026-11-25T10:00:00Z"}, "unknown_order"),
+        ("order.events", {"event": "paid", "at": "2026-11-25T10:00:00Z"}, "unknown_order"),
         ("inventory", {"on_hand": 3, "delta": 1}, "invalid_schema"),
         ("inventory", {"on_hand": -2}, "invalid_schema"),
         ("inventory", b"{oops", "invalid_json"),
