@@ -216,17 +216,19 @@ class OrderHandler(BatchHandler):
         """Keep an event for an order not known yet; give up the oldest over the limit."""
         order_id = lifecycle_event.order_id
         raw = bytes(event.value).decode()  # JSON, so UTF-8: decode_json_object parsed it
-        step = hold_event(
-            self._pending_held(order_id), lifecycle_event, raw, origin_of(event), self.now
-        )
-        # A duplicate is written again too: the store may have run ahead of its changelog.
+        # Held in full: what this batch gives up leaves the table only after its dead
+        # letter is on the broker (settle_held_events). A duplicate is written again too:
+        # the store may have run ahead of its changelog.
+        step = hold_event(self.held.get(order_id), lifecycle_event, raw, origin_of(event), self.now)
         self.held.put(order_id, step.held, event.message.partition)
         schedule_held(order_id, step.held)
         self.tally.count(metrics.ORDER_INPUTS, "event", step.outcome.value)
         self.tally.count(metrics.EARLY_EVENTS, step.outcome.value)
         limit = settings.early_events_max_per_order
         detail = f"more than {limit} events held for order {order_id!r}, which has not arrived"
-        for entry in over_limit(step.held, limit):
+        settled = self.settled.get(order_id)
+        pending = without_events(step.held, settled.keys) if settled else step.held
+        for entry in over_limit(pending, limit) if pending is not None else ():
             self._give_up(event, order_id, entry, RejectReason.HELD_OVER_LIMIT, detail)
         if step.outcome is HoldOutcome.HELD:
             log.info("order %s: holding %s until the order arrives", order_id, lifecycle_event.key)

@@ -243,12 +243,17 @@ def test_held_events_over_the_limit_give_up_the_oldest(monkeypatch: pytest.Monke
     batch = Batch()
     events = [
         batch.event("order.events", "o-many", lifecycle("o-many", "paid", version=v))
-        for v in range(3)
+        for v in range(4)
     ]
     handler, _ = batch.run(*events)
-    [(entry, reason, _)] = handler.settled["o-many"].dead_letters
-    assert reason is RejectReason.HELD_OVER_LIMIT
-    assert entry["origin"]["offset"] == events[0].message.offset
+    given_up = handler.settled["o-many"].dead_letters
+    assert [reason for _, reason, _ in given_up] == [RejectReason.HELD_OVER_LIMIT] * 2
+    assert [entry["origin"]["offset"] for entry, _, _ in given_up] == [
+        events[0].message.offset,
+        events[1].message.offset,
+    ]
+    # Until their dead letters are on the broker (after the batch), the table keeps them.
+    assert len(batch.held.data["o-many"]["events"]) == 4
 
 
 def test_a_nudge_after_the_hold_dead_letters_the_event_as_unknown_order() -> None:
