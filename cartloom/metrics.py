@@ -57,8 +57,16 @@ ORDERS_DUPLICATE = Counter(
 ORDER_INPUTS = Counter(
     "cartloom_order_inputs_total",
     "Inputs handled by the orders agent, by input (order, event, result, timeout) and outcome"
-    " (applied, deferred, duplicate, stale, illegal, ignored).",
+    " (applied, deferred, duplicate, stale, illegal, ignored; held: an event before its order).",
     ["input", "outcome"],
+)
+EARLY_EVENTS = Counter(
+    "cartloom_early_events_total",
+    "Lifecycle events that arrived before their order, by outcome: held (kept for the order),"
+    " duplicate (already held), applied (handed to the order when it arrived), expired (the"
+    " order did not come in time: dead-lettered as unknown_order), evicted (over the per-order"
+    " limit: dead-lettered as held_over_limit), invalid (the order could not take it).",
+    ["outcome"],
 )
 ORDER_TRANSITIONS = Counter(
     "cartloom_order_transitions_total",
@@ -95,7 +103,8 @@ STOCK_UPDATES = Counter(
 )
 SAGA_NUDGES = Counter(
     "cartloom_saga_nudges_total",
-    "Overdue orders nudged by the timer, by kind (deadline, expire).",
+    "Overdue orders nudged by the timers, by kind (deadline, expire; held_events: events held"
+    " for an order that has not arrived fell due).",
     ["kind"],
 )
 AGENT_BATCH_SECONDS = Histogram(

@@ -82,6 +82,18 @@ class Settings(BaseSettings):
     saga_scan_interval_seconds: float = Field(
         1.0, gt=0, description="How often each worker looks for overdue orders."
     )
+    early_event_hold_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="An order.events event for an order not yet known is held this long for its"
+        " order, then sent to order.events.dlq (reason unknown_order).",
+    )
+    early_events_max_per_order: int = Field(
+        20,
+        ge=1,
+        description="Most events held for one order not yet known; over it the oldest goes to"
+        " order.events.dlq (reason held_over_limit).",
+    )
     order_batch_max: int = Field(
         1000, ge=1, description="Most events the order and stock agents handle per batch."
     )

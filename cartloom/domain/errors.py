@@ -13,6 +13,7 @@ class RejectReason(StrEnum):
     KEY_MISMATCH = "key_mismatch"
     PROCESSING_ERROR = "processing_error"
     UNKNOWN_ORDER = "unknown_order"  # an event or answer for an order CartLoom does not hold
+    HELD_OVER_LIMIT = "held_over_limit"  # an early event pushed out by newer ones for its order
 
 
 class InvalidInput(ValueError):  # noqa: N818 - reads better at raise sites than InvalidInputError

@@ -19,7 +19,7 @@ from cartloom.agents import batching
 from cartloom.agents.batching import BatchHandler, Outbox, TableBatch, envelopes, handle_batch
 
 
-class Refused(Exception):
+class RefusedError(Exception):
     """What the broker answered for a refused write."""
 
 
@@ -54,7 +54,7 @@ class Producer:
     def _delivery(self, topic: str, partition: int, count: int) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if topic in self.failing:
-            future.set_exception(Refused(f"{topic} refused"))
+            future.set_exception(RefusedError(f"{topic} refused"))
         else:
             base = self.offsets.get((topic, partition), 0)
             self.offsets[(topic, partition)] = base + count
@@ -111,7 +111,7 @@ def event(key: str) -> Any:
     return Event(key=key.encode(), value=b"{}", message=SimpleNamespace(topic="t"))
 
 
-class Exited(Exception):
+class ExitedError(Exception):
     pass
 
 
@@ -121,7 +121,7 @@ def exits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     def exit_now(code: int) -> None:
         codes.append(code)
-        raise Exited(code)
+        raise ExitedError(code)
 
     monkeypatch.setattr(batching.os, "_exit", exit_now)
     return codes
@@ -153,7 +153,7 @@ async def test_a_refused_changelog_write_stops_the_worker_before_any_answer_leav
     exits: list[int],
 ) -> None:
     producer = Producer(failing={"ledger"})
-    with pytest.raises(Exited):
+    with pytest.raises(ExitedError):
         await run(producer)
 
     assert exits == [batching.EXIT_UNDELIVERED]
@@ -163,7 +163,7 @@ async def test_a_refused_changelog_write_stops_the_worker_before_any_answer_leav
 
 async def test_a_refused_answer_stops_the_worker_too(exits: list[int]) -> None:
     producer = Producer(failing={"reservation.results"})
-    with pytest.raises(Exited):
+    with pytest.raises(ExitedError):
         await run(producer)
     assert exits == [batching.EXIT_UNDELIVERED]
 
