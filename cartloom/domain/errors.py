@@ -13,6 +13,10 @@ class RejectReason(StrEnum):
     KEY_MISMATCH = "key_mismatch"
     PROCESSING_ERROR = "processing_error"
     UNKNOWN_ORDER = "unknown_order"  # an event or answer for an order CartLoom does not hold
+    TOO_LARGE = "too_large"  # bigger than one message CartLoom sends on may be
+    REFUSED = "refused"  # the destination (a store, Shopify) refuses this value for good
+    UNKNOWN_SKU = "unknown_sku"  # Shopify has no inventory item for the SKU, past the retries
+    RETRIES_EXHAUSTED = "retries_exhausted"  # still failing after the bounded attempts
 
 
 class InvalidInput(ValueError):  # noqa: N818 - reads better at raise sites than InvalidInputError
