@@ -350,9 +350,7 @@ def dlq_replay(
     topology.topic(topic)
     group = f"{settings.app_id}-dlq-replay"
     try:
-        report = asyncio.run(
-            replay_dead_letters(settings.bootstrap_servers, topic, group_id=group)
-        )
+        report = asyncio.run(replay_dead_letters(settings.bootstrap_servers, topic, group_id=group))
     except DeliveryFailed as exc:
         console.print(
             f"replay of {topic}.dlq stopped, its last batch not committed: {exc}", style="red"

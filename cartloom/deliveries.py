@@ -19,7 +19,7 @@ from typing import Any
 from aiokafka.errors import KafkaError
 
 
-class DeliveryFailed(RuntimeError):
+class DeliveryFailed(RuntimeError):  # noqa: N818 - reads better at the raise and in logs
     """The broker did not acknowledge a record: the offsets of its cause must not move."""
 
     def __init__(self, topic: str, failed: int, total: int, cause: BaseException) -> None:

@@ -23,7 +23,7 @@ KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 ENVELOPE_MAX_BYTES = 800_000
 
 
-class ItemTooLarge(ValueError):
+class ItemTooLarge(ValueError):  # noqa: N818 - a verdict on an item, like InvalidInput
     """One item is bigger than an envelope may be on its own; it belongs in a dead letter."""
 
     def __init__(self, size: int, limit: int) -> None:

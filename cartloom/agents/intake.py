@@ -38,12 +38,12 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from cartloom import metrics
 from cartloom.agents.batching import ENVELOPE_MAX, partition_for
 from cartloom.app import app, settings, topology
-from cartloom.deadletter import dead_letter_headers
+from cartloom.deadletter import DEAD_LETTER_MAX_REQUEST_BYTES, dead_letter_headers
 from cartloom.deliveries import Deliveries, DeliveryFailed
 from cartloom.domain.errors import InvalidInput, RejectReason
-from cartloom.envelopes import ENVELOPE_MAX_BYTES, fits_alone, pack
 from cartloom.domain.orders import accepted_order_json, parse_order
 from cartloom.domain.payloads import decode_json_object
+from cartloom.envelopes import ENVELOPE_MAX_BYTES, fits_alone, pack
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,6 @@ DEAD_LETTER_TOPIC = "orders.dlq"
 ENVELOPE_FIELD = "orders"
 #: Most records read per batch.
 BATCH_MAX = 5_000
-#: The producer does not second-guess the broker: a dead letter is the original record,
-#: which the broker already took on ``orders`` (Kafka's own ceiling on a request, 100 MiB).
-PRODUCER_MAX_REQUEST_BYTES = 104_857_600
 
 
 def intake_group_id(app_id: str) -> str:
@@ -115,10 +112,11 @@ class IntakeBatch:
             oldest = self.oldest.get(partition, record.timestamp)
             self.oldest[partition] = min(oldest, record.timestamp)
 
-
     def bodies(self) -> Iterator[tuple[int, bytes, bytes]]:
-        """Each envelope as ``(partition, key, value)``: at most ``ENVELOPE_MAX`` orders and
-        ``ENVELOPE_MAX_BYTES`` bytes, keyed by its first order's id."""
+        """Each envelope as ``(partition, key, value)``, keyed by its first order's id.
+
+        At most ``ENVELOPE_MAX`` orders and ``ENVELOPE_MAX_BYTES`` bytes each.
+        """
         for partition, orders in self.envelopes.items():
             encoded = [order for _, order in orders]
             for first, body in pack(ENVELOPE_FIELD, encoded, max_items=ENVELOPE_MAX):
@@ -174,7 +172,7 @@ class OrderIntake(mode.Service):
             acks="all",
             linger_ms=2,
             max_batch_size=512 * 1024,
-            max_request_size=PRODUCER_MAX_REQUEST_BYTES,
+            max_request_size=DEAD_LETTER_MAX_REQUEST_BYTES,  # envelopes are far smaller
         )
         await producer.start()
         await consumer.start()

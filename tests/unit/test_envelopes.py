@@ -36,11 +36,14 @@ def test_every_item_travels_once_in_order_within_the_limits(
 
 def test_an_envelope_fills_up_to_the_byte_limit_before_a_new_one_starts() -> None:
     encoded = [b"1234", b"5678", b"9"]  # {"c":[1234,5678]} is 17 bytes
-    assert [body for _, body in pack("c", encoded, limit=17)] == [b'{"c":[1234,5678]}', b'{"c":[9]}']
+    bodies = [body for _, body in pack("c", encoded, limit=17)]
+    assert bodies == [b'{"c":[1234,5678]}', b'{"c":[9]}']
     assert [first for first, _ in pack("c", encoded, limit=17)] == [0, 2]
 
 
 def test_an_item_that_cannot_fit_alone_is_refused() -> None:
-    assert fits_alone(b"12345", "c", limit=13) and not fits_alone(b"123456", "c", limit=13)  # {"c":[]} is 8
+    # {"c":[]} is 8 bytes: 5 are left for the item
+    assert fits_alone(b"12345", "c", limit=13)
+    assert not fits_alone(b"123456", "c", limit=13)
     with pytest.raises(ItemTooLarge, match="6 bytes"):
         list(pack("c", [b"1", b"123456"], limit=13))
