@@ -272,7 +272,7 @@ RECONCILE_CORRECTIONS = Counter(
 SHOPIFY_WRITEBACKS = Counter(
     "cartloom_shopify_writebacks_total",
     "Inventory write-backs to Shopify, by outcome (applied, already_applied, conflict, failed,"
-    " retried, dead_lettered).",
+    " retried, dead_lettered; crashed: the runner restarted).",
     ["outcome"],
 )
 SHOPIFY_WRITEBACK_DEAD_LETTERS = Counter(
