@@ -22,6 +22,7 @@ import orjson
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
+from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
 from cartloom.settings import Settings
 from cartloom.sinks.base import (
@@ -66,7 +67,10 @@ def store_unavailable(error: BaseException) -> bool:
         code = error.response.get("Error", {}).get("Code", "")
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return code in STORE_ERRORS or (isinstance(status, int) and status >= 500)
-    return isinstance(error, HTTPClientError | NoCredentialsError | OSError | TimeoutError)
+    return isinstance(
+        error,
+        BotocoreConnectionError | HTTPClientError | NoCredentialsError | OSError | TimeoutError,
+    )
 
 
 def dynamodb_client_config(settings: Settings) -> AioConfig:
