@@ -4,6 +4,10 @@ Faust acknowledges an event whose agent raises and never processes it again; Car
 agents catch every failure per event and call :func:`send_to_dead_letter`, so the
 partition keeps moving and nothing disappears silently. The sends return their
 deliveries, which the caller awaits before the input is acknowledged.
+
+The plain aiokafka loops (order intake, materialisers, Shopify write-back) queue their
+dead letters with :func:`queue_dead_letter` on a :class:`~cartloom.deliveries.Deliveries`
+and commit only once the broker acknowledged them.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 import faust
 
 from cartloom import metrics
+from cartloom.deliveries import Deliveries
 from cartloom.domain.errors import RejectReason
 
 REASON_HEADER = "cartloom-reason"
@@ -21,7 +26,12 @@ DETAIL_HEADER = "cartloom-detail"
 ORIGIN_TOPIC_HEADER = "cartloom-origin-topic"
 ORIGIN_PARTITION_HEADER = "cartloom-origin-partition"
 ORIGIN_OFFSET_HEADER = "cartloom-origin-offset"
+#: Which store could not take a changelog record (``sinks.dlq``).
+STORE_HEADER = "cartloom-store"
 _MAX_DETAIL = 1000
+#: A dead letter is the original record, which the broker already took on its source
+#: topic: the producer does not second-guess the broker (Kafka's own request ceiling).
+DEAD_LETTER_MAX_REQUEST_BYTES = 104_857_600
 
 
 def dead_letter_headers(message: Any, reason: RejectReason, detail: str) -> dict[str, bytes]:
@@ -59,3 +69,20 @@ async def send_item_to_dead_letter(
     delivery = await dlq.send(key=key, value=value, headers=headers)
     metrics.DEAD_LETTERS.labels(topic=message.topic, reason=reason.value).inc()
     return delivery
+
+
+async def queue_dead_letter(
+    deliveries: Deliveries,
+    dlq: str,
+    record: Any,
+    reason: RejectReason,
+    detail: str,
+    extra_headers: dict[str, bytes] | None = None,
+) -> None:
+    """Queue a byte-for-byte copy of a consumed ``record`` for ``dlq``, with the reason.
+
+    The caller awaits ``deliveries.acknowledged()`` before it commits, and counts the dead
+    letter (``cartloom_dead_letters_total``) only then.
+    """
+    headers = {**dead_letter_headers(record, reason, detail), **(extra_headers or {})}
+    await deliveries.send(dlq, record.value, key=record.key, headers=list(headers.items()))

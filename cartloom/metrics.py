@@ -122,6 +122,11 @@ ORDER_INTAKE_LAG = Gauge(
     "cartloom_order_intake_lag_records",
     "Records of `orders` on this worker's intake partitions not yet forwarded (its lag).",
 )
+ORDER_INTAKE_DELIVERY_FAILURES = Counter(
+    "cartloom_order_intake_delivery_failures_total",
+    "Intake batches whose envelopes or dead letters the broker did not acknowledge (the"
+    " worker stops, nothing committed).",
+)
 ORDER_INTAKE_BATCH_SECONDS = Histogram(
     "cartloom_order_intake_batch_seconds",
     "Time from reading one intake batch to its offsets being committed.",
@@ -146,6 +151,12 @@ SINK_FAILURES = Counter(
     "cartloom_sink_failures_total",
     "Write attempts a store failed (in whole or in part) and that are retried, by store.",
     ["store"],
+)
+SINK_DEAD_LETTERS = Counter(
+    "cartloom_sink_dead_letters_total",
+    "Changelog records a store could not take, set aside to sinks.dlq, by store and reason"
+    " (refused, retries_exhausted, invalid_json, key_mismatch).",
+    ["store", "reason"],
 )
 SINK_COALESCED = Counter(
     "cartloom_sink_coalesced_total",
@@ -269,6 +280,13 @@ RECONCILE_CORRECTIONS = Counter(
 )
 SHOPIFY_WRITEBACKS = Counter(
     "cartloom_shopify_writebacks_total",
-    "Inventory write-backs to Shopify, by outcome (applied, already_applied, conflict, failed).",
+    "Inventory write-backs to Shopify, by outcome (applied, already_applied, conflict, failed,"
+    " retried, dead_lettered; crashed: the runner restarted).",
     ["outcome"],
+)
+SHOPIFY_WRITEBACK_DEAD_LETTERS = Counter(
+    "cartloom_shopify_writeback_dead_letters_total",
+    "Ledger entries write-back set aside to shopify.writeback.dlq, by reason (unknown_sku,"
+    " refused, retries_exhausted, invalid_json, invalid_schema, processing_error).",
+    ["reason"],
 )

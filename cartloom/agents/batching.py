@@ -32,7 +32,6 @@ batches (``stream.take_events``) and do per-batch work once:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -51,31 +50,15 @@ from faust.streams import _current_event
 from cartloom import metrics
 from cartloom.app import topology
 from cartloom.deadletter import send_item_to_dead_letter, send_to_dead_letter
+from cartloom.deliveries import acknowledged_all
 from cartloom.domain.errors import InvalidInput, RejectReason
+from cartloom.envelopes import ENVELOPE_MAX, pack
 from cartloom.partitioning import key_partition
 
 log = logging.getLogger(__name__)
 
-#: Most items per envelope message.
-ENVELOPE_MAX = 500
-#: Most bytes of items per envelope message: far below Kafka's 1 MB default message size,
-#: whatever the items hold (an order's ``customer`` object has no size limit of its own).
-ENVELOPE_MAX_BYTES = 512 * 1024
 #: Exit status of a worker that stopped because a write of a batch was not delivered.
 EXIT_UNDELIVERED = 75  # EX_TEMPFAIL: try again (the orchestrator restarts the worker)
-
-
-class UndeliveredError(RuntimeError):
-    """A record a batch produced was not written to Kafka (so its input must not be acked)."""
-
-
-async def delivered(deliveries: Iterable[Awaitable[Any]], what: str) -> list[Any]:
-    """Wait until the broker acknowledged every delivery; raise :class:`UndeliveredError` if not."""
-    results = await asyncio.gather(*deliveries, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise UndeliveredError(f"{what}: {type(result).__name__}: {result}") from result
-    return results
 
 
 def stop_without_acknowledging(agent: str, exc: BaseException) -> None:
@@ -222,7 +205,7 @@ class TableBatch:
         0.6) answers a ListOffsets request with the base offset of the partition's last
         record batch plus one, so a multi-record batch at the end hides its other records
         from every reader of end offsets (Faust's recovery judged its own changelog
-        inconsistent and crashed). Raises :class:`UndeliveredError` if any batch was refused.
+        inconsistent and crashed). Raises :class:`DeliveryFailed` if any batch was refused.
         """
         data, kafka = self._seen, self._producer._ensure_producer()  # aiokafka's
         topic = self._table.changelog_topic.get_topic_name()
@@ -235,7 +218,9 @@ class TableBatch:
             for batch in _batches(kafka, records[:-1]) + _batches(kafka, records[-1:]):
                 delivery = await kafka.send_batch(batch, topic, partition=partition)
                 sent.append((delivery, batch.record_count()))
-        acknowledged = await delivered([delivery for delivery, _ in sent], f"changelog {topic}")
+        acknowledged = await acknowledged_all(
+            [delivery for delivery, _ in sent], f"changelog {topic}"
+        )
         for metadata, (_, count) in zip(acknowledged, sent, strict=True):
             # What lets RocksDB skip records it already holds on recovery (no-op in memory).
             self._table.data.set_persisted_offset(
@@ -283,8 +268,8 @@ class Outbox:
     async def flush(self) -> int:
         """Send every queued message and wait until the broker acknowledged each one.
 
-        Envelopes hold at most :data:`ENVELOPE_MAX` items and :data:`ENVELOPE_MAX_BYTES`
-        bytes of them. Raises :class:`UndeliveredError` if any message was refused.
+        Envelopes are packed by :func:`cartloom.envelopes.pack` (items and bytes capped).
+        Raises :class:`~cartloom.deliveries.DeliveryFailed` if any message was refused.
         """
         send = self._producer.send
         deliveries: list[Awaitable[Any]] = []
@@ -294,40 +279,15 @@ class Outbox:
             )
         for (topic, partition), (first_key, field, items) in self._grouped.items():
             key = first_key.encode()
-            for body in envelopes(field, items):
+            encoded = [orjson.dumps(item) for item in items]
+            for _, body in pack(field, encoded, max_items=ENVELOPE_MAX):
                 deliveries.append(
                     await send(topic, key, body, partition=partition, timestamp=None, headers=None)
                 )
         self._pending.clear()
         self._grouped.clear()
-        await delivered(deliveries, "outgoing messages")
+        await acknowledged_all(deliveries, "outgoing messages")
         return len(deliveries)
-
-
-def envelopes(field: str, items: Sequence[Mapping[str, Any]]) -> list[bytes]:
-    """``items`` as envelope bodies ``{field: [...]}``, each within the count and byte caps.
-
-    An item larger than the byte cap on its own travels alone (the caller keeps its
-    items small; the broker refuses what is larger than its message size, which stops
-    the worker rather than losing the item).
-    """
-    bodies: list[bytes] = []
-    chunk: list[bytes] = []
-    size = 0
-    for item in items:
-        encoded = orjson.dumps(item)
-        if chunk and (len(chunk) >= ENVELOPE_MAX or size + len(encoded) > ENVELOPE_MAX_BYTES):
-            bodies.append(_envelope(field, chunk))
-            chunk, size = [], 0
-        chunk.append(encoded)
-        size += len(encoded) + 1
-    if chunk:
-        bodies.append(_envelope(field, chunk))
-    return bodies
-
-
-def _envelope(field: str, encoded_items: list[bytes]) -> bytes:
-    return b'{"' + field.encode() + b'":[' + b",".join(encoded_items) + b"]}"
 
 
 def event_key(event: faust.EventT[Any]) -> str:
@@ -403,4 +363,4 @@ async def _write(
                 dlq, message, item.key, item.value, item.reason, item.detail
             )
         )
-    await delivered(letters, "dead letters")
+    await acknowledged_all(letters, "dead letters")

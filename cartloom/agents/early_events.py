@@ -32,10 +32,11 @@ import orjson
 from faust.streams import _current_event
 
 from cartloom import metrics
-from cartloom.agents.batching import TableBatch, delivered
+from cartloom.agents.batching import TableBatch
 from cartloom.app import app, settings
 from cartloom.clock import utc_now_iso
 from cartloom.deadletter import dead_letter_headers
+from cartloom.deliveries import acknowledged_all
 from cartloom.dlq import dead_letter_topic_name
 from cartloom.domain.early_events import (
     HELD_NUDGE,
@@ -155,7 +156,7 @@ async def _drop(settled: dict[str, HeldSettlement]) -> None:
                 headers=None,
             )
         )
-    await delivered(tombstones, f"changelog {changelog}")
+    await acknowledged_all(tombstones, f"changelog {changelog}")
 
 
 def origin_of(event: faust.EventT[Any]) -> EventOrigin:

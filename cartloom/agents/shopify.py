@@ -27,9 +27,10 @@ import faust
 import orjson
 
 from cartloom import metrics
-from cartloom.agents.batching import UndeliveredError, delivered, stop_without_acknowledging
+from cartloom.agents.batching import stop_without_acknowledging
 from cartloom.app import app, settings
 from cartloom.deadletter import dead_letter_headers
+from cartloom.deliveries import DeliveryFailed, acknowledged_all
 from cartloom.domain.errors import InvalidInput, RejectReason
 from cartloom.domain.payloads import decode_json_object
 from cartloom.domain.shopify import (
@@ -101,7 +102,7 @@ async def dead_letter(event: faust.EventT[Any], reason: WebhookReason, detail: s
     delivery = await shopify_webhooks_dlq_topic.send(
         key=message.key, value=message.value, headers=merged
     )
-    await delivered([delivery], "shopify.webhooks.dlq")
+    await acknowledged_all([delivery], "shopify.webhooks.dlq")
     metrics.DEAD_LETTERS.labels(topic=message.topic, reason=reason.value).inc()
 
 
@@ -115,7 +116,7 @@ async def guarded(
     """
     try:
         await _guarded(event, label, step)
-    except UndeliveredError as exc:
+    except DeliveryFailed as exc:
         stop_without_acknowledging(f"shopify {label}", exc)
 
 
@@ -124,7 +125,7 @@ async def _guarded(
 ) -> None:
     try:
         await step(event)
-    except UndeliveredError:
+    except DeliveryFailed:
         raise
     except InvalidInput as exc:
         await dead_letter(event, WebhookReason.INVALID_PAYLOAD, exc.detail)
@@ -140,13 +141,15 @@ async def publish(output: Output) -> None:
     topic = STREAMS[output.stream]
     value = orjson.dumps(output.value)
     if output.key != BROADCAST_KEY:
-        await delivered([await topic.send(key=output.key.encode(), value=value)], output.stream)
+        await acknowledged_all(
+            [await topic.send(key=output.key.encode(), value=value)], output.stream
+        )
         return
     deliveries = [
         await topic.send(key=BROADCAST_KEY.encode(), value=value, partition=partition)
         for partition in range(topic.partitions or 1)
     ]
-    await delivered(deliveries, output.stream)
+    await acknowledged_all(deliveries, output.stream)
 
 
 @app.agent(shopify_webhooks_topic)
@@ -211,7 +214,7 @@ async def apply_item_event(event: faust.EventT[Any]) -> None:
         await inventory_topic.send(key=level["sku"].encode(), value=orjson.dumps(level))
         for level in levels
     ]
-    await delivered(deliveries, "inventory")
+    await acknowledged_all(deliveries, "inventory")
     sku_by_inventory_item[key] = new_state
     if message.get("kind") == "level" and not levels:
         metrics.SHOPIFY_INVENTORY_PARKED.inc()

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from cartloom.agents import batching
-from cartloom.agents.batching import BatchHandler, Outbox, TableBatch, envelopes, handle_batch
+from cartloom.agents.batching import BatchHandler, Outbox, TableBatch, handle_batch
 
 
 class RefusedError(Exception):
@@ -166,20 +166,3 @@ async def test_a_refused_answer_stops_the_worker_too(exits: list[int]) -> None:
     with pytest.raises(ExitedError):
         await run(producer)
     assert exits == [batching.EXIT_UNDELIVERED]
-
-
-def test_envelopes_are_capped_by_bytes_and_a_large_item_travels_alone() -> None:
-    small = [{"order_id": f"o{n}", "customer": "x" * 100} for n in range(10)]
-    large = {"order_id": "big", "customer": "y" * (batching.ENVELOPE_MAX_BYTES + 10)}
-    bodies = envelopes("orders", [*small[:5], large, *small[5:]])
-
-    assert all(len(b) <= batching.ENVELOPE_MAX_BYTES + 100 for b in bodies if b"big" not in b)
-    assert [b.count(b'"order_id"') for b in bodies] == [5, 1, 5]
-
-
-def test_many_items_fill_envelopes_up_to_the_byte_cap() -> None:
-    items = [{"order_id": f"o{n}", "blob": "z" * 2000} for n in range(600)]
-    bodies = envelopes("orders", items)
-    assert len(bodies) >= 3
-    assert all(len(body) <= batching.ENVELOPE_MAX_BYTES + 20 for body in bodies)
-    assert sum(body.count(b'"order_id"') for body in bodies) == 600
