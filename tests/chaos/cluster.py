@@ -27,8 +27,8 @@ from tests.harness import WorkerProcess, start_worker, wait_ready
 
 #: Log lines that mean a worker crashed (or its recovery failed): a scenario fails on them.
 CRASH = re.compile(r"ConsistencyError|Crashed reason=|Error in recovery|Worker crashed|\bFatal\b")
-#: Log lines worth counting (tracebacks, errors): reported, not failed on.
-ERROR = re.compile(r"Traceback \(most recent call last\)|\[ERROR\]|\bERROR\b")
+#: Log records worth counting (errors): reported, not failed on.
+ERROR = re.compile(r"\[ERROR\]|\[CRITICAL\]")
 CRASH_LINES_KEPT = 5
 
 
@@ -52,7 +52,9 @@ class Incarnation:
             text = self.worker.log.read_text(errors="replace")
         except FileNotFoundError:
             return []
-        return [line.strip()[:300] for line in text.splitlines() if pattern.search(line)]
+        # Log records only (they start with "[time]"), not the traceback lines under them.
+        lines = text.splitlines()
+        return [line.strip()[:300] for line in lines if line[:1] == "[" and pattern.search(line)]
 
     def crash_lines(self) -> list[str]:
         """The log lines that mean a crash (ConsistencyError, a crashed service...)."""

@@ -46,6 +46,7 @@ class Scale:
     kills: int
     runs: int  # runs of each SIGKILL scenario in a row
     churn_orders: int
+    ready_wait: float  # before a fault: wait this long at most for every worker ready
     drain_timeout: float  # after the stream: every order resolved within this
     idle_timeout: float  # then: every group caught up, changelogs quiet
     audit_settle: float
@@ -62,6 +63,7 @@ SCALES = {
         kills=2,
         runs=1,
         churn_orders=4500,
+        ready_wait=15,
         drain_timeout=60,
         idle_timeout=45,
         audit_settle=15,
@@ -73,6 +75,7 @@ SCALES = {
         kills=3,
         runs=5,
         churn_orders=9000,
+        ready_wait=60,
         drain_timeout=180,
         idle_timeout=90,
         audit_settle=30,
@@ -171,20 +174,22 @@ class Scenario:
             self.cluster.start(slot)
         await self.cluster.all_ready()
 
-    async def ready_for_fault(self, timeout: float = 120.0) -> None:
+    async def ready_for_fault(self) -> None:
         """Wait until every running worker is ready, so each fault hits a working cluster.
 
         Checked again after each wait (a worker may have crashed and been restarted
-        meanwhile), within ``timeout`` in all; a worker that never gets ready is reported.
+        meanwhile), for at most the scale's ``ready_wait``: a cluster that does not recover
+        is still faulted on schedule (the fault lands during the stream), and reported.
         """
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + self.scale.ready_wait
         while True:
             before = {s: self.cluster.current(s).name for s in self.cluster.running()}
             try:
                 await self.cluster.all_ready(max(1.0, deadline - time.monotonic()))
             except AssertionError as exc:
                 if time.monotonic() >= deadline:
-                    self.problems.append(f"a worker was not ready before a fault: {exc}"[:500])
+                    first = str(exc).splitlines()[0]
+                    self.problems.append(f"a worker was not ready before a fault: {first}")
                     return
                 await asyncio.sleep(0.5)  # poll period while the supervisor restarts it
                 continue
@@ -242,7 +247,8 @@ class Scenario:
         try:
             record.restart_ready_s = round(await self.cluster.ready(slot, timeout=180), 1)
         except AssertionError as exc:
-            self.problems.append(f"{record.worker}'s restart never became ready: {exc}"[:500])
+            first = str(exc).splitlines()[0]
+            self.problems.append(f"{record.worker}'s restart never became ready: {first}")
 
     # ---- load ----------------------------------------------------------------------
 
@@ -279,6 +285,24 @@ class Scenario:
             done = [t for t in resolved if t is not None]
             if done and not record.unanswered:
                 record.answered_s = round(max(done) - at, 1)
+
+    def latency(self) -> dict[str, Any]:
+        """Seconds from publishing an order to seeing it resolved.
+
+        Before the first fault (what an answer takes anyway on this machine, the yardstick
+        for ``answered_again_s``) and over the whole stream.
+        """
+        sent = self.publisher.published.sent_at
+        first = min(self._fault_times.values(), default=None)
+        every, before = [], []
+        for order_id, at in sent.items():
+            done = self.observer.resolved_at.get(order_id)
+            if done is None:
+                continue
+            every.append(done - at)
+            if first is not None and done < first:
+                before.append(done - at)
+        return {"before_fault": percentiles(before), "all": percentiles(every)}
 
     # ---- after the faults ----------------------------------------------------------
 
@@ -399,6 +423,13 @@ class Scenario:
         self.figures["kills"] = sum(1 for f in self.faults if f.kind == "SIGKILL")
         self.figures["faults"] = [f.as_dict() for f in self.faults]
         self.figures["answered_again_s"] = [f.answered_s for f in self.faults]
+        self.figures["latency_s"] = self.latency()
+        published = self.publisher.published
+        if published.started_at is not None and published.finished_at is not None:
+            self.figures["stream_s"] = round(published.finished_at - published.started_at, 1)
+            self.figures["rate_per_s"] = round(
+                published.orders / max(0.1, self.figures["stream_s"])
+            )
         self.figures["published_messages"] = self.publisher.published.messages
         self.figures["duplicates_published"] = self.publisher.published.duplicates
         self.figures["problems"] = self.problems
@@ -432,8 +463,21 @@ def summary_line(f: dict[str, Any]) -> str:
         ("rejected", (f.get("statuses") or {}).get("rejected")),
         ("crashes_unkilled", f.get("crashes_unkilled")),
         ("audit", (f.get("audit") or {}).get("exit")),
-        ("answered_again_s", f.get("answered_again_s")),
+        ("answered_again_s", f.get("answered_again_s") or None),
+        ("p99_before_fault_s", (f.get("latency_s") or {}).get("before_fault", {}).get("p99")),
     ]
     shown = " ".join(f"{k}={v}" for k, v in fields if v is not None)
     verdict = "PASS" if f.get("passed") else f"FAIL ({len(f.get('problems', []))} problems)"
     return f"chaos {f['scenario']} [{f['scale']}] seed={f['seed']}: {shown} -> {verdict}"
+
+
+def percentiles(values: list[float]) -> dict[str, float | int]:
+    """Count, p50, p99 and max of ``values`` (seconds, one decimal)."""
+    if not values:
+        return {"n": 0}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+    return {"n": len(ordered), "p50": at(0.5), "p99": at(0.99), "max": round(ordered[-1], 1)}

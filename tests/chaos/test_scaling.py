@@ -46,7 +46,6 @@ async def test_scaling_churn_under_load(
 
         await s.fault(3, "SIGTERM", victim, stop)
         await stream
-        s.figures["stream_s"] = s.stream_time()
         s.figures["drain_s"] = await s.drain(scale.drain_timeout)
         await s.settle()
         s.judge(reject_plentiful=True)

@@ -56,7 +56,6 @@ async def test_sigkill_three_workers(
             victim = s.rng.choice(sorted(s.cluster.running()))
             await s.kill_and_restart(number, victim, restart_delay=s.rng.uniform(0.5, 2.0))
         await stream
-        s.figures["stream_s"] = s.stream_time()
         s.figures["drain_s"] = await s.drain(scale.drain_timeout)
         await s.settle()
         s.judge()

@@ -40,14 +40,14 @@ async def test_zombie_worker_does_no_harm(
         await s.until_stream_time(s.rng.uniform(0.1, 0.25) * duration)
         await s.ready_for_fault()
         victim = s.rng.choice(sorted(s.cluster.running()))
+        zombie = s.cluster.current(victim).name
         await s.fault(1, "SIGSTOP", victim, s.cluster.pause)
         await asyncio.sleep(pause)  # how long the zombie stays frozen: the fault itself
         await s.fault(2, "SIGCONT", victim, s.cluster.resume)
         await stream
-        s.figures["stream_s"] = s.stream_time()
         s.figures["drain_s"] = await s.drain(scale.drain_timeout)
         await s.settle()
         s.judge()
         s.workers()  # nobody was killed: every incarnation must still run, uncrashed
         await s.audit()
-        s.finish(zombie=s.cluster.current(victim).name, paused_s=pause)
+        s.finish(zombie=zombie, paused_s=pause)
