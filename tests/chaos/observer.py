@@ -9,9 +9,9 @@ embedded broker's ListOffsets answers the last record batch's base offset + 1, w
 short of the end whenever that batch holds more than one record. "Read to the end" means a
 fetch round after the question returned nothing and every position reached its highwater.
 
-:class:`GroupLag` reads the consumer groups' committed offsets (Faust's group and the order
-intake's) with an admin client, so a scenario can tell when the workers have processed
-everything that was written.
+:class:`GroupLag` reads the consumer groups' committed offsets (Faust's group, the order
+intake's and the two sinks') with an admin client, so a scenario can tell when the workers
+have processed everything that was written, and the sinks have stored it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from cartloom.agents.intake import intake_group_id
+from cartloom.sinks.materialiser import sink_group_id
 from tests.harness import eventually
 
 APP_ID = "cartloom"
@@ -40,6 +41,7 @@ FAUST_INPUTS = (
     "inventory.commands",
 )
 INTAKE_INPUTS = ("orders",)
+SINK_TABLES = ("order_by_id", "inventory_by_sku")  # materialised (product_by_id: no writes)
 OPEN_STATUSES = frozenset({"received"})
 
 
@@ -180,7 +182,13 @@ class GroupLag:
     def __init__(self, bootstrap: str, observer: Observer, app_id: str = APP_ID) -> None:
         self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         self._observer = observer
-        self._groups = {app_id: FAUST_INPUTS, intake_group_id(app_id): INTAKE_INPUTS}
+        # The sinks' groups too: the audit is fair once they have caught up as well.
+        sinks = tuple(changelog_topic(t, app_id) for t in SINK_TABLES)
+        self._groups = {
+            app_id: FAUST_INPUTS,
+            intake_group_id(app_id): INTAKE_INPUTS,
+            **{sink_group_id(app_id, store): sinks for store in ("dynamodb", "redis")},
+        }
 
     async def start(self) -> None:
         await self._admin.start()
@@ -196,7 +204,7 @@ class GroupLag:
         return meta.offset if meta is not None and meta.offset >= 0 else 0
 
     async def behind(self) -> dict[str, int]:
-        """Per topic, records written but not yet committed by the group that reads them."""
+        """Per group and topic, records written but not yet committed by the group."""
         highwaters = self._observer.highwaters()
         lag: dict[str, int] = {}
         for group, topics in self._groups.items():
@@ -210,7 +218,8 @@ class GroupLag:
                 meta = committed.get(tp)
                 done = meta.offset if meta is not None and meta.offset >= 0 else 0
                 if done < highwater:
-                    lag[tp.topic] = lag.get(tp.topic, 0) + highwater - done
+                    name = tp.topic if group in (APP_ID, intake_group_id(APP_ID)) else group
+                    lag[name] = lag.get(name, 0) + highwater - done
         return lag
 
     async def wait_idle(self, timeout: float, quiet: float = 2.0) -> dict[str, int]:

@@ -189,7 +189,10 @@ class Scenario:
             except AssertionError as exc:
                 if time.monotonic() >= deadline:
                     first = str(exc).splitlines()[0]
-                    self.problems.append(f"a worker was not ready before a fault: {first}")
+                    self.problems.append(
+                        f"not every worker was ready {self.scale.ready_wait:.0f}s after the "
+                        f"fault was due (faulted anyway): {first}"
+                    )
                     return
                 await asyncio.sleep(0.5)  # poll period while the supervisor restarts it
                 continue

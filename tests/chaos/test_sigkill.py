@@ -26,20 +26,25 @@ pytestmark = pytest.mark.chaos
 STORES = {"memory": {}, "rocksdb": {"CARTLOOM_STORE": "rocksdb://"}}
 
 
-@pytest.mark.parametrize("store", list(STORES))
-async def test_sigkill_three_workers(
-    store: str,
-    chaos_run: int,
-    chaos_stack: StackState,
-    tmp_path: Path,
-    scale: Scale,
-    base_seed: int,
-    pytestconfig: pytest.Config,
+async def test_sigkill_memory_store(
+    chaos_run: int, chaos_stack: StackState, tmp_path: Path, scale: Scale, base_seed: int
 ) -> None:
-    seed = base_seed + chaos_run - 1
-    runs = pytestconfig.getoption("--chaos-runs") or scale.runs
-    name = f"sigkill-{store}" + (f"-run{chaos_run}" if runs > 1 else "")
-    async with Scenario(name, chaos_stack, tmp_path, scale, seed, STORES[store]) as s:
+    await sigkill_scenario("memory", chaos_run, chaos_stack, tmp_path, scale, base_seed)
+
+
+async def test_sigkill_rocksdb_store_keeping_volumes(
+    chaos_run: int, chaos_stack: StackState, tmp_path: Path, scale: Scale, base_seed: int
+) -> None:
+    await sigkill_scenario("rocksdb", chaos_run, chaos_stack, tmp_path, scale, base_seed)
+
+
+async def sigkill_scenario(
+    store: str, run: int, stack: StackState, log_dir: Path, scale: Scale, base_seed: int
+) -> None:
+    """Three workers, ``scale.kills`` SIGKILLs at seeded moments, then every check."""
+    seed = base_seed + run - 1
+    name = f"sigkill-{store}" + (f"-run{run}" if scale.name == "full" or run > 1 else "")
+    async with Scenario(name, stack, log_dir, scale, seed, STORES[store]) as s:
         await s.start_workers(["w1", "w2", "w3"])
         s.supervise()
         await s.stock()
@@ -61,4 +66,4 @@ async def test_sigkill_three_workers(
         s.judge()
         s.workers()
         await s.audit()
-        s.finish()
+        s.finish(run=run)
