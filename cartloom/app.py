@@ -18,6 +18,7 @@ from cartloom.topology import Topology, load_topology
 #: Modules whose decorators register agents, tables, services and web views.
 AUTODISCOVER = [
     "cartloom.agents.orders",
+    "cartloom.agents.early_events",
     "cartloom.agents.inventory",
     "cartloom.agents.saga",
     "cartloom.agents.intake",

@@ -334,15 +334,28 @@ def shopify_simulate(
 def dlq_replay(
     topic: Annotated[str, typer.Argument(help="Source topic, e.g. orders (reads orders.dlq).")],
 ) -> None:
-    """Send TOPIC.dlq's records back to TOPIC once (a consumer group remembers progress)."""
+    """Send TOPIC.dlq's records back to TOPIC once (a consumer group remembers progress).
+
+    Exits 1, committing nothing of the batch in hand, when the broker does not acknowledge
+    a record sent back: running it again sends that batch again.
+    """
+    from cartloom.deliveries import DeliveryFailed
     from cartloom.dlq import dead_letter_topic_name, replay_dead_letters
     from cartloom.settings import load_settings
     from cartloom.topology import load_topology
 
     settings = load_settings()
-    load_topology(settings.topics_file).topic(dead_letter_topic_name(topic))  # must be declared
+    topology = load_topology(settings.topics_file)
+    topology.topic(dead_letter_topic_name(topic))  # both must be declared
+    topology.topic(topic)
     group = f"{settings.app_id}-dlq-replay"
-    report = asyncio.run(replay_dead_letters(settings.bootstrap_servers, topic, group_id=group))
+    try:
+        report = asyncio.run(replay_dead_letters(settings.bootstrap_servers, topic, group_id=group))
+    except DeliveryFailed as exc:
+        console.print(
+            f"replay of {topic}.dlq stopped, its last batch not committed: {exc}", style="red"
+        )
+        raise typer.Exit(1) from None
     console.print(f"replayed {report.replayed} record(s) from {topic}.dlq to {topic}")
 
 

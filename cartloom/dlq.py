@@ -6,6 +6,10 @@ they cannot process there with the reason and origin in headers
 group per source topic remembers how far replay got, so running it twice sends nothing
 twice, and the agents are idempotent, so a replay interrupted half-way changes nothing
 twice either. A record that fails again lands in ``X.dlq`` anew, with its new reason.
+
+The group's offsets move only after the broker acknowledged every record sent back; a
+send that fails stops the replay with :class:`~cartloom.deliveries.DeliveryFailed` and
+commits nothing of that batch, so the next run sends it again.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from cartloom import metrics
+from cartloom.deliveries import Deliveries
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +78,10 @@ async def replay_dead_letters(
     """Send the records of ``topic.dlq`` that no earlier replay sent back to ``topic``.
 
     Reads up to the end offsets seen at the start (records dead-lettered during the replay
-    wait for the next one) and commits after each batch is acknowledged by the broker, so
-    an interrupted replay resumes where it stopped.
+    wait for the next one) and commits after every record of a batch is acknowledged by
+    the broker, so an interrupted replay resumes where it stopped. Raises
+    :class:`~cartloom.deliveries.DeliveryFailed`, without committing that batch, when the
+    broker does not acknowledge a record.
     """
     dlq = dead_letter_topic_name(topic)
     consumer = AIOKafkaConsumer(
@@ -98,29 +105,30 @@ async def replay_dead_letters(
         while idle < _IDLE_POLLS:
             batch = await consumer.getmany(*tps, timeout_ms=1000, max_records=batch_max)
             commits: dict[TopicPartition, int] = {}
+            deliveries = Deliveries(producer)
             for tp, records in batch.items():
                 for record in records:
                     # The embedded broker may report the end one short, so the record at
                     # the reported end is taken too; anything later arrived during replay.
                     if record.offset > end[tp]:
                         break
-                    await producer.send(
+                    await deliveries.send(
                         topic,
+                        record.value,
                         key=record.key,
-                        value=record.value,
                         headers=replay_headers(record.headers, dlq, tp.partition, record.offset),
                     )
                     commits[tp] = record.offset + 1
-                    replayed += 1
             if not commits:
                 idle = idle + 1 if await _behind(consumer, tps, end) else _IDLE_POLLS
                 continue
             idle = 0
-            await producer.flush()
+            sent = await deliveries.acknowledged()  # raises: nothing of the batch is committed
             await consumer.commit(commits)
+            metrics.DEAD_LETTERS_REPLAYED.labels(topic=topic).inc(sent)
+            replayed += sent
             for tp, offset in commits.items():
                 consumer.seek(tp, offset)
-        metrics.DEAD_LETTERS_REPLAYED.labels(topic=topic).inc(replayed)
         return ReplayReport(topic, replayed)
     finally:
         await producer.stop()

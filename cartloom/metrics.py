@@ -57,8 +57,16 @@ ORDERS_DUPLICATE = Counter(
 ORDER_INPUTS = Counter(
     "cartloom_order_inputs_total",
     "Inputs handled by the orders agent, by input (order, event, result, timeout) and outcome"
-    " (applied, deferred, duplicate, stale, illegal, ignored).",
+    " (applied, deferred, duplicate, stale, illegal, ignored; held: an event before its order).",
     ["input", "outcome"],
+)
+EARLY_EVENTS = Counter(
+    "cartloom_early_events_total",
+    "Lifecycle events that arrived before their order, by outcome: held (kept for the order),"
+    " duplicate (already held), applied (handed to the order when it arrived), expired (the"
+    " order did not come in time: dead-lettered as unknown_order), evicted (over the per-order"
+    " limit: dead-lettered as held_over_limit), invalid (the order could not take it).",
+    ["outcome"],
 )
 ORDER_TRANSITIONS = Counter(
     "cartloom_order_transitions_total",
@@ -95,7 +103,8 @@ STOCK_UPDATES = Counter(
 )
 SAGA_NUDGES = Counter(
     "cartloom_saga_nudges_total",
-    "Overdue orders nudged by the timer, by kind (deadline, expire).",
+    "Overdue orders nudged by the timers, by kind (deadline, expire; held_events: events held"
+    " for an order that has not arrived fell due).",
     ["kind"],
 )
 AGENT_BATCH_SECONDS = Histogram(
@@ -112,6 +121,11 @@ ORDER_INTAKE = Counter(
 ORDER_INTAKE_LAG = Gauge(
     "cartloom_order_intake_lag_records",
     "Records of `orders` on this worker's intake partitions not yet forwarded (its lag).",
+)
+ORDER_INTAKE_DELIVERY_FAILURES = Counter(
+    "cartloom_order_intake_delivery_failures_total",
+    "Intake batches whose envelopes or dead letters the broker did not acknowledge (the"
+    " worker stops, nothing committed).",
 )
 ORDER_INTAKE_BATCH_SECONDS = Histogram(
     "cartloom_order_intake_batch_seconds",
@@ -137,6 +151,12 @@ SINK_FAILURES = Counter(
     "cartloom_sink_failures_total",
     "Write attempts a store failed (in whole or in part) and that are retried, by store.",
     ["store"],
+)
+SINK_DEAD_LETTERS = Counter(
+    "cartloom_sink_dead_letters_total",
+    "Changelog records a store could not take, set aside to sinks.dlq, by store and reason"
+    " (refused, retries_exhausted, invalid_json, key_mismatch).",
+    ["store", "reason"],
 )
 SINK_COALESCED = Counter(
     "cartloom_sink_coalesced_total",
@@ -260,6 +280,13 @@ RECONCILE_CORRECTIONS = Counter(
 )
 SHOPIFY_WRITEBACKS = Counter(
     "cartloom_shopify_writebacks_total",
-    "Inventory write-backs to Shopify, by outcome (applied, already_applied, conflict, failed).",
+    "Inventory write-backs to Shopify, by outcome (applied, already_applied, conflict, failed,"
+    " retried, dead_lettered; crashed: the runner restarted).",
     ["outcome"],
+)
+SHOPIFY_WRITEBACK_DEAD_LETTERS = Counter(
+    "cartloom_shopify_writeback_dead_letters_total",
+    "Ledger entries write-back set aside to shopify.writeback.dlq, by reason (unknown_sku,"
+    " refused, retries_exhausted, invalid_json, invalid_schema, processing_error).",
+    ["reason"],
 )

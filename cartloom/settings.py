@@ -82,6 +82,18 @@ class Settings(BaseSettings):
     saga_scan_interval_seconds: float = Field(
         1.0, gt=0, description="How often each worker looks for overdue orders."
     )
+    early_event_hold_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="An order.events event for an order not yet known is held this long for its"
+        " order, then sent to order.events.dlq (reason unknown_order).",
+    )
+    early_events_max_per_order: int = Field(
+        20,
+        ge=1,
+        description="Most events held for one order not yet known; over it the oldest goes to"
+        " order.events.dlq (reason held_over_limit).",
+    )
     order_batch_max: int = Field(
         1000, ge=1, description="Most events the order and stock agents handle per batch."
     )
@@ -93,6 +105,9 @@ class Settings(BaseSettings):
     sink_batch_max: int = Field(1000, ge=1, description="Most changes read per sink batch.")
     sink_concurrency: int = Field(32, ge=1, description="Conditional writes in flight per store.")
     sink_retry_max_seconds: float = Field(30.0, gt=0, description="Longest back-off on an outage.")
+    sink_max_attempts: int = Field(
+        5, ge=1, description="Attempts a change failing on its own gets before sinks.dlq."
+    )
     redis_closed_order_ttl_seconds: int = Field(
         604_800, ge=0, description="TTL of closed orders in Redis (0 = keep); see docs/sinks.md."
     )
@@ -128,6 +143,9 @@ class Settings(BaseSettings):
     shopify_writeback_enabled: bool = Field(False, description="Push channel orders' stock.")
     shopify_writeback_location_id: str | None = Field(
         None, description="Location (GraphQL id) whose stock write-back adjusts."
+    )
+    shopify_writeback_max_attempts: int = Field(
+        5, ge=1, description="Attempts a failing write-back gets before shopify.writeback.dlq."
     )
 
     @field_validator("shopify_webhook_secret", mode="before")

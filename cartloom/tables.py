@@ -26,6 +26,7 @@ def declared_table(name: str) -> faust.types.TableT[str, Any]:
 
 
 order_by_id = declared_table("order_by_id")
+early_events_by_order = declared_table("early_events_by_order")  # events before their order
 inventory_by_sku = declared_table("inventory_by_sku")
 reservation_by_line = declared_table("reservation_by_line")
 

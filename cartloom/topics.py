@@ -63,11 +63,12 @@ def co_partitioned_topics(*names: str) -> faust.TopicT:
     )
 
 
-#: Everything keyed by order id that changes an order; the orders agent reads it.
+#: Everything keyed by order id that changes an order; the orders agent reads it, so it is
+#: the only writer of ``order_by_id`` (privacy jobs on ``shopify.redactions`` included).
 #: ``orders`` itself is read by the intake (cartloom.agents.intake), which forwards
 #: envelopes of valid orders on ``orders.accepted``.
 order_inputs = co_partitioned_topics(
-    "orders.accepted", "order.events", "reservation.results", "order.timeouts"
+    "orders.accepted", "order.events", "reservation.results", "order.timeouts", "shopify.redactions"
 )
 #: Everything keyed by SKU that changes stock; the inventory agent reads it.
 stock_inputs = co_partitioned_topics("inventory", "inventory.commands")

@@ -7,12 +7,18 @@ batches (``stream.take_events``) and do per-batch work once:
   many events of a batch (a hot SKU, an order and its answers) is written to the
   changelog once, on the partition of the event that changed it (the same partition
   ``table[key] = value`` would use), in whole producer batches per partition, and
-  records the written offset in the store as Faust's own changelog callback does.
+  records the written offset in the store once the broker acknowledged it.
 - :class:`Outbox` collects the batch's messages and hands them straight to the Kafka
   producer (not through Faust's one-message-at-a-time ``send_soon`` buffer, which stalls
-  stream processing whenever it holds more than 100 messages). Faust flushes the
-  producer before it commits offsets, so sends and changelog writes reach Kafka before
-  the input is acknowledged (at-least-once; every consumer of them is idempotent).
+  stream processing whenever it holds more than 100 messages).
+- Every write of a batch is *awaited*: :func:`handle_batch` writes the tables in the
+  order given (the ledger before the stock it explains), then the outbox, then the dead
+  letters, each acknowledged by the broker before the next starts, and only then lets
+  Faust acknowledge the batch's input. A write that fails stops the process at once
+  (:func:`stop_without_acknowledging`): Faust's ``take_events`` acknowledges a batch
+  whose body raised, and Faust's flush before a commit ignores failed deliveries, so
+  exiting is the only way to keep the input unacknowledged. The restarted worker reads
+  the batch again; every step is idempotent, exactly as after a SIGKILL.
 - The saga's internal topics carry *envelopes*: the commands (or answers) of a whole
   batch bound for one partition travel as one Kafka message, ``{"commands": [...]}``, sent
   to the partition Kafka's default partitioner gives their SKU (or order id). The agent
@@ -27,10 +33,12 @@ batches (``stream.take_events``) and do per-batch work once:
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -42,13 +50,36 @@ from faust.streams import _current_event
 from cartloom import metrics
 from cartloom.app import topology
 from cartloom.deadletter import send_item_to_dead_letter, send_to_dead_letter
+from cartloom.deliveries import acknowledged_all
 from cartloom.domain.errors import InvalidInput, RejectReason
+from cartloom.envelopes import ENVELOPE_MAX, pack
 from cartloom.partitioning import key_partition
 
 log = logging.getLogger(__name__)
 
-#: Most items per envelope message (keeps messages far below Kafka's 1 MB default).
-ENVELOPE_MAX = 500
+#: Exit status of a worker that stopped because a write of a batch was not delivered.
+EXIT_UNDELIVERED = 75  # EX_TEMPFAIL: try again (the orchestrator restarts the worker)
+
+
+def stop_without_acknowledging(agent: str, exc: BaseException) -> None:
+    """Exit the process now, so the batch being handled is never acknowledged.
+
+    Called when a batch's writes could not all be delivered. Raising would not do: Faust's
+    ``take_events`` acknowledges the batch in a ``finally`` and a later commit would move
+    the offsets past input whose effects never reached Kafka. Exiting is what a SIGKILL
+    does, which every step of the order path is built to survive: the restarted worker
+    reads the unacknowledged input again and the idempotent handlers finish the job.
+    """
+    log.critical(
+        "%s: a write of this batch was not delivered (%s); exiting with status %d without "
+        "acknowledging its input, which is read again after the restart",
+        agent,
+        exc,
+        EXIT_UNDELIVERED,
+    )
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(EXIT_UNDELIVERED)
 
 
 @lru_cache(maxsize=65_536)
@@ -165,44 +196,53 @@ class TableBatch:
         self._dirty[key] = partition
 
     async def flush(self) -> int:
-        """Write each changed key to the changelog once; return how many were written.
+        """Write each changed key to the changelog once; return once the broker has them all.
 
         The records of one partition go out as whole aiokafka batches (``create_batch`` /
         ``send_batch``): a per-record ``send`` costs a future, a partitioner call and an
-        accumulator append each, the largest Kafka cost per order before this. The batches
-        join the producer's queue, so Faust's flush before it commits covers them too.
+        accumulator append each, the largest Kafka cost per order before this. The last
+        record of each partition goes in a batch of its own: the embedded broker (Tansu
+        0.6) answers a ListOffsets request with the base offset of the partition's last
+        record batch plus one, so a multi-record batch at the end hides its other records
+        from every reader of end offsets (Faust's recovery judged its own changelog
+        inconsistent and crashed). Raises :class:`DeliveryFailed` if any batch was refused.
         """
         data, kafka = self._seen, self._producer._ensure_producer()  # aiokafka's
         topic = self._table.changelog_topic.get_topic_name()
         by_partition: dict[int, list[str]] = {}
         for key, partition in self._dirty.items():
             by_partition.setdefault(partition, []).append(key)
+        sent: list[tuple[Any, int]] = []  # (delivery, records), in the order appended
         for partition, keys in by_partition.items():
-            batch = kafka.create_batch()
-            for key in keys:
-                value = orjson.dumps(data[key])
-                if batch.append(key=key.encode(), value=value, timestamp=None) is None:
-                    await self._send_batch(kafka, batch, topic, partition)
-                    batch = kafka.create_batch()
-                    if batch.append(key=key.encode(), value=value, timestamp=None) is None:
-                        raise ValueError(f"changelog record of {key!r} exceeds the batch size")
-            await self._send_batch(kafka, batch, topic, partition)
+            records = [(key.encode(), orjson.dumps(data[key])) for key in keys]
+            for batch in _batches(kafka, records[:-1]) + _batches(kafka, records[-1:]):
+                delivery = await kafka.send_batch(batch, topic, partition=partition)
+                sent.append((delivery, batch.record_count()))
+        acknowledged = await acknowledged_all(
+            [delivery for delivery, _ in sent], f"changelog {topic}"
+        )
+        for metadata, (_, count) in zip(acknowledged, sent, strict=True):
+            # What lets RocksDB skip records it already holds on recovery (no-op in memory).
+            self._table.data.set_persisted_offset(
+                metadata.topic_partition, metadata.offset + count - 1
+            )
         written = len(self._dirty)
         self._dirty.clear()
         self._seen.clear()
         return written
 
-    async def _send_batch(self, kafka: Any, batch: Any, topic: str, partition: int) -> None:
-        count = batch.record_count()
-        if count:
-            delivery = await kafka.send_batch(batch, topic, partition=partition)
-            delivery.add_done_callback(lambda done: self._persisted(done, count))
 
-    def _persisted(self, delivery: Any, count: int) -> None:
-        """Remember the changelog offset in the store (what lets RocksDB skip it on recovery)."""
-        if not delivery.cancelled() and delivery.exception() is None:
-            record = delivery.result()  # the batch's base offset
-            self._table.data.set_persisted_offset(record.topic_partition, record.offset + count - 1)
+def _batches(kafka: Any, records: Sequence[tuple[bytes, bytes]]) -> list[Any]:
+    """``records`` packed into as few aiokafka record batches as the batch size allows."""
+    batches: list[Any] = []
+    batch = None
+    for key, value in records:
+        if batch is None or batch.append(key=key, value=value, timestamp=None) is None:
+            batch = kafka.create_batch()
+            batches.append(batch)
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                raise ValueError(f"changelog record of {key!r} exceeds the batch size")
+    return batches
 
 
 class Outbox:
@@ -226,24 +266,28 @@ class Outbox:
         group[2].append(item)
 
     async def flush(self) -> int:
-        """Hand every queued message to the producer (partitioned by key, like Faust).
+        """Send every queued message and wait until the broker acknowledged each one.
 
-        Returns once the producer has them; delivery is awaited by Faust's flush before
-        the next offset commit.
+        Envelopes are packed by :func:`cartloom.envelopes.pack` (items and bytes capped).
+        Raises :class:`~cartloom.deliveries.DeliveryFailed` if any message was refused.
         """
         send = self._producer.send
+        deliveries: list[Awaitable[Any]] = []
         for topic, key, value in self._pending:
-            await send(topic, key, value, partition=None, timestamp=None, headers=None)
-        sent = len(self._pending)
+            deliveries.append(
+                await send(topic, key, value, partition=None, timestamp=None, headers=None)
+            )
         for (topic, partition), (first_key, field, items) in self._grouped.items():
-            for start in range(0, len(items), ENVELOPE_MAX):
-                body = orjson.dumps({field: items[start : start + ENVELOPE_MAX]})
-                key = first_key.encode()
-                await send(topic, key, body, partition=partition, timestamp=None, headers=None)
-                sent += 1
+            key = first_key.encode()
+            encoded = [orjson.dumps(item) for item in items]
+            for _, body in pack(field, encoded, max_items=ENVELOPE_MAX):
+                deliveries.append(
+                    await send(topic, key, body, partition=partition, timestamp=None, headers=None)
+                )
         self._pending.clear()
         self._grouped.clear()
-        return sent
+        await acknowledged_all(deliveries, "outgoing messages")
+        return len(deliveries)
 
 
 def event_key(event: faust.EventT[Any]) -> str:
@@ -266,11 +310,14 @@ async def handle_batch(
     dead_letter_topic: Callable[[str], faust.TopicT],
     agent: str,
 ) -> None:
-    """Run ``handler`` on each event, flush the batch's writes, dead-letter the failures.
+    """Run ``handler`` on each event, write what it decided, dead-letter the failures.
 
     ``handler.handle`` must be synchronous and make its changes through the batch's
     :class:`TableBatch` and :class:`Outbox` only after its checks passed, so an event that
-    fails leaves nothing half-applied.
+    fails leaves nothing half-applied. The tables are written in the order given, each
+    acknowledged before the next, then the outbox, then the dead letters: a message that
+    announces a change (an answer, a command) never reaches Kafka before the change is
+    durable. If any write fails the process exits before the input is acknowledged.
     """
     started = time.perf_counter()
     failed: list[tuple[faust.EventT[Any], RejectReason, str]] = []
@@ -286,15 +333,34 @@ async def handle_batch(
             log.exception("event at %s offset %s failed", event.message.tp, event.message.offset)
             failed.append((event, RejectReason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}"))
     _current_event.set(None)
+    try:
+        await _write(writes, failed, handler.failed_items, dead_letter_topic)
+    except Exception as exc:  # nothing of this batch may be acknowledged now
+        stop_without_acknowledging(agent, exc)
     handler.tally.publish()
+    metrics.AGENT_BATCH_SECONDS.labels(agent=agent).observe(time.perf_counter() - started)
+
+
+async def _write(
+    writes: tuple[Iterable[TableBatch], Outbox],
+    failed: list[tuple[faust.EventT[Any], RejectReason, str]],
+    failed_items: list[ItemFailure],
+    dead_letter_topic: Callable[[str], faust.TopicT],
+) -> None:
     tables, outbox = writes
     for table in tables:
         await table.flush()
     await outbox.flush()
+    letters: list[Awaitable[Any]] = []
     for event, reason, detail in failed:
-        await send_to_dead_letter(dead_letter_topic(event.message.topic), event, reason, detail)
-    for item in handler.failed_items:
+        dlq = dead_letter_topic(event.message.topic)
+        letters.append(await send_to_dead_letter(dlq, event, reason, detail))
+    for item in failed_items:
         message = item.event.message
         dlq = dead_letter_topic(message.topic)
-        await send_item_to_dead_letter(dlq, message, item.key, item.value, item.reason, item.detail)
-    metrics.AGENT_BATCH_SECONDS.labels(agent=agent).observe(time.perf_counter() - started)
+        letters.append(
+            await send_item_to_dead_letter(
+                dlq, message, item.key, item.value, item.reason, item.detail
+            )
+        )
+    await acknowledged_all(letters, "dead letters")

@@ -13,19 +13,22 @@ here once: the orders agent reads envelope orders without checking them again. T
 then handles hundreds of orders in one Faust event, with its tables and changelogs as
 before.
 
+Envelopes are capped by their encoded size (:data:`cartloom.envelopes.ENVELOPE_MAX_BYTES`),
+not only by count: orders carry a ``customer`` object of any size. An order too large to
+travel even alone is dead-lettered with reason ``too_large``, not retried.
+
 At-least-once: offsets are committed only after every envelope and dead letter of the
-batch is acknowledged by the broker. A crash or rebalance in between re-reads the batch;
-the orders agent treats an order id it already holds as a redelivery, so nothing
-changes twice.
+batch is acknowledged by the broker. A delivery that fails stops the worker (it exits
+non-zero, nothing committed): the batch is re-read when a worker takes the partitions
+again, and the orders agent treats an order id it already holds as a redelivery, so
+nothing changes twice.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
 
 import mode
 import orjson
@@ -33,18 +36,21 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from cartloom import metrics
-from cartloom.agents.batching import ENVELOPE_MAX, partition_for
+from cartloom.agents.batching import partition_for
 from cartloom.app import app, settings, topology
-from cartloom.deadletter import dead_letter_headers
+from cartloom.deadletter import DEAD_LETTER_MAX_REQUEST_BYTES, dead_letter_headers
+from cartloom.deliveries import Deliveries, DeliveryFailed
 from cartloom.domain.errors import InvalidInput, RejectReason
 from cartloom.domain.orders import accepted_order_json, parse_order
 from cartloom.domain.payloads import decode_json_object
+from cartloom.envelopes import ENVELOPE_MAX, ENVELOPE_MAX_BYTES, fits_alone, pack
 
 log = logging.getLogger(__name__)
 
 SOURCE_TOPIC = "orders"
 ENVELOPE_TOPIC = "orders.accepted"
 DEAD_LETTER_TOPIC = "orders.dlq"
+ENVELOPE_FIELD = "orders"
 #: Most records read per batch.
 BATCH_MAX = 5_000
 
@@ -54,8 +60,12 @@ def intake_group_id(app_id: str) -> str:
     return f"{app_id}-intake"
 
 
-def accept(record: ConsumerRecord[bytes, bytes]) -> tuple[str, dict[str, Any]]:
-    """The order a record carries (id, the form forwarded); raises :class:`InvalidInput`."""
+def accept(record: ConsumerRecord[bytes, bytes]) -> tuple[str, bytes]:
+    """The order a record carries (id, the form forwarded as JSON); raises :class:`InvalidInput`.
+
+    An order whose forwarded form does not fit an envelope on its own is refused as
+    ``too_large``: no retry can make it smaller.
+    """
     if record.value is None:
         raise InvalidInput(RejectReason.INVALID_JSON, "empty message")
     payload = decode_json_object(record.value)
@@ -63,7 +73,14 @@ def accept(record: ConsumerRecord[bytes, bytes]) -> tuple[str, dict[str, Any]]:
     if key is None:
         raise InvalidInput(RejectReason.KEY_MISMATCH, "message has no key (the order id)")
     order = parse_order(payload, key=key)
-    return order.order_id, accepted_order_json(order)
+    encoded = orjson.dumps(accepted_order_json(order))
+    if not fits_alone(encoded, ENVELOPE_FIELD):
+        raise InvalidInput(
+            RejectReason.TOO_LARGE,
+            f"order {order.order_id} encodes to {len(encoded):,} bytes; an envelope on"
+            f" {ENVELOPE_TOPIC} holds at most {ENVELOPE_MAX_BYTES:,}",
+        )
+    return order.order_id, encoded
 
 
 class IntakeBatch:
@@ -71,7 +88,8 @@ class IntakeBatch:
 
     def __init__(self, partitions: int) -> None:
         self._partitions = partitions
-        self.envelopes: dict[int, list[dict[str, Any]]] = {}
+        #: partition -> its orders as (order id, the order's JSON), in arrival order
+        self.envelopes: dict[int, list[tuple[str, bytes]]] = {}
         #: partition -> the oldest record timestamp (ms) among its orders
         self.oldest: dict[int, int] = {}
         self.dead_letters: list[tuple[ConsumerRecord[bytes, bytes], RejectReason, str]] = []
@@ -79,7 +97,7 @@ class IntakeBatch:
     def add(self, record: ConsumerRecord[bytes, bytes]) -> None:
         """Sort one record into its partition's envelope, or into the dead letters."""
         try:
-            order_id, payload = accept(record)
+            order_id, encoded = accept(record)
         except InvalidInput as exc:
             self.dead_letters.append((record, exc.reason, exc.detail))
             return
@@ -89,10 +107,20 @@ class IntakeBatch:
             self.dead_letters.append((record, RejectReason.PROCESSING_ERROR, detail))
             return
         partition = partition_for(order_id, self._partitions)
-        self.envelopes.setdefault(partition, []).append(payload)
+        self.envelopes.setdefault(partition, []).append((order_id, encoded))
         if record.timestamp is not None:
             oldest = self.oldest.get(partition, record.timestamp)
             self.oldest[partition] = min(oldest, record.timestamp)
+
+    def bodies(self) -> Iterator[tuple[int, bytes, bytes]]:
+        """Each envelope as ``(partition, key, value)``, keyed by its first order's id.
+
+        At most ``ENVELOPE_MAX`` orders and ``ENVELOPE_MAX_BYTES`` bytes each.
+        """
+        for partition, orders in self.envelopes.items():
+            encoded = [order for _, order in orders]
+            for first, body in pack(ENVELOPE_FIELD, encoded, max_items=ENVELOPE_MAX):
+                yield partition, orders[first][0].encode(), body
 
 
 @app.service
@@ -107,9 +135,20 @@ class OrderIntake(mode.Service):
         self.add_future(self._supervise())
 
     async def _supervise(self) -> None:
+        """Run the loop; restart it after a crash, but stop the worker on a failed delivery.
+
+        A delivery the broker did not acknowledge is not retried here: the batch's offsets
+        stay where they were and the worker exits non-zero (loudly, where an orchestrator
+        restarts it), so no offset ever moves past an order that did not reach Kafka.
+        """
         while not self.should_stop:
             try:
                 await self._run()
+                return
+            except DeliveryFailed as exc:
+                metrics.ORDER_INTAKE_DELIVERY_FAILURES.inc()
+                log.critical("order intake stopped, nothing committed: %s", exc)
+                await self.crash(exc)
                 return
             except Exception:
                 log.exception("order intake crashed; restarting")
@@ -133,7 +172,7 @@ class OrderIntake(mode.Service):
             acks="all",
             linger_ms=2,
             max_batch_size=512 * 1024,
-            max_request_size=4 * 1024 * 1024,
+            max_request_size=DEAD_LETTER_MAX_REQUEST_BYTES,  # envelopes are far smaller
         )
         await producer.start()
         await consumer.start()
@@ -157,25 +196,17 @@ class OrderIntake(mode.Service):
         for records in batch.values():
             for record in records:
                 intake.add(record)
-        sends = []
-        for partition, orders in intake.envelopes.items():
-            for start in range(0, len(orders), ENVELOPE_MAX):
-                chunk = orders[start : start + ENVELOPE_MAX]
-                body, key = orjson.dumps({"orders": chunk}), str(chunk[0]["order_id"]).encode()
-                # Stamped with the oldest order's time: the agent's event delay stays end to end.
-                stamp = intake.oldest.get(partition)
-                send = producer.send(
-                    ENVELOPE_TOPIC, body, key=key, partition=partition, timestamp_ms=stamp
-                )
-                sends.append(await send)
+        deliveries = Deliveries(producer)
+        for partition, key, body in intake.bodies():
+            # Stamped with the oldest order's time: the agent's event delay stays end to end.
+            stamp = intake.oldest.get(partition)
+            await deliveries.send(
+                ENVELOPE_TOPIC, body, key=key, partition=partition, timestamp_ms=stamp
+            )
         for record, reason, detail in intake.dead_letters:
             headers = list(dead_letter_headers(record, reason, detail).items())
-            sends.append(
-                await producer.send(
-                    DEAD_LETTER_TOPIC, record.value, key=record.key, headers=headers
-                )
-            )
-        await asyncio.gather(*sends)  # raises if the broker refused any: nothing is committed
+            await deliveries.send(DEAD_LETTER_TOPIC, record.value, key=record.key, headers=headers)
+        await deliveries.acknowledged()  # raises DeliveryFailed: then nothing is committed
         for _, reason, _ in intake.dead_letters:  # counted once durably in orders.dlq
             metrics.DEAD_LETTERS.labels(topic=SOURCE_TOPIC, reason=reason.value).inc()
         accepted = sum(len(orders) for orders in intake.envelopes.values())

@@ -27,14 +27,18 @@ from cartloom.domain.inventory import (
     parse_stock_message,
 )
 from cartloom.domain.ledger import (
+    LedgerEntry,
     LedgerStep,
     Release,
     ReleaseReason,
     ReserveOutcome,
     apply_command,
+    counting_through,
+    effective_entry,
     entry_key,
     parse_command,
     result_to_json,
+    sealed_entry,
 )
 from cartloom.domain.payloads import decode_json_object
 from cartloom.tables import inventory_by_sku, reservation_by_line
@@ -50,7 +54,7 @@ async def reserve_stock(stream: faust.StreamT[bytes]) -> None:
         ledger = TableBatch(reservation_by_line, app.producer)
         outbox = Outbox(app.producer)
         handler = StockHandler(stock, ledger, outbox)
-        writes = ([stock, ledger], outbox)
+        writes = ([ledger, stock], outbox)  # entries first: see effective_entry
         await handle_batch(events, handler, writes, dead_letter_topic, "stock")
 
 
@@ -61,6 +65,8 @@ class StockHandler(BatchHandler):
         super().__init__()
         self.stock, self.ledger, self.outbox = stock, ledger, outbox
         self.now = utc_now_iso()
+        # Each entry this batch changes, as counted when the batch began (effective_entry).
+        self._before: dict[str, LedgerEntry | None] = {}
 
     def handle(self, event: faust.EventT[Any]) -> None:
         """Apply one event; raise ``InvalidInput`` for what belongs in a dead-letter topic."""
@@ -73,7 +79,7 @@ class StockHandler(BatchHandler):
                 self._stock(update.sku), update, offset=event.message.offset, now=self.now
             )
             self.tally.count(metrics.STOCK_UPDATES, outcome.value)
-            if outcome is StockOutcome.APPLIED:
+            if outcome is not StockOutcome.STALE:  # a duplicate is written again: see _command
                 self.stock.put(update.sku, view, partition)
             return
         if "commands" in payload:
@@ -86,13 +92,23 @@ class StockHandler(BatchHandler):
         partition = event.message.partition
         command = parse_command(payload, key=key)
         ledger_key = entry_key(command.order_id, command.line)
-        before = self._stock(command.sku)
-        step = apply_command(before, self.ledger.get(ledger_key), command, self.now)
+        sku = command.sku
+        before = self._stock(sku)
+        stored = self.ledger.get(ledger_key)
+        entry = effective_entry(stored, before)
+        step = apply_command(before, entry, command, self.now)
         if step.changed:
-            self.ledger.put(ledger_key, step.entry, partition)
-            if step.stock is not before:
-                self.stock.put(command.sku, step.stock, partition)
+            offset = event.message.offset
+            counted = self._before.setdefault(ledger_key, entry)
+            self.ledger.put(ledger_key, sealed_entry(step.entry, counted, offset), partition)
+            stock = counting_through(step.stock, offset, changed=step.stock is not before)
+            self.stock.put(sku, stock, partition)
             self._count(step, command)
+        elif stored is not None and stored is entry:
+            # A duplicate. Written again as it is: if this worker's store (RocksDB) kept a
+            # change whose changelog write a crash lost, the changelog catches up here.
+            self.ledger.put(ledger_key, stored, partition)
+            self.stock.put(sku, before, partition)
         if step.result is not None:  # duplicates are answered again: the first answer may be lost
             body, topic = result_to_json(step.result), reservation_results_topic
             self.outbox.add_to_envelope(topic, command.order_id, "results", body)

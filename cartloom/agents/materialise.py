@@ -39,6 +39,7 @@ def build_materialiser(sink: Sink) -> Materialiser:
         entities=changelog_entities(),
         batch_max=settings.sink_batch_max,
         retry_max_seconds=settings.sink_retry_max_seconds,
+        max_attempts=settings.sink_max_attempts,
     )
 
 

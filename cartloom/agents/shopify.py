@@ -1,6 +1,6 @@
 """Shopify deliveries -> CartLoom's public streams, the catalog and privacy jobs.
 
-Four thin agents, each the single writer of its table:
+Three thin agents, each the single writer of its table:
 
 - ``normalise_webhooks`` (``shopify.webhooks``, table ``shopify_delivery_by_resource``):
   drops duplicates and stale retries, then publishes to ``orders``, ``order.events``,
@@ -8,9 +8,10 @@ Four thin agents, each the single writer of its table:
 - ``update_catalog`` (``shopify.catalog``, table ``product_by_id``, materialised as products).
 - ``map_inventory_items`` (``shopify.inventory_items``, table ``sku_by_inventory_item``):
   maps inventory items to SKUs, parks levels whose SKU is unknown, publishes ``inventory``.
-- ``apply_privacy_jobs`` (``shopify.redactions``, co-partitioned with ``orders``): removes
-  customer data from ``order_by_id`` (a higher version, so the sinks overwrite DynamoDB and
-  Redis) and answers data requests on ``shopify.data_exports``.
+
+The privacy jobs ``normalise_webhooks`` publishes on ``shopify.redactions`` (co-partitioned
+with ``orders``) are handled by the orders agent (:mod:`cartloom.agents.orders`), the only
+writer of ``order_by_id``.
 
 Outputs are sent before the state that records them is written, so a crash in between
 re-sends (harmless downstream) rather than losing an event.
@@ -26,9 +27,10 @@ import faust
 import orjson
 
 from cartloom import metrics
+from cartloom.agents.batching import stop_without_acknowledging
 from cartloom.app import app, settings
-from cartloom.clock import utc_now_iso
 from cartloom.deadletter import dead_letter_headers
+from cartloom.deliveries import DeliveryFailed, acknowledged_all
 from cartloom.domain.errors import InvalidInput, RejectReason
 from cartloom.domain.payloads import decode_json_object
 from cartloom.domain.shopify import (
@@ -39,25 +41,13 @@ from cartloom.domain.shopify import (
     normalise,
 )
 from cartloom.domain.shopify_dedupe import Verdict, admit
-from cartloom.domain.shopify_state import (
-    apply_catalog_change,
-    apply_item_message,
-    personal_data,
-    redacted,
-)
-from cartloom.partitioning import key_partition
-from cartloom.tables import (
-    order_by_id,
-    product_by_id,
-    shopify_delivery_by_resource,
-    sku_by_inventory_item,
-)
+from cartloom.domain.shopify_state import apply_catalog_change, apply_item_message
+from cartloom.tables import product_by_id, shopify_delivery_by_resource, sku_by_inventory_item
 from cartloom.topics import (
     inventory_topic,
     order_events_topic,
     orders_topic,
     shopify_catalog_topic,
-    shopify_data_exports_topic,
     shopify_inventory_items_topic,
     shopify_redactions_topic,
     shopify_webhooks_dlq_topic,
@@ -109,16 +99,34 @@ async def dead_letter(event: faust.EventT[Any], reason: WebhookReason, detail: s
     added = dead_letter_headers(message, RejectReason.PROCESSING_ERROR, detail)
     added["cartloom-reason"] = reason.value.encode()
     merged = {name: value.encode() for name, value in headers.items()} | added
-    await shopify_webhooks_dlq_topic.send(key=message.key, value=message.value, headers=merged)
+    delivery = await shopify_webhooks_dlq_topic.send(
+        key=message.key, value=message.value, headers=merged
+    )
+    await acknowledged_all([delivery], "shopify.webhooks.dlq")
     metrics.DEAD_LETTERS.labels(topic=message.topic, reason=reason.value).inc()
 
 
 async def guarded(
     event: faust.EventT[Any], label: str, step: Callable[[faust.EventT[Any]], Awaitable[None]]
 ) -> None:
-    """Run ``step``; a bad payload or a bug sends the event to the DLQ instead of dropping it."""
+    """Run ``step``; a bad payload or a bug sends the event to the DLQ instead of dropping it.
+
+    Every send is awaited until the broker has it. One that fails stops the worker before
+    Faust can acknowledge the event (see :func:`stop_without_acknowledging`).
+    """
+    try:
+        await _guarded(event, label, step)
+    except DeliveryFailed as exc:
+        stop_without_acknowledging(f"shopify {label}", exc)
+
+
+async def _guarded(
+    event: faust.EventT[Any], label: str, step: Callable[[faust.EventT[Any]], Awaitable[None]]
+) -> None:
     try:
         await step(event)
+    except DeliveryFailed:
+        raise
     except InvalidInput as exc:
         await dead_letter(event, WebhookReason.INVALID_PAYLOAD, exc.detail)
         metrics.SHOPIFY_WEBHOOKS_PROCESSED.labels(topic=label, outcome="dead_letter").inc()
@@ -133,10 +141,15 @@ async def publish(output: Output) -> None:
     topic = STREAMS[output.stream]
     value = orjson.dumps(output.value)
     if output.key != BROADCAST_KEY:
-        await topic.send(key=output.key.encode(), value=value)
+        await acknowledged_all(
+            [await topic.send(key=output.key.encode(), value=value)], output.stream
+        )
         return
-    for partition in range(topic.partitions or 1):
+    deliveries = [
         await topic.send(key=BROADCAST_KEY.encode(), value=value, partition=partition)
+        for partition in range(topic.partitions or 1)
+    ]
+    await acknowledged_all(deliveries, output.stream)
 
 
 @app.agent(shopify_webhooks_topic)
@@ -197,69 +210,13 @@ async def apply_item_event(event: faust.EventT[Any]) -> None:
     state = sku_by_inventory_item.get(key)
     was_parked = len((state or {}).get("parked") or {})
     new_state, levels = apply_item_message(state, message)
-    for level in levels:
+    deliveries = [
         await inventory_topic.send(key=level["sku"].encode(), value=orjson.dumps(level))
+        for level in levels
+    ]
+    await acknowledged_all(deliveries, "inventory")
     sku_by_inventory_item[key] = new_state
     if message.get("kind") == "level" and not levels:
         metrics.SHOPIFY_INVENTORY_PARKED.inc()
     elif message.get("kind") == "mapping" and levels:
         metrics.SHOPIFY_INVENTORY_RELEASED.inc(min(was_parked, len(levels)))
-
-
-@app.agent(shopify_redactions_topic)
-async def apply_privacy_jobs(stream: faust.StreamT[bytes]) -> None:
-    """Redact or export the customer data of orders on this partition."""
-    async for event in stream.events():
-        await guarded(event, "privacy", apply_privacy_job)
-
-
-async def apply_privacy_job(event: faust.EventT[Any]) -> None:
-    """One job: ``redact`` / ``export`` one order, or ``redact_shop`` on this partition."""
-    job = decode_json_object(event.value)
-    kind = str(job.get("kind"))
-    if kind == "redact_shop":
-        partition = event.message.partition
-        for order_id in owned_shop_orders(str(job.get("shop")), partition):
-            redact_order(order_id, kind)
-        return
-    order_id = str(job.get("order_id"))
-    view = order_by_id.get(order_id)
-    if view is None:
-        metrics.SHOPIFY_PRIVACY_JOBS.labels(kind=kind, outcome="unknown_order").inc()
-        return
-    if kind == "redact":
-        redact_order(order_id, kind)
-        return
-    report = {**job, "data": personal_data(view), "exported_at": utc_now_iso()}
-    await shopify_data_exports_topic.send(key=order_id.encode(), value=orjson.dumps(report))
-    metrics.SHOPIFY_PRIVACY_JOBS.labels(kind=kind, outcome="exported").inc()
-
-
-def redact_order(order_id: str, kind: str) -> None:
-    """Replace the order's view with a redacted one of a higher version (if it holds data)."""
-    view = order_by_id.get(order_id)
-    cleaned = redacted(view, utc_now_iso()) if view is not None else None
-    if cleaned is None:
-        metrics.SHOPIFY_PRIVACY_JOBS.labels(kind=kind, outcome="nothing_held").inc()
-        return
-    order_by_id[order_id] = cleaned
-    metrics.SHOPIFY_PRIVACY_JOBS.labels(kind=kind, outcome="redacted").inc()
-
-
-def owned_shop_orders(shop: str, partition: int) -> list[str]:
-    """Shopify orders of ``shop`` whose key lives on ``partition`` of the orders table.
-
-    Views without a ``shop`` field are Shopify orders of unknown shop: included, so a
-    shop redaction errs on the side of removing personal data.
-    """
-    partitions = order_by_id.partitions or 1
-    owned = []
-    for key, view in list(order_by_id.items()):
-        if not isinstance(view, dict) or view.get("source") != "shopify":
-            continue
-        if view.get("shop") not in (None, shop):
-            continue
-        raw = key if isinstance(key, bytes) else str(key).encode()
-        if key_partition(raw, partitions) == partition:
-            owned.append(raw.decode())
-    return owned

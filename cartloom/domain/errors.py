@@ -13,6 +13,11 @@ class RejectReason(StrEnum):
     KEY_MISMATCH = "key_mismatch"
     PROCESSING_ERROR = "processing_error"
     UNKNOWN_ORDER = "unknown_order"  # an event or answer for an order CartLoom does not hold
+    HELD_OVER_LIMIT = "held_over_limit"  # an early event pushed out by newer ones for its order
+    TOO_LARGE = "too_large"  # bigger than one message CartLoom sends on may be
+    REFUSED = "refused"  # the destination (a store, Shopify) refuses this value for good
+    UNKNOWN_SKU = "unknown_sku"  # Shopify has no inventory item for the SKU, past the retries
+    RETRIES_EXHAUSTED = "retries_exhausted"  # still failing after the bounded attempts
 
 
 class InvalidInput(ValueError):  # noqa: N818 - reads better at raise sites than InvalidInputError

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from cartloom.domain.errors import InvalidInput, RejectReason
 from cartloom.domain.payloads import optional_str, require_int, require_str, require_timestamp
@@ -38,6 +38,7 @@ class InventoryView(TypedDict):
     source_offset: int
     oversold: int
     recent_adjustments: list[str]
+    command_offset: NotRequired[int]  # ledger changes counted: commands up to this offset
 
 
 class StockOutcome(StrEnum):

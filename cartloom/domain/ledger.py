@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from cartloom.domain.errors import InvalidInput, RejectReason
 from cartloom.domain.inventory import InventoryView, with_counts
@@ -59,6 +59,8 @@ class LedgerEntry(TypedDict):
     available_seen: int
     reason: str | None
     at: str
+    command_offset: NotRequired[int]  # of the command that last changed it (effective_entry)
+    prev: NotRequired[LedgerEntry | None]  # its counted state before that batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,54 @@ class LedgerStep:
 def entry_key(order_id: str, line: int) -> str:
     """The ledger table key of a line: unique per (order id, line)."""
     return f"{order_id}#{line}"
+
+
+def effective_entry(entry: LedgerEntry | None, stock: InventoryView) -> LedgerEntry | None:
+    """The state of ``entry`` that ``stock`` has counted: what every decision must read.
+
+    A command changes two records, the ledger entry and its SKU's stock, in two changelog
+    topics. The entry is written first and carries ``command_offset``, the offset on
+    ``inventory.commands`` of the last command that changed it, and ``prev``, its state
+    before the batch; the stock written after it carries the highest such offset it
+    counts. If the process dies between the two writes, the entry is ahead of the stock
+    and counts as ``prev`` until its command, never acknowledged, is applied again. A
+    later batch moves the stock's offset only past commands it applied itself, so an
+    entry still ahead stays ahead until its own command comes round.
+    """
+    if entry is None or entry.get("command_offset", -1) <= stock.get("command_offset", -1):
+        return entry
+    return entry.get("prev")
+
+
+def sealed_entry(entry: LedgerEntry, before: LedgerEntry | None, offset: int) -> LedgerEntry:
+    """``entry`` as changed by the command at ``offset``; ``before`` is its counted state.
+
+    ``before`` is the entry's effective state when the batch began (None: it had none).
+    """
+    sealed = entry.copy()
+    sealed["command_offset"] = offset
+    if before is None:
+        sealed["prev"] = None
+    else:
+        counted = before.copy()
+        counted.pop("prev", None)  # one step back is all a rollback needs
+        sealed["prev"] = counted
+    return sealed
+
+
+def counting_through(stock: InventoryView, offset: int, *, changed: bool) -> InventoryView:
+    """``stock`` counting the ledger changes of commands up to ``offset``.
+
+    ``changed`` says whether the step already gave ``stock`` a new version; if only the
+    offset moves, the version moves too (the sinks write a document only for a new one).
+    """
+    if stock.get("command_offset", -1) >= offset:
+        return stock
+    counted = stock.copy()
+    counted["command_offset"] = offset
+    if not changed:
+        counted["version"] = stock["version"] + 1
+    return counted
 
 
 def held(entry: LedgerEntry) -> int:

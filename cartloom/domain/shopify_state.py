@@ -1,7 +1,8 @@
 """State the Shopify agents keep: SKU mappings with parked levels, catalog and privacy views.
 
 Pure functions over the table values of ``sku_by_inventory_item``, ``product_by_id`` and
-``order_by_id``; the agents in :mod:`cartloom.agents.shopify` store what they return.
+``order_by_id``; the agents in :mod:`cartloom.agents.shopify` (and, for the privacy views,
+the orders agent) store what they return.
 """
 
 from __future__ import annotations

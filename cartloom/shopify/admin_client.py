@@ -33,6 +33,14 @@ class AdminApiError(RuntimeError):
         self.errors = errors
 
 
+class AdminApiUnavailable(AdminApiError):  # noqa: N818 - a state of the API, like the others
+    """The Admin API as a whole cannot be used now; callers wait and try again.
+
+    No answer after the retries (down, 5xx, throttled throughout), or it refuses this app
+    (401, 403, 404: token, scopes, URL). Nothing about the request itself is wrong.
+    """
+
+
 class RateBudget(Protocol):
     """Cost points available to this app for one shop."""
 
@@ -161,7 +169,9 @@ class AdminClient:
             metrics.SHOPIFY_API_COST.inc(float(cost.get("actualQueryCost") or 0))
             data = answer.get("data")
             return data if isinstance(data, dict) else {}
-        raise AdminApiError(f"{operation or 'query'}: no answer after {self._max_attempts} tries")
+        raise AdminApiUnavailable(
+            f"{operation or 'query'}: no answer after {self._max_attempts} tries"
+        )
 
     async def _wait_for_budget(self, cost: float) -> None:
         if self._budget is None:
@@ -186,6 +196,10 @@ class AdminClient:
                     log.warning("Admin API answered %s; retrying", response.status)
                     return None
                 payload = await response.read()
+                if response.status in (401, 403, 404):
+                    raise AdminApiUnavailable(
+                        f"Admin API answered {response.status}: {payload[:200]!r}"
+                    )
                 if response.status >= 400:
                     raise AdminApiError(f"Admin API answered {response.status}: {payload[:200]!r}")
         except (aiohttp.ClientError, TimeoutError) as exc:

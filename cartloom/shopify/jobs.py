@@ -15,10 +15,12 @@ import os
 import socket
 
 import mode
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
+from cartloom import metrics
 from cartloom.app import app, settings, topology
+from cartloom.deadletter import DEAD_LETTER_MAX_REQUEST_BYTES
 from cartloom.shopify.admin_client import AdminClient, RedisRateBudget
 from cartloom.shopify.reconcile import reconcile
 from cartloom.shopify.writeback import InventoryWriteback, WritebackRunner
@@ -65,11 +67,22 @@ class PeriodicReconciliation(mode.Service):
 
 
 LEDGER_TABLE = "reservation_by_line"
+#: Pause before a write-back that crashed (a dead letter the broker refused, a consumer
+#: failure) is started again; its batch was not committed and is read again.
+WRITEBACK_RESTART_DELAY_SECONDS = 5.0
 
 
 @app.service
 class ShopifyWriteback(mode.Service):
-    """Runs inventory write-back (``CARTLOOM_SHOPIFY_WRITEBACK_ENABLED``) from the ledger."""
+    """Runs inventory write-back (``CARTLOOM_SHOPIFY_WRITEBACK_ENABLED``) from the ledger.
+
+    Write-back never stops for good while the worker runs: the runner itself sets aside
+    the lines it cannot push, and if it crashes anyway it is logged, counted and started
+    again (from the last commit).
+    """
+
+    def __post_init__(self) -> None:
+        self._runner: WritebackRunner | None = None
 
     @mode.Service.task
     async def _write_back(self) -> None:
@@ -79,6 +92,19 @@ class ShopifyWriteback(mode.Service):
         if spec is None:
             log.error("write-back enabled but topics.yaml has no %s table", LEDGER_TABLE)
             return
+        while not self.should_stop:
+            try:
+                await self._run_once(spec.changelog_topic(settings.app_id))
+                return
+            except Exception:
+                metrics.SHOPIFY_WRITEBACKS.labels(outcome="crashed").inc()
+                log.exception(
+                    "inventory write-back crashed; restarting in %.0f s",
+                    WRITEBACK_RESTART_DELAY_SECONDS,
+                )
+                await self.sleep(WRITEBACK_RESTART_DELAY_SECONDS)
+
+    async def _run_once(self, changelog: str) -> None:
         assert settings.shopify_api_url and settings.shopify_access_token
         shop = settings.shopify_api_url.split("://", 1)[-1].split("/", 1)[0]
         redis = redis_client(settings)
@@ -86,11 +112,16 @@ class ShopifyWriteback(mode.Service):
             redis, shop, settings.shopify_api_bucket_size, settings.shopify_api_restore_rate
         )
         consumer = AIOKafkaConsumer(
-            spec.changelog_topic(settings.app_id),
+            changelog,
             bootstrap_servers=settings.bootstrap_servers,
             group_id=f"{settings.app_id}-shopify-writeback",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+        )
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers,
+            acks="all",
+            max_request_size=DEAD_LETTER_MAX_REQUEST_BYTES,
         )
         token = settings.shopify_access_token.get_secret_value()
         try:
@@ -100,12 +131,19 @@ class ShopifyWriteback(mode.Service):
                 writeback = InventoryWriteback(
                     client, redis, settings.shopify_writeback_location_id
                 )
-                runner = WritebackRunner(writeback, consumer)
-                self.add_future(self._stop_with_worker(runner))
-                await runner.run()
+                self._runner = WritebackRunner(
+                    writeback,
+                    consumer,
+                    producer,
+                    max_attempts=settings.shopify_writeback_max_attempts,
+                )
+                if not self.should_stop:
+                    await self._runner.run()
         finally:
+            self._runner = None
             await redis.aclose()
 
-    async def _stop_with_worker(self, runner: WritebackRunner) -> None:
-        await self.wait_until_stopped()
-        runner.stop()
+    async def on_stop(self) -> None:
+        """Let the runner finish its batch in hand."""
+        if self._runner is not None:
+            self._runner.stop()

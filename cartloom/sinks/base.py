@@ -4,8 +4,15 @@ A sink takes a batch of :class:`ViewChange` and writes each one unless the store
 holds that key at the same or a newer ``version``; the store itself enforces that
 (DynamoDB condition expression, Redis Lua script), so redelivered and reordered changes
 are no-ops. ``write`` either takes the whole batch or raises; when part of a batch was
-taken it raises :class:`PartialWrite` naming what is left, and only that is retried. A
-retried change is safe because of the version rule.
+taken it raises :class:`PartialWrite` naming what is left and why each failed, and only
+that is retried. A retried change is safe because of the version rule.
+
+Two kinds of failure are told apart, because one bad key must not stop the stream and a
+store outage must not empty it into a dead-letter topic: the sink says which errors mean
+the store as a whole is failing (:meth:`Sink.store_unavailable`: unreachable, throttling,
+overloaded, refusing this client), retried without bound; any other error belongs to the
+change, which is retried a bounded number of times and then set aside. A change the store
+refuses for good is raised as :class:`ChangeRefused` and set aside at once.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
+
+from cartloom.domain.errors import RejectReason
 
 #: Materialised entities and the attribute that keys them.
 KEY_ATTRIBUTE: dict[str, str] = {
@@ -44,12 +53,23 @@ class ViewChange:
     replaces: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class SetAside:
+    """A change no store write will take: it goes to the sinks' dead-letter topic."""
+
+    change: ViewChange
+    reason: RejectReason
+    detail: str
+
+
 @dataclass(slots=True)
 class WriteOutcome:
     """What a store did with a batch.
 
-    ``rejected`` counts changes the store refused for good (a DynamoDB item over 400 KB):
-    they are logged with their key and counted, and ``cartloom audit`` reports them.
+    ``rejected`` counts changes the store refused for good (a DynamoDB item over 400 KB);
+    ``set_aside`` lists every change that was not taken and will not be retried (refused,
+    or still failing after the bounded attempts), for the dead-letter topic. ``cartloom
+    audit`` reports their keys until a later change of the key is taken.
     """
 
     written: int = 0
@@ -57,6 +77,7 @@ class WriteOutcome:
     deleted: int = 0
     rejected: int = 0
     stale_keys: list[str] = field(default_factory=list)
+    set_aside: list[SetAside] = field(default_factory=list)
 
     def add(self, other: WriteOutcome) -> None:
         """Fold ``other`` into this outcome."""
@@ -65,6 +86,7 @@ class WriteOutcome:
         self.deleted += other.deleted
         self.rejected += other.rejected
         self.stale_keys.extend(other.stale_keys)
+        self.set_aside.extend(other.set_aside)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,15 +98,30 @@ class StoredView:
 
 
 class PartialWrite(Exception):  # noqa: N818 - a condition the materialiser handles, not a bug
-    """Part of a batch was taken: ``outcome`` says how, ``remaining`` must be retried."""
+    """Part of a batch was taken: ``outcome`` says how, ``remaining`` was not.
+
+    ``errors`` holds, for each change of ``remaining``, the error it failed with (all
+    ``cause`` when the store did not say per change).
+    """
 
     def __init__(
-        self, outcome: WriteOutcome, remaining: Sequence[ViewChange], cause: BaseException
+        self,
+        outcome: WriteOutcome,
+        remaining: Sequence[ViewChange],
+        cause: BaseException,
+        errors: Sequence[BaseException] | None = None,
     ) -> None:
         super().__init__(f"{len(remaining)} change(s) not written: {cause!r}")
         self.outcome = outcome
         self.remaining = list(remaining)
         self.cause = cause
+        self.errors = list(errors) if errors is not None else [cause] * len(self.remaining)
+        if len(self.errors) != len(self.remaining):
+            raise ValueError("PartialWrite needs one error per remaining change")
+
+
+class ChangeRefused(Exception):  # noqa: N818 - the store's verdict on one change
+    """The store refuses this change for good (too large, a value it cannot hold)."""
 
 
 class Sink(Protocol):
@@ -101,8 +138,17 @@ class Sink(Protocol):
     async def write(self, changes: Sequence[ViewChange]) -> WriteOutcome:
         """Write every change whose version is newer than the stored one.
 
-        Raises :class:`PartialWrite` when only some changes were taken, or any other
-        exception when nothing is known to be taken; either way the caller retries.
+        Raises :class:`PartialWrite` when only some changes were taken (with each failed
+        change's error, :class:`ChangeRefused` for one the store refuses for good), or any
+        other exception when nothing is known to be taken.
+        """
+        ...
+
+    def store_unavailable(self, error: BaseException) -> bool:
+        """Whether ``error`` means the store as a whole is failing, not one change.
+
+        Such errors (unreachable, timeouts, throttling, overload, credentials or
+        permissions) are retried without bound; any other is charged to the change.
         """
         ...
 

@@ -5,7 +5,8 @@ older one; each change is a ``PutItem`` with ``attribute_not_exists(version) OR 
 :v``. A failed condition is a stale change, counted and skipped. Throttling and transient
 errors are retried by botocore's own retry mode; what still fails is handed back to the
 materialiser as a :class:`PartialWrite`, which retries just those changes. A change
-DynamoDB can never take (an item over 400 KB) is counted as rejected and logged.
+DynamoDB can never take (an item over 400 KB, a ``ValidationException``) is raised as
+:class:`ChangeRefused`, which the materialiser sets aside to the sinks' dead-letter topic.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from typing import Any
 import orjson
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
+from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
 from cartloom.settings import Settings
 from cartloom.sinks.base import (
     KEY_ATTRIBUTE,
     TTL_ATTRIBUTE,
+    ChangeRefused,
     PartialWrite,
     StoredView,
     ViewChange,
@@ -38,6 +41,36 @@ log = logging.getLogger(__name__)
 GUARD = "attribute_not_exists(#v) OR #v < :v"
 #: Errors that retrying cannot fix: the item itself is unacceptable.
 PERMANENT_ERRORS = frozenset({"ValidationException", "ItemCollectionSizeLimitExceededException"})
+#: Errors of the table or the account, not of one item: retried without bound (with the
+#: store unreachable, a missing table or revoked credentials no item can be written).
+STORE_ERRORS = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "LimitExceededException",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "ResourceNotFoundException",
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "ExpiredTokenException",
+        "InvalidSignatureException",
+        "MissingAuthenticationTokenException",
+    }
+)
+
+
+def store_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` is DynamoDB (or the way to it) failing as a whole, not one item."""
+    if isinstance(error, ClientError):
+        code = error.response.get("Error", {}).get("Code", "")
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return code in STORE_ERRORS or (isinstance(status, int) and status >= 500)
+    return isinstance(
+        error,
+        BotocoreConnectionError | HTTPClientError | NoCredentialsError | OSError | TimeoutError,
+    )
 
 
 def dynamodb_client_config(settings: Settings) -> AioConfig:
@@ -162,25 +195,27 @@ class DynamoDBSink:
         )
         outcome = WriteOutcome()
         failed: list[ViewChange] = []
-        first_error: BaseException | None = None
+        errors: list[BaseException] = []
         for change, result in zip(changes, results, strict=True):
             if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result  # cancellation and the like are not retried here
                 failed.append(change)
-                first_error = first_error or result
+                errors.append(result)
             elif result == "written":
                 outcome.written += 1
             elif result == "deleted":
                 outcome.deleted += 1
-            elif result == "rejected":
-                outcome.rejected += 1
             else:
                 outcome.stale += 1
                 outcome.stale_keys.append(change.key)
-        if first_error is not None:
-            if isinstance(first_error, Exception):
-                raise PartialWrite(outcome, failed, first_error)
-            raise first_error  # cancellation and the like are not retried here
+        if errors:
+            raise PartialWrite(outcome, failed, errors[0], errors)
         return outcome
+
+    def store_unavailable(self, error: BaseException) -> bool:
+        """See :func:`store_unavailable`."""
+        return store_unavailable(error)
 
     async def _write_one(self, change: ViewChange) -> str:
         table = self._settings.dynamodb_table(change.entity)
@@ -209,7 +244,7 @@ class DynamoDBSink:
                 if code == "ConditionalCheckFailedException":
                     return "stale"
                 if code in PERMANENT_ERRORS:
-                    log.error("DynamoDB refused %s %s for good: %s", change.entity, change.key, exc)
-                    return "rejected"
+                    message = exc.response.get("Error", {}).get("Message", "")
+                    raise ChangeRefused(f"DynamoDB {code}: {message}") from exc
                 raise
             return "written"

@@ -41,6 +41,10 @@ class MemorySink:
             outcome.written += 1
         return outcome
 
+    def store_unavailable(self, error: BaseException) -> bool:
+        """Connection-level errors (``OSError``: refused, reset, timed out) are the store's."""
+        return isinstance(error, OSError)
+
     def get(self, entity: str, key: str) -> dict[str, Any] | None:
         """The stored document of ``key``, or None."""
         stored = self.items.get((entity, key))

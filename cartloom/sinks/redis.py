@@ -4,7 +4,9 @@ Key layout (one hash per view, see ``docs/sinks.md``): ``cartloom:order:{order_i
 ``cartloom:inventory:{sku}``, ``cartloom:product:{product_id}``, each with the fields
 ``version`` (integer) and ``doc`` (the view as JSON). Closed orders carry a TTL; every
 other view is kept without one. Connection errors are retried by redis-py's own
-``Retry``; a batch that still fails is retried by the materialiser.
+``Retry``; a batch that still fails is retried by the materialiser. A command Redis
+answers with an error for one key (a foreign value of another type at the key, a script
+error) fails that change alone: the materialiser retries it a bounded number of times.
 """
 
 from __future__ import annotations
@@ -15,6 +17,16 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import (
+    AuthorizationError,
+    ClusterDownError,
+    MasterDownError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -50,6 +62,28 @@ else
 end
 return 1
 """
+
+
+#: Errors of the server, not of one key: retried without bound.
+STORE_ERRORS = (
+    RedisConnectionError,  # includes BusyLoadingError (LOADING) and AuthenticationError
+    RedisTimeoutError,
+    ReadOnlyError,
+    MasterDownError,
+    TryAgainError,
+    ClusterDownError,
+    OutOfMemoryError,
+    NoPermissionError,
+    AuthorizationError,
+    OSError,
+)
+
+
+def store_unavailable(error: BaseException) -> bool:
+    """Whether ``error`` is Redis (or the way to it) failing as a whole, not one key."""
+    if isinstance(error, STORE_ERRORS):
+        return True
+    return isinstance(error, ResponseError) and str(error).startswith(("BUSY", "NOSCRIPT"))
 
 
 def redis_key(entity: str, key: str) -> str:
@@ -158,13 +192,13 @@ class RedisSink:
             results = await pipe.execute(raise_on_error=False)
         outcome = WriteOutcome()
         failed: list[ViewChange] = []
-        first_error: BaseException | None = None
+        errors: list[BaseException] = []
         # A replacing change sent two commands (DEL, then the script): judge by the script.
         results = [r for c, r in zip(_commands(changes), results, strict=True) if c]
         for change, result in zip(changes, results, strict=True):
             if isinstance(result, BaseException):
                 failed.append(change)
-                first_error = first_error or result
+                errors.append(result)
             elif change.document is None:
                 outcome.deleted += int(bool(result))
             elif result == 1:
@@ -172,6 +206,10 @@ class RedisSink:
             else:
                 outcome.stale += 1
                 outcome.stale_keys.append(change.key)
-        if first_error is not None:
-            raise PartialWrite(outcome, failed, first_error)
+        if errors:
+            raise PartialWrite(outcome, failed, errors[0], errors)
         return outcome
+
+    def store_unavailable(self, error: BaseException) -> bool:
+        """See :func:`store_unavailable`."""
+        return store_unavailable(error)

@@ -29,10 +29,16 @@ def stack(stack_dir: Path) -> Iterator[StackState]:
         yield state
 
 
+#: How long the shared worker holds an event whose order has not arrived (default: an hour),
+#: short so that a test sees one expire.
+EARLY_EVENT_HOLD_SECONDS = 8
+
+
 @pytest.fixture(scope="session")
 async def worker(stack: StackState, stack_dir: Path) -> AsyncIterator[WorkerProcess]:
     """One CartLoom worker shared by the tests that only need the stream running."""
-    async with serving(start_worker(stack.env, stack_dir, "worker")) as process:
+    extra_env = {"CARTLOOM_EARLY_EVENT_HOLD_SECONDS": str(EARLY_EVENT_HOLD_SECONDS)}
+    async with serving(start_worker(stack.env, stack_dir, "worker", extra_env)) as process:
         yield process
 
 

@@ -86,6 +86,7 @@ def build_materialisers(ns: Namespace) -> list[Materialiser]:
             entities=changelog_entities(ns.settings, ns.topology),
             batch_max=ns.settings.sink_batch_max,
             retry_max_seconds=ns.settings.sink_retry_max_seconds,
+            max_attempts=ns.settings.sink_max_attempts,
         )
         for sink in (DynamoDBSink(ns.settings), RedisSink(ns.settings))
     ]

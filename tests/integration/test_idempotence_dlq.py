@@ -39,6 +39,7 @@ async def dead_letter(bootstrap: str, topic: str, key: str) -> dict[str, Any] | 
     [
         ("order.events", {"event": "shipped", "at": "2026-11-25T10:00:00Z"}, "invalid_schema"),
         ("order.events", {"event": "paid"}, "invalid_schema"),
+        # held for its order, which never comes: dead-lettered once the hold (8 s here) is over
         ("order.events", {"event": "paid", "at": "2026-11-25T10:00:00Z"}, "unknown_order"),
         ("inventory", {"on_hand": 3, "delta": 1}, "invalid_schema"),
         ("inventory", {"on_hand": -2}, "invalid_schema"),
@@ -67,6 +68,7 @@ async def test_invalid_messages_go_to_the_topics_dead_letters_with_a_reason(
 async def test_replay_applies_an_event_that_came_before_its_order_once(
     worker: WorkerProcess, producer: AIOKafkaProducer, bootstrap: str
 ) -> None:
+    """An event whose order came only after the hold expired: dead-lettered, replayed once."""
     tag = uuid.uuid4().hex[:8]
     order_id, sku = f"early-{tag}", f"early-sku-{tag}"
     paid = {"order_id": order_id, "event": "paid", "at": now_iso()}

@@ -1,4 +1,5 @@
-"""Inventory write-back reaches the simulator exactly once per change, replays included.
+"""Inventory write-back reaches the simulator exactly once per change, replays included;
+a line it cannot push is set aside to shopify.writeback.dlq and never holds up the others.
 
 Ledger entries are produced to a changelog topic of this test's own on the real broker;
 the write-back runner consumes it and pushes compare-and-swap mutations over HTTP to the
@@ -24,6 +25,7 @@ from cartloom.shopify.store import SimulatedStore
 from cartloom.shopify.writeback import InventoryWriteback, WritebackRunner
 from cartloom.topology import TopicSpec
 from tests.harness import eventually
+from tests.integration.saga_helpers import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +57,7 @@ async def run_once(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    runner = WritebackRunner(writeback, consumer)
+    runner = WritebackRunner(writeback, consumer, AIOKafkaProducer(bootstrap_servers=bootstrap))
     task = asyncio.create_task(runner.run())
     try:
         await eventually(done, timeout=60, what="write-back caught up")
@@ -117,7 +119,7 @@ async def test_each_change_reaches_shopify_exactly_once(
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        runner = WritebackRunner(writeback, replay)
+        runner = WritebackRunner(writeback, replay, AIOKafkaProducer(bootstrap_servers=bootstrap))
         task = asyncio.create_task(runner.run())
 
         async def replay_committed() -> bool:
@@ -132,3 +134,117 @@ async def test_each_change_reaches_shopify_exactly_once(
     assert len(sim.adjustments) == 3
     assert sorted(a["changes"][0]["delta"] for a in sim.adjustments) == [-3, -2, 2]
     assert (available(wb1), available(wb2)) == (10, 7)
+
+
+async def writeback_letters(bootstrap: str, keys: set[bytes]) -> dict[bytes, dict[str, str]]:
+    """The headers of the records of ``keys`` in shopify.writeback.dlq, by key."""
+    return {
+        record.key: {name: value.decode() for name, value in record.headers}
+        for record in await read_topic(bootstrap, "shopify.writeback.dlq")
+        if record.key in keys
+    }
+
+
+async def run_until_settled(
+    bootstrap: str,
+    topic: str,
+    writeback: InventoryWriteback,
+    sim: ShopSimulator,
+    pushes: int,
+    records: int,
+) -> None:
+    """Run a runner on ``topic`` until Shopify saw ``pushes`` and ``records`` are committed."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"wb-{topic}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    runner = WritebackRunner(
+        writeback,
+        consumer,
+        AIOKafkaProducer(bootstrap_servers=bootstrap),
+        max_attempts=3,
+        retry_base_seconds=0.05,
+    )
+    task = asyncio.create_task(runner.run())
+    try:
+
+        async def later_pushed() -> bool:
+            return len(sim.adjustments) == pushes
+
+        await eventually(later_pushed, timeout=60, what="the later lines pushed")
+
+        async def all_committed() -> bool:
+            committed = [await consumer.committed(tp) for tp in consumer.assignment()]
+            return bool(committed) and sum(c or 0 for c in committed) == records
+
+        await eventually(all_committed, timeout=60, what="every record settled")
+    finally:
+        runner.stop()
+        await task
+
+
+async def poisoned_shop(
+    bootstrap: str, producer: AIOKafkaProducer, first: list[tuple[str, bytes]], tag: str
+) -> tuple[str, SimulatedStore, ShopSimulator, str, list[tuple[str, bytes]]]:
+    """A shop stocking one SKU, and a one-partition changelog: ``first``, then 3 good lines."""
+    known = f"WBK-{tag}"
+    store = SimulatedStore(domain=f"wb-{tag}.myshopify.com")
+    store.add_product("Known Tee", [known], stock=10)
+    sim = ShopSimulator(store, access_token=TOKEN, webhook_secret="s", seed=3)
+    topic = f"test-writeback-poison-{tag}-changelog"
+    await apply_topics(bootstrap, [TopicSpec(topic, 1, 1, "compact", None)])
+    later = [(f"pos-{tag}-{n}#0", entry(f"pos-{tag}-{n}", known, 2)) for n in range(3)]
+    for key, value in [*first, *later]:
+        await producer.send_and_wait(topic, value, key=key.encode())
+    return known, store, sim, topic, later
+
+
+async def test_an_unknown_sku_is_set_aside_after_its_attempts_and_later_lines_go_on(
+    bootstrap: str, producer: AIOKafkaProducer, redis: Redis
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    unknown_key = f"pos-{tag}-u#0"
+    first = [(unknown_key, entry(f"pos-{tag}-u", f"NO-SUCH-SKU-{tag}", 1))]
+    known, store, sim, topic, later = await poisoned_shop(bootstrap, producer, first, tag)
+    async with (
+        TestServer(sim.app()) as server,
+        AdminClient(str(server.make_url("")).rstrip("/"), TOKEN, "2025-10") as client,
+    ):
+        writeback = InventoryWriteback(client, redis, None)
+        await run_until_settled(bootstrap, topic, writeback, sim, len(later), len(first + later))
+    assert store.items[store.item_for_sku(known)]["available"] == 10 - 2 * len(later)
+    letters = await writeback_letters(bootstrap, {unknown_key.encode()})
+    headers = letters[unknown_key.encode()]
+    assert headers["cartloom-reason"] == "unknown_sku"
+    assert "3 attempts" in headers["cartloom-detail"]
+    assert headers["cartloom-origin-topic"] == topic
+
+
+async def test_an_unusable_record_and_a_crashing_push_are_set_aside_and_later_lines_go_on(
+    bootstrap: str, producer: AIOKafkaProducer, redis: Redis
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    garbage_key, crashing_key = f"pos-{tag}-g#0", f"pos-{tag}-c#0"
+    # The push of this line finds its progress in Redis unreadable: a bug-like failure.
+    await redis.hset(f"cartloom:shopify:writeback:{crashing_key}", "pushed", "not a number")
+    first = [
+        (garbage_key, b"{not json"),
+        (crashing_key, entry(f"pos-{tag}-c", f"WBK-{tag}", 1)),
+    ]
+    known, store, sim, topic, later = await poisoned_shop(bootstrap, producer, first, tag)
+    async with (
+        TestServer(sim.app()) as server,
+        AdminClient(str(server.make_url("")).rstrip("/"), TOKEN, "2025-10") as client,
+    ):
+        writeback = InventoryWriteback(client, redis, None)
+        await run_until_settled(bootstrap, topic, writeback, sim, len(later), len(first + later))
+    assert store.items[store.item_for_sku(known)]["available"] == 10 - 2 * len(later)
+    letters = await writeback_letters(bootstrap, {garbage_key.encode(), crashing_key.encode()})
+    assert {k.decode(): h["cartloom-reason"] for k, h in letters.items()} == {
+        garbage_key: "invalid_json",
+        crashing_key: "processing_error",
+    }
+    assert "ValueError" in letters[crashing_key.encode()]["cartloom-detail"]

@@ -4,8 +4,9 @@ A private redis-server (with its append-only file, as a durable Redis runs) and 
 moto_server (with moto's request recorder, replayed after the restart so the endpoint comes
 back with its data, as DynamoDB would) are started for this test only; the session's
 servers are left alone. While the stores are down the sinks retry with bounded back-off,
-count the failures and commit nothing; once the stores are back, every change lands and
-``cartloom audit --strict`` finds no lost and no regressed item.
+count the failures, commit nothing and set nothing aside to sinks.dlq (an outage is not a
+bad key); once the stores are back, every change lands and ``cartloom audit --strict``
+finds no lost and no regressed item.
 """
 
 from __future__ import annotations
@@ -141,6 +142,14 @@ def versions(keys: list[str], rng: random.Random, start: int, count: int) -> lis
     return records
 
 
+def dead_letters(store: str) -> float:
+    """Changes ``store``'s sink set aside to sinks.dlq in this process, for any reason."""
+    return sum(
+        sink_metric("cartloom_sink_dead_letters_total", store=store, reason=reason)
+        for reason in ("refused", "retries_exhausted", "invalid_json", "key_mismatch")
+    )
+
+
 async def committed(ns: Namespace, store: str) -> dict[int, int]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=ns.settings.bootstrap_servers,
@@ -175,6 +184,7 @@ async def test_stopping_redis_and_moto_mid_stream_loses_nothing_and_regresses_no
     failures = {
         s: sink_metric("cartloom_sink_failures_total", store=s) for s in ("redis", "dynamodb")
     }
+    set_aside = {s: dead_letters(s) for s in ("redis", "dynamodb")}
 
     async with running_sinks(ns):
         await produce_changelog(producer, ns.changelog, before)
@@ -209,3 +219,4 @@ async def test_stopping_redis_and_moto_mid_stream_loses_nothing_and_regresses_no
         counts = report["stores"][store]["entities"]["orders"]
         assert counts["table"] == counts["store"] == counts["matching"] - 20 == 180
         assert sum((await committed(ns, store)).values()) == len(before) + len(during)
+        assert dead_letters(store) == set_aside[store], "an outage sets nothing aside"

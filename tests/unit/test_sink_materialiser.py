@@ -1,4 +1,5 @@
-"""The materialiser's retry loop: only what is left is retried, failures count, stop is prompt."""
+"""The materialiser's retry loop: only what is left is retried, failures count, stop is prompt,
+a store outage is retried without bound and one bad change is set aside."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from collections.abc import Sequence
 import pytest
 from prometheus_client import REGISTRY
 
-from cartloom.sinks.base import PartialWrite, ViewChange, WriteOutcome
+from cartloom.domain.errors import RejectReason
+from cartloom.sinks.base import ChangeRefused, PartialWrite, ViewChange, WriteOutcome
 from cartloom.sinks.materialiser import Materialiser, MaterialiserStopped
 from cartloom.sinks.memory import MemorySink
 
@@ -81,3 +83,86 @@ async def test_stop_ends_a_long_back_off_at_once_without_taking_the_batch() -> N
     feeder.stop()
     with pytest.raises(MaterialiserStopped):
         await asyncio.wait_for(task, timeout=5)
+
+
+class PoisonSink(MemorySink):
+    """Fails one key on its own (``error``); every other change is taken."""
+
+    name = "poison"
+
+    def __init__(self, poison: str, error: Exception) -> None:
+        super().__init__()
+        self.poison = poison
+        self.error = error
+        self.offered: list[list[str]] = []
+
+    async def write(self, changes: Sequence[ViewChange]) -> WriteOutcome:
+        self.offered.append([c.key for c in changes])
+        bad = [c for c in changes if c.key == self.poison]
+        outcome = await super().write([c for c in changes if c.key != self.poison])
+        if bad:
+            raise PartialWrite(outcome, bad, self.error)
+        return outcome
+
+
+class CrashingSink(MemorySink):
+    """Raises for the whole write whenever the poison key is in it (a bug on one value)."""
+
+    name = "crashing"
+
+    async def write(self, changes: Sequence[ViewChange]) -> WriteOutcome:
+        if any(c.key == "bad" for c in changes):
+            raise TypeError("cannot encode the document of 'bad'")
+        return await super().write(changes)
+
+
+def feeder(sink: MemorySink, max_attempts: int = 3) -> Materialiser:
+    return Materialiser(
+        sink,
+        bootstrap_servers="127.0.0.1:9",
+        group_id="unit",
+        entities={"cartloom-order_by_id-changelog": "orders"},
+        batch_max=100,
+        retry_max_seconds=0.01,
+        max_attempts=max_attempts,
+    )
+
+
+async def test_a_change_failing_on_its_own_is_set_aside_after_the_bounded_attempts() -> None:
+    sink = PoisonSink("bad", ValueError("WRONGTYPE Operation against a key"))
+    batch = [change("a", 1), change("bad", 1), change("b", 1)]
+    outcome = await feeder(sink, max_attempts=3).write_until_taken(batch)
+    assert sink.offered == [["a", "bad", "b"], ["bad"], ["bad"]]
+    assert outcome.written == 2
+    [aside] = outcome.set_aside
+    assert (aside.change.key, aside.reason) == ("bad", RejectReason.RETRIES_EXHAUSTED)
+    assert "3 attempts" in aside.detail and "WRONGTYPE" in aside.detail
+
+
+async def test_a_change_the_store_refuses_for_good_is_set_aside_at_once() -> None:
+    sink = PoisonSink("bad", ChangeRefused("DynamoDB ValidationException: item too large"))
+    outcome = await feeder(sink).write_until_taken([change("bad", 1), change("a", 1)])
+    assert sink.offered == [["bad", "a"]]
+    assert (outcome.written, outcome.rejected) == (1, 1)
+    assert [(s.change.key, s.reason) for s in outcome.set_aside] == [("bad", RejectReason.REFUSED)]
+
+
+async def test_a_store_outage_is_retried_without_bound_and_sets_nothing_aside() -> None:
+    sink = PoisonSink("bad", ConnectionError("connection refused"))
+    task = asyncio.create_task(feeder(sink, max_attempts=2).write_until_taken([change("bad", 1)]))
+    while len(sink.offered) < 10:  # far beyond max_attempts: still retrying
+        await asyncio.sleep(0.01)
+    sink.poison = "none"  # the store is back
+    outcome = await asyncio.wait_for(task, timeout=10)
+    assert (outcome.written, outcome.set_aside) == (1, [])
+
+
+async def test_a_whole_write_failing_on_one_value_is_narrowed_to_that_change() -> None:
+    sink = CrashingSink()
+    batch = [change("a", 1), change("bad", 1), change("b", 1)]
+    outcome = await feeder(sink, max_attempts=2).write_until_taken(batch)
+    assert {key for (_, key) in sink.items} == {"a", "b"}
+    assert [(s.change.key, s.reason) for s in outcome.set_aside] == [
+        ("bad", RejectReason.RETRIES_EXHAUSTED)
+    ]
+    assert "TypeError" in outcome.set_aside[0].detail

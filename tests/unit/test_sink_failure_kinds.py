@@ -1,0 +1,61 @@
+"""Which store errors mean the store is failing (retried without bound) and which one change."""
+
+from __future__ import annotations
+
+import pytest
+from botocore.exceptions import (
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ParamValidationError,
+    ReadTimeoutError,
+)
+from redis.exceptions import BusyLoadingError, ReadOnlyError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from cartloom.sinks import dynamodb, redis
+
+
+def client_error(code: str, status: int = 400) -> ClientError:
+    response = {
+        "Error": {"Code": code, "Message": code},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    return ClientError(response, "PutItem")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("error", "store_failing"),
+    [
+        (EndpointConnectionError(endpoint_url="http://127.0.0.1:1"), True),
+        (ReadTimeoutError(endpoint_url="http://127.0.0.1:1"), True),
+        (NoCredentialsError(), True),
+        (client_error("ProvisionedThroughputExceededException"), True),
+        (client_error("ThrottlingException"), True),
+        (client_error("ResourceNotFoundException"), True),
+        (client_error("SomethingNew", status=503), True),
+        (client_error("SomethingNew"), False),
+        (client_error("ValidationException"), False),
+        (ParamValidationError(report="bad item"), False),
+        (TypeError("cannot encode"), False),
+    ],
+)
+def test_dynamodb_errors(error: BaseException, store_failing: bool) -> None:
+    assert dynamodb.store_unavailable(error) is store_failing
+
+
+@pytest.mark.parametrize(
+    ("error", "store_failing"),
+    [
+        (RedisConnectionError("refused"), True),
+        (RedisTimeoutError("timed out"), True),
+        (BusyLoadingError("LOADING"), True),
+        (ReadOnlyError("READONLY replica"), True),
+        (ResponseError("BUSY Redis is busy running a script"), True),
+        (ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"), False),
+        (ResponseError("ERR Error running script: attempt to compare nil with number"), False),
+    ],
+)
+def test_redis_errors(error: BaseException, store_failing: bool) -> None:
+    assert redis.store_unavailable(error) is store_failing
