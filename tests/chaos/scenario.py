@@ -144,9 +144,13 @@ class Scenario:
         print(f"\n[chaos] {name} ({scale.name}) seed={seed} logs={log_dir}", flush=True)
 
     async def __aenter__(self) -> Scenario:
-        await self.observer.start()
-        await self.lag.start()
-        await self.publisher.start()
+        try:
+            await self.observer.start()
+            await self.lag.start()
+            await self.publisher.start()
+        except BaseException:
+            await self.__aexit__()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -247,11 +251,16 @@ class Scenario:
         return record
 
     async def _restarted(self, record: FaultRecord, slot: str) -> None:
+        restarted = self.cluster.current(slot)
         try:
             record.restart_ready_s = round(await self.cluster.ready(slot, timeout=180), 1)
         except AssertionError as exc:
-            first = str(exc).splitlines()[0]
-            self.problems.append(f"{record.worker}'s restart never became ready: {first}")
+            first = str(exc).splitlines()[0].rstrip(":")
+            code = restarted.worker.process.returncode
+            self.problems.append(
+                f"{record.worker}'s restart {restarted.name} never became ready: {first}"
+                + ("" if code is None else f" (exit code {code})")
+            )
 
     # ---- load ----------------------------------------------------------------------
 

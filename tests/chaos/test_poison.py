@@ -23,6 +23,7 @@ import orjson
 import pytest
 
 from cartloom.devstack.stack import StackState
+from cartloom.topology import load_topology
 from tests.chaos.load import PARTITIONS, key_on_partition, now_iso
 from tests.chaos.load import order_bytes as make_order
 from tests.chaos.observer import APP_ID
@@ -31,19 +32,25 @@ from tests.harness import eventually
 
 pytestmark = pytest.mark.chaos
 
-#: topic -> where its poison must land
+#: The topics a worker reads. Poison lands in the topic's own ``.dlq`` where topics.yaml
+#: declares one, else (the Shopify streams) in ``shopify.webhooks.dlq``.
+READ_TOPICS = (
+    "orders",
+    "orders.accepted",
+    "order.events",
+    "inventory",
+    "inventory.commands",
+    "reservation.results",
+    "order.timeouts",
+    "shopify.webhooks",
+    "shopify.catalog",
+    "shopify.inventory_items",
+    "shopify.redactions",
+)
+_DECLARED = load_topology(None).topics
 DEAD_LETTERS = {
-    "orders": "orders.dlq",
-    "orders.accepted": "orders.accepted.dlq",
-    "order.events": "order.events.dlq",
-    "inventory": "inventory.dlq",
-    "inventory.commands": "inventory.commands.dlq",
-    "reservation.results": "reservation.results.dlq",
-    "order.timeouts": "order.timeouts.dlq",
-    "shopify.webhooks": "shopify.webhooks.dlq",
-    "shopify.catalog": "shopify.webhooks.dlq",
-    "shopify.inventory_items": "shopify.webhooks.dlq",
-    "shopify.redactions": "shopify.webhooks.dlq",
+    topic: f"{topic}.dlq" if f"{topic}.dlq" in _DECLARED else "shopify.webhooks.dlq"
+    for topic in READ_TOPICS
 }
 ENVELOPES = {
     "orders.accepted": "orders",
