@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-stamp
 ORDERS  ?= 2000
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint typecheck test test-unit test-integration demo dev-up dev-down bench bench-orders clean
+.PHONY: help install lint typecheck test test-unit test-integration chaos demo dev-up dev-down bench bench-orders clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -34,8 +34,12 @@ test-unit: install ## Fast inner loop: pure logic only, no servers
 test-integration: install ## Real servers: broker, redis-server, moto_server, workers
 	$(BIN)/pytest tests/integration tests/e2e -q
 
-test: lint typecheck ## Everything CI runs: lint, types, unit, integration and e2e tests
+test: lint typecheck ## Everything CI runs: lint, types, unit, integration, e2e, short fault scenarios
 	$(BIN)/pytest -q
+
+CHAOS_SCALE ?= full
+chaos: install ## Fault scenarios, full form (SIGKILL x5, RocksDB, zombie, churn, poison); tests/chaos/results/
+	$(BIN)/pytest tests/chaos -m chaos -q --chaos-scale=$(CHAOS_SCALE)
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 $(BENCH_STAMP): $(STAMP)

@@ -8,8 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from cartloom.devstack.processes import free_port
+from cartloom.devstack.stack import StackState, down, up
 
 T = TypeVar("T")
 
@@ -37,6 +38,34 @@ async def eventually(
             return last
         await asyncio.sleep(interval)
     raise AssertionError(f"{what} not reached within {timeout:.0f}s (last value {last!r})")
+
+
+async def start_local_stack(state_dir: Path) -> StackState:
+    """Start the embedded stack (broker, redis-server, moto_server) on free ports.
+
+    Its local AWS credentials go into this process's environment too (without overriding
+    real ones), so test clients reach moto_server. Stop it with :func:`stop_local_stack`.
+    """
+    state, _ = await up(state_dir)
+    for name, value in state.env.items():
+        if name.startswith("AWS_"):
+            os.environ.setdefault(name, value)
+    return state
+
+
+def stop_local_stack(state_dir: Path) -> None:
+    """Stop the servers :func:`start_local_stack` started in ``state_dir`` (by pid)."""
+    down(state_dir)
+
+
+@contextmanager
+def local_stack(state_dir: Path) -> Iterator[StackState]:
+    """The embedded stack for a synchronous fixture (not inside a running event loop)."""
+    state = asyncio.run(start_local_stack(state_dir))
+    try:
+        yield state
+    finally:
+        stop_local_stack(state_dir)
 
 
 @dataclass

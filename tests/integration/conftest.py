@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +11,8 @@ from aiobotocore.session import get_session
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
-from cartloom.devstack.stack import StackState, down, up
-from tests.harness import WorkerProcess, serving, start_ingress, start_worker
+from cartloom.devstack.stack import StackState
+from tests.harness import WorkerProcess, local_stack, serving, start_ingress, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -27,12 +25,8 @@ def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def stack(stack_dir: Path) -> Iterator[StackState]:
     """The embedded stack on free ports, started once per test session."""
-    state, _ = asyncio.run(up(stack_dir))
-    for name, value in state.env.items():
-        if name.startswith("AWS_"):
-            os.environ.setdefault(name, value)
-    yield state
-    down(stack_dir)
+    with local_stack(stack_dir) as state:
+        yield state
 
 
 #: How long the shared worker holds an event whose order has not arrived (default: an hour),
