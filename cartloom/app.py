@@ -11,6 +11,7 @@ from typing import Any
 
 import faust
 
+from cartloom.deadletter import DEAD_LETTER_MAX_REQUEST_BYTES
 from cartloom.faust_types import RawKeyTable, TunedTransport
 from cartloom.settings import Settings, get_settings
 from cartloom.topology import Topology, load_topology
@@ -69,6 +70,10 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         # Changelog writes go out as whole batches per partition (cartloom.agents.batching):
         # 256 KiB holds a few hundred order views, not Faust's default 16 KiB's twenty.
         producer_max_batch_size=256 * 1024,
+        # A dead letter is an input record the broker already took, plus a few hundred
+        # bytes of reason headers: Faust's 1,000,000-byte client ceiling refused the copy
+        # of a ~1 MB input, and the worker stopped on it at every restart.
+        producer_max_request_size=DEAD_LETTER_MAX_REQUEST_BYTES,
         web_enabled=True,
         web_bind=settings.web_bind,
         web_host=settings.web_host,
