@@ -30,6 +30,11 @@ shopify_cli = typer.Typer(help="Shopify: webhooks and the simulator.", no_args_i
 cli.add_typer(shopify_cli, name="shopify")
 dlq_cli = typer.Typer(help="Dead-letter topics: send what failed back.", no_args_is_help=True)
 cli.add_typer(dlq_cli, name="dlq")
+schemas_cli = typer.Typer(
+    help="JSON Schemas of the input topics (orders, order.events, inventory).",
+    no_args_is_help=True,
+)
+cli.add_typer(schemas_cli, name="schemas")
 console = Console()
 
 StateDir = Annotated[Path, typer.Option(help="Where the local stack keeps pids, logs, dev.env.")]
@@ -344,6 +349,32 @@ def dlq_replay(
     group = f"{settings.app_id}-dlq-replay"
     report = asyncio.run(replay_dead_letters(settings.bootstrap_servers, topic, group_id=group))
     console.print(f"replayed {report.replayed} record(s) from {topic}.dlq to {topic}")
+
+
+SchemaDir = Annotated[Path, typer.Option(help="Directory of the schema files.")]
+DEFAULT_SCHEMA_DIR = Path("docs/schemas")
+
+
+@schemas_cli.command("write")
+def schemas_write(directory: SchemaDir = DEFAULT_SCHEMA_DIR) -> None:
+    """Write {topic}.schema.json for each input topic, generated from the validators."""
+    from cartloom.schema_files import write_schemas
+
+    for path in write_schemas(directory):
+        console.print(f"wrote {path}")
+
+
+@schemas_cli.command("check")
+def schemas_check(directory: SchemaDir = DEFAULT_SCHEMA_DIR) -> None:
+    """Exit 1 if a schema file is missing or differs from what the validators generate."""
+    from cartloom.schema_files import stale_schemas
+
+    stale = stale_schemas(directory)
+    for name in stale:
+        console.print(f"stale: {directory / name} (run `cartloom schemas write`)", style="red")
+    if stale:
+        raise typer.Exit(1)
+    console.print(f"the schemas in {directory} match the validators")
 
 
 def main() -> None:
