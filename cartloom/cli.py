@@ -144,19 +144,31 @@ def topics_apply() -> None:
 
 @topics_cli.command("check")
 def topics_check() -> None:
-    """Report drift between topics.yaml and the broker; exit 1 if there is any."""
-    from cartloom.kafka_admin import check_topics
+    """Compare partitions, cleanup.policy and retention.ms with topics.yaml; exit 1 on drift.
+
+    A setting the broker does not report is listed as not compared, and is no drift.
+    """
+    from cartloom.kafka_admin import CHECKED_SETTINGS, check_topics
     from cartloom.settings import load_settings
     from cartloom.topology import load_topology
 
     settings = load_settings()
     specs = load_topology(settings.topics_file).all_topics(settings.app_id)
-    drift = asyncio.run(check_topics(settings.bootstrap_servers, specs))
-    for item in drift:
+    check = asyncio.run(check_topics(settings.bootstrap_servers, specs))
+    for item in check.drift:
         console.print(f"drift: {item}", style="red")
-    if drift:
+    for unreported in check.unreported:
+        console.print(f"not compared: {unreported}", style="yellow")
+    if check.drift:
         raise typer.Exit(1)
-    console.print(f"{len(specs)} topics match topics.yaml")
+    compared = "partitions, " + ", ".join(CHECKED_SETTINGS)
+    if check.unreported:
+        console.print(
+            f"{check.topics} topics match topics.yaml in what the broker reported ({compared}); "
+            f"{len(check.unreported)} setting(s) not reported by the broker, not compared"
+        )
+    else:
+        console.print(f"{check.topics} topics match topics.yaml ({compared})")
 
 
 @dynamodb_cli.command("create-tables")
