@@ -364,26 +364,34 @@ def dlq_replay(
 
 
 SchemaDir = Annotated[Path, typer.Option(help="Directory of the schema files.")]
+SchemaDoc = Annotated[
+    Path, typer.Option(help="The producers' guide whose field tables are generated too.")
+]
 DEFAULT_SCHEMA_DIR = Path("docs/schemas")
+DEFAULT_SCHEMA_DOC = Path("docs/producers.md")
 
 
 @schemas_cli.command("write")
-def schemas_write(directory: SchemaDir = DEFAULT_SCHEMA_DIR) -> None:
-    """Write {topic}.schema.json for each input topic, generated from the validators."""
+def schemas_write(
+    directory: SchemaDir = DEFAULT_SCHEMA_DIR, doc: SchemaDoc = DEFAULT_SCHEMA_DOC
+) -> None:
+    """Write {topic}.schema.json per input topic, and the guide's field tables, from the code."""
     from cartloom.schema_files import write_schemas
 
-    for path in write_schemas(directory):
+    for path in write_schemas(directory, doc if doc.exists() else None):
         console.print(f"wrote {path}")
 
 
 @schemas_cli.command("check")
-def schemas_check(directory: SchemaDir = DEFAULT_SCHEMA_DIR) -> None:
-    """Exit 1 if a schema file is missing or differs from what the validators generate."""
+def schemas_check(
+    directory: SchemaDir = DEFAULT_SCHEMA_DIR, doc: SchemaDoc = DEFAULT_SCHEMA_DOC
+) -> None:
+    """Exit 1 if a schema file or the guide's field tables differ from what the code generates."""
     from cartloom.schema_files import stale_schemas
 
-    stale = stale_schemas(directory)
-    for name in stale:
-        console.print(f"stale: {directory / name} (run `cartloom schemas write`)", style="red")
+    stale = stale_schemas(directory, doc if doc.exists() else None)
+    for path in stale:
+        console.print(f"stale: {path} (run `cartloom schemas write`)", style="red")
     if stale:
         raise typer.Exit(1)
     console.print(f"the schemas in {directory} match the validators")

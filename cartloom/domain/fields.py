@@ -86,6 +86,10 @@ class Kind(ABC):
     def json_schema(self) -> dict[str, Any]:
         """The rule as a JSON Schema (draft 2020-12) fragment."""
 
+    @abstractmethod
+    def summary(self) -> str:
+        """The rule in a few words, for the docs' field tables."""
+
 
 @dataclass(frozen=True, slots=True)
 class Text(Kind):
@@ -113,6 +117,10 @@ class Text(Kind):
             "maxLength": self.max_len,
             "pattern": NON_BLANK_PATTERN,
         }
+
+    def summary(self) -> str:
+        """Text and its length."""
+        return f"string, 1 to {self.max_len} characters, not only whitespace"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +150,10 @@ class Timestamp(Kind):
             "maxLength": TIMESTAMP_MAX_LEN,
             "pattern": TIMESTAMP_PATTERN,
         }
+
+    def summary(self) -> str:
+        """RFC 3339."""
+        return "RFC 3339 date-time with a time zone (`Z` or `+01:00`)"
 
 
 _TIMESTAMP_TEXT = Text(TIMESTAMP_MAX_LEN)
@@ -190,6 +202,17 @@ class Integer(Kind):
             schema["not"] = {"const": 0}
         return schema
 
+    def summary(self) -> str:
+        """An integer and the bounds that are not the contract's default."""
+        bounds = []
+        if self.minimum != -MAX_SAFE_INTEGER:
+            bounds.append(f">= {self.minimum}")
+        if self.maximum != MAX_SAFE_INTEGER:
+            bounds.append(f"<= {self.maximum}")
+        if self.nonzero:
+            bounds.append("not 0")
+        return " ".join(["integer", ", ".join(bounds)]).strip()
+
 
 @dataclass(frozen=True, slots=True)
 class Boolean(Kind):
@@ -208,6 +231,10 @@ class Boolean(Kind):
     def json_schema(self) -> dict[str, Any]:
         """A boolean."""
         return {"type": "boolean"}
+
+    def summary(self) -> str:
+        """A boolean."""
+        return "boolean"
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +257,10 @@ class Choice(Kind):
         """An enum of the values."""
         return {"type": "string", "enum": sorted(self.values)}
 
+    def summary(self) -> str:
+        """The values."""
+        return "one of " + ", ".join(f"`{value}`" for value in sorted(self.values))
+
 
 @dataclass(frozen=True, slots=True)
 class AnyObject(Kind):
@@ -249,6 +280,10 @@ class AnyObject(Kind):
         """Any object."""
         return {"type": "object"}
 
+    def summary(self) -> str:
+        """An object."""
+        return "object (any content)"
+
 
 @dataclass(frozen=True, slots=True)
 class Amount(Kind):
@@ -267,6 +302,10 @@ class Amount(Kind):
     def json_schema(self) -> dict[str, Any]:
         """A string or a number."""
         return {"type": ["string", "number"]}
+
+    def summary(self) -> str:
+        """A decimal string or number."""
+        return 'decimal string (`"30.00"`) or number'
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,6 +400,15 @@ class Items(Kind):
             schema["maxItems"] = self.max_items
         return schema
 
+    def summary(self) -> str:
+        """A list of objects and its bounds."""
+        fields = ", ".join(each.name for each in self.item.fields)
+        if self.max_items is not None:
+            return f"list of {self.min_items} to {self.max_items} objects {{{fields}}}"
+        if self.min_items:
+            return f"list of at least {self.min_items} objects {{{fields}}}"
+        return f"list of objects {{{fields}}}"
+
 
 class Rule(ABC):
     """A rule across fields of one message."""
@@ -368,6 +416,10 @@ class Rule(ABC):
     @abstractmethod
     def json_schema(self) -> dict[str, Any]:
         """The rule as a JSON Schema fragment (one member of the message's ``allOf``)."""
+
+    @abstractmethod
+    def summary(self) -> str:
+        """The rule in a sentence, for the docs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +438,10 @@ class ExactlyOne(Rule):
     def json_schema(self) -> dict[str, Any]:
         """``oneOf`` of each name required."""
         return {"oneOf": [{"required": [name]} for name in self.names]}
+
+    def summary(self) -> str:
+        """Which fields."""
+        return "Exactly one of " + " and ".join(f"`{name}`" for name in self.names) + "."
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,6 +469,11 @@ class ItemsRequiredWhen(Rule):
                 "properties": {self.items: {"type": "array", "minItems": 1}},
             },
         }
+
+    def summary(self) -> str:
+        """Which field, when."""
+        values = " or ".join(f"`{value}`" for value in sorted(self.values))
+        return f"`{self.items}` is required, with one item or more, when `{self.when}` is {values}."
 
 
 @dataclass(frozen=True, slots=True)

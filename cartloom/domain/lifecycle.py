@@ -107,8 +107,9 @@ EVENT_VERSION = Field(
 EVENT_LINES = Field(
     "lines",
     Items(LINE),
-    "The units concerned: required, and not empty, for partially_fulfilled and "
-    "partially_refunded (spread over the order's lines of each SKU); ignored otherwise.",
+    "The units concerned, spread over the order's lines of each SKU: required, and not "
+    "empty, for partially_fulfilled and partially_refunded; optional for fulfilled and "
+    "refunded (without lines: every unit left); not used by paid and cancelled.",
     nullable=True,
 )
 PARTIAL_NEEDS_LINES = ItemsRequiredWhen("lines", "event", tuple(sorted(t.value for t in PARTIAL)))

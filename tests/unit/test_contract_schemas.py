@@ -39,7 +39,7 @@ from cartloom.domain.fields import (
 )
 from cartloom.domain.payloads import decode_json_object
 from cartloom.domain.schemas import INPUT_CONTRACTS, PARSERS, json_schema
-from cartloom.schema_files import CHECKOUT_DIR, file_name, stale_schemas
+from cartloom.schema_files import CHECKOUT_DIR, CHECKOUT_DOC, DOC_MARKER, file_name, stale_schemas
 
 TOPICS = sorted(INPUT_CONTRACTS)
 SCHEMAS = {topic: json_schema(contract) for topic, contract in INPUT_CONTRACTS.items()}
@@ -82,7 +82,8 @@ def key_of(topic: str, message: dict[str, Any]) -> str:
 
 
 def test_committed_schema_files_equal_what_the_validators_generate() -> None:
-    assert stale_schemas(CHECKOUT_DIR) == [], "run `cartloom schemas write`"
+    assert stale_schemas(CHECKOUT_DIR, CHECKOUT_DOC) == [], "run `cartloom schemas write`"
+    assert DOC_MARKER in CHECKOUT_DOC.read_text()
     for topic in TOPICS:
         committed = json.loads((CHECKOUT_DIR / file_name(topic)).read_text())
         assert committed == SCHEMAS[topic]
