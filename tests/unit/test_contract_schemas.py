@@ -52,7 +52,7 @@ WITH_FORMATS = {
 }
 #: Drawing messages from these schemas is slow (patterns, arbitrary extra fields): a few
 #: dozen per topic and run, and hypothesis keeps the failures it finds for the next run.
-PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 #: The messages to break carry no extra fields (the other property covers those): faster.
 CLOSED = {topic: {**schema, "additionalProperties": False} for topic, schema in SCHEMAS.items()}
 
