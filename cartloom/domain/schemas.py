@@ -51,7 +51,7 @@ def key_rule(contract: MessageContract) -> str:
         f"key differs, or that has none, is dead-lettered as key_mismatch). The key decides "
         f"the partition: with Kafka's default partitioner (murmur2; in librdkafka clients "
         f"set partitioner=murmur2_random) a message lands on the partition that owns its "
-        f"{name} and skips an extra hop."
+        f"{name}, with no extra hop to move it there."
     )
 
 
