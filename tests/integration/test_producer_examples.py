@@ -72,7 +72,7 @@ def test_the_page_has_the_four_examples_and_says_java_is_not_tested() -> None:
         assert order_id in found[name].code and sku in found[name].code, name
 
 
-def kcat_environment() -> dict[str, str]:
+def kcat_environment(scratch: Path) -> dict[str, str]:
     """kcat on the librdkafka the confluent-kafka wheel bundles.
 
     Debian 12's librdkafka (2.0.2) cannot read the embedded broker's ApiVersions answer
@@ -84,11 +84,9 @@ def kcat_environment() -> dict[str, str]:
     bundled = sorted(libs.glob("librdkafka*.so*"))
     env = dict(os.environ)
     if bundled:
-        shim = Path(os.environ.get("TMPDIR", "/tmp")) / f"cartloom-librdkafka-{os.getpid()}"
+        shim = scratch / "librdkafka"
         shim.mkdir(exist_ok=True)
-        link = shim / "librdkafka.so.1"
-        if not link.exists():
-            link.symlink_to(bundled[0])
+        (shim / "librdkafka.so.1").symlink_to(bundled[0])
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             filter(None, [str(shim), os.environ.get("LD_LIBRARY_PATH")])
         )
@@ -103,7 +101,7 @@ def run_example(example: Example, bootstrap: str, cwd: Path) -> None:
         assert example.language == "bash", example.language
         if shutil.which("kcat") is None:
             pytest.fail("kcat is not installed: run scripts/system-deps.sh (Debian package kcat)")
-        argv, env = ["bash", "-c", code], kcat_environment()
+        argv, env = ["bash", "-c", code], kcat_environment(cwd)
     done = subprocess.run(
         argv, capture_output=True, text=True, cwd=cwd, env=env, timeout=120, check=False
     )
