@@ -30,6 +30,11 @@ shopify_cli = typer.Typer(help="Shopify: webhooks and the simulator.", no_args_i
 cli.add_typer(shopify_cli, name="shopify")
 dlq_cli = typer.Typer(help="Dead-letter topics: send what failed back.", no_args_is_help=True)
 cli.add_typer(dlq_cli, name="dlq")
+schemas_cli = typer.Typer(
+    help="JSON Schemas of the input topics (orders, order.events, inventory).",
+    no_args_is_help=True,
+)
+cli.add_typer(schemas_cli, name="schemas")
 console = Console()
 
 StateDir = Annotated[Path, typer.Option(help="Where the local stack keeps pids, logs, dev.env.")]
@@ -139,19 +144,31 @@ def topics_apply() -> None:
 
 @topics_cli.command("check")
 def topics_check() -> None:
-    """Report drift between topics.yaml and the broker; exit 1 if there is any."""
-    from cartloom.kafka_admin import check_topics
+    """Compare partitions, cleanup.policy and retention.ms with topics.yaml; exit 1 on drift.
+
+    A setting the broker does not report is listed as not compared, and is no drift.
+    """
+    from cartloom.kafka_admin import CHECKED_SETTINGS, check_topics
     from cartloom.settings import load_settings
     from cartloom.topology import load_topology
 
     settings = load_settings()
     specs = load_topology(settings.topics_file).all_topics(settings.app_id)
-    drift = asyncio.run(check_topics(settings.bootstrap_servers, specs))
-    for item in drift:
+    check = asyncio.run(check_topics(settings.bootstrap_servers, specs))
+    for item in check.drift:
         console.print(f"drift: {item}", style="red")
-    if drift:
+    for unreported in check.unreported:
+        console.print(f"not compared: {unreported}", style="yellow")
+    if check.drift:
         raise typer.Exit(1)
-    console.print(f"{len(specs)} topics match topics.yaml")
+    compared = "partitions, " + ", ".join(CHECKED_SETTINGS)
+    if check.unreported:
+        console.print(
+            f"{check.topics} topics match topics.yaml in what the broker reported ({compared}); "
+            f"{len(check.unreported)} setting(s) not reported by the broker, not compared"
+        )
+    else:
+        console.print(f"{check.topics} topics match topics.yaml ({compared})")
 
 
 @dynamodb_cli.command("create-tables")
@@ -357,6 +374,40 @@ def dlq_replay(
         )
         raise typer.Exit(1) from None
     console.print(f"replayed {report.replayed} record(s) from {topic}.dlq to {topic}")
+
+
+SchemaDir = Annotated[Path, typer.Option(help="Directory of the schema files.")]
+SchemaDoc = Annotated[
+    Path, typer.Option(help="The producers' guide whose field tables are generated too.")
+]
+DEFAULT_SCHEMA_DIR = Path("docs/schemas")
+DEFAULT_SCHEMA_DOC = Path("docs/producers.md")
+
+
+@schemas_cli.command("write")
+def schemas_write(
+    directory: SchemaDir = DEFAULT_SCHEMA_DIR, doc: SchemaDoc = DEFAULT_SCHEMA_DOC
+) -> None:
+    """Write {topic}.schema.json per input topic, and the guide's field tables, from the code."""
+    from cartloom.schema_files import write_schemas
+
+    for path in write_schemas(directory, doc if doc.exists() else None):
+        console.print(f"wrote {path}")
+
+
+@schemas_cli.command("check")
+def schemas_check(
+    directory: SchemaDir = DEFAULT_SCHEMA_DIR, doc: SchemaDoc = DEFAULT_SCHEMA_DOC
+) -> None:
+    """Exit 1 if a schema file or the guide's field tables differ from what the code generates."""
+    from cartloom.schema_files import stale_schemas
+
+    stale = stale_schemas(directory, doc if doc.exists() else None)
+    for path in stale:
+        console.print(f"stale: {path} (run `cartloom schemas write`)", style="red")
+    if stale:
+        raise typer.Exit(1)
+    console.print(f"the schemas in {directory} match the validators")
 
 
 def main() -> None:

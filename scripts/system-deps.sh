@@ -15,6 +15,8 @@ NEEDED=(
   "promtool:prometheus"
   # bench/webhooks.py drives the webhook receiver with wrk (HTTP load, latency percentiles).
   "wrk:wrk"
+  # tests/integration/test_producer_examples.py runs docs/producers.md's kcat example.
+  "kcat:kcat"
 )
 
 missing=()

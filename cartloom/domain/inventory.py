@@ -15,13 +15,78 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, NotRequired, TypedDict
 
-from cartloom.domain.errors import InvalidInput, RejectReason
-from cartloom.domain.payloads import optional_str, require_int, require_str, require_timestamp
+from cartloom.domain.fields import (
+    ExactlyOne,
+    Field,
+    Integer,
+    MessageContract,
+    Record,
+    Text,
+    Timestamp,
+)
+from cartloom.domain.orders import ID_MAX_LEN
 
 #: Key of ``level_at`` for a level reported without a location (the SKU's total).
 TOTAL = "*"
 #: How many adjustment ids a SKU remembers to recognise a replayed adjustment.
 RECENT_ADJUSTMENTS = 200
+
+SKU = Field(
+    "sku",
+    Text(ID_MAX_LEN),
+    "The SKU, as order lines name it. The message's Kafka key must be the same text.",
+    required=True,
+)
+ON_HAND = Field(
+    "on_hand",
+    Integer(minimum=0),
+    "An absolute level: the units counted (at location, or in all, without one). "
+    "Give exactly one of on_hand and delta.",
+)
+DELTA = Field(
+    "delta",
+    Integer(nonzero=True),
+    "An adjustment: units that arrived (positive) or were written off (negative). "
+    "Give exactly one of on_hand and delta.",
+)
+LOCATION = Field(
+    "location",
+    Text(ID_MAX_LEN),
+    "The warehouse or store the count or adjustment is for; without one, on_hand is the "
+    "SKU's total.",
+    nullable=True,
+)
+UPDATED_AT = Field(
+    "updated_at",
+    Timestamp(),
+    "When the source counted (RFC 3339, with a time zone): a level older than the last one "
+    "applied for its location is stale, one with the same time a duplicate.",
+)
+ADJUSTMENT_ID = Field(
+    "adjustment_id",
+    Text(ID_MAX_LEN),
+    "The adjustment's id at the source: an adjustment whose id was applied recently is a "
+    "duplicate (so re-sending one is safe). Only adjustments (delta) use it.",
+    nullable=True,
+)
+LEVEL_OR_ADJUSTMENT = ExactlyOne(("on_hand", "delta"))
+
+#: The ``inventory`` topic's contract: what :func:`parse_stock_message` accepts.
+STOCK_MESSAGE = MessageContract(
+    topic="inventory",
+    title="CartLoom inventory message",
+    description="A SKU's stock from a warehouse, ERP or store: an absolute level (on_hand) "
+    "or an adjustment (delta). Reservations are CartLoom's own: send what is physically "
+    "there, not what is available.",
+    key=SKU,
+    record=Record((SKU, ON_HAND, DELTA, LOCATION, UPDATED_AT, ADJUSTMENT_ID)),
+    rules=(LEVEL_OR_ADJUSTMENT,),
+    examples=(
+        {"sku": "MUG-RED", "on_hand": 40, "updated_at": "2026-11-25T09:00:00+00:00"},
+        {"sku": "MUG-RED", "on_hand": 12, "location": "berlin-1"},
+        {"sku": "MUG-RED", "delta": -2, "location": "berlin-1", "adjustment_id": "rma-77"},
+    ),
+)
 
 
 class InventoryView(TypedDict):
@@ -79,26 +144,14 @@ def parse_stock_message(payload: dict[str, Any], *, key: str | None = None) -> S
     Exactly one of ``on_hand`` (absolute, >= 0) and ``delta`` (non-zero) must be present;
     ``key``, when given, must equal ``sku`` so the SKU stays on the partition that owns it.
     """
-    sku = require_str(payload, "sku", max_len=128)
-    if key is not None and key != sku:
-        raise InvalidInput(
-            RejectReason.KEY_MISMATCH, f"message key {key!r} differs from sku {sku!r}"
-        )
-    location = optional_str(payload, "location", max_len=128)
-    updated_at = require_timestamp(payload, "updated_at") if "updated_at" in payload else None
-    has_level, has_delta = "on_hand" in payload, "delta" in payload
-    if has_level == has_delta:
-        raise InvalidInput(
-            RejectReason.INVALID_SCHEMA, "exactly one of on_hand and delta must be given"
-        )
-    if has_level:
-        level = require_int(payload, "on_hand", minimum=0)
-        return StockLevel(sku, level, location, updated_at)
-    delta = require_int(payload, "delta")
-    if delta == 0:
-        raise InvalidInput(RejectReason.INVALID_SCHEMA, "delta must not be 0")
-    adjustment_id = optional_str(payload, "adjustment_id", max_len=128)
-    return StockAdjustment(sku, delta, location, updated_at, adjustment_id)
+    sku: str = SKU.read(payload)
+    STOCK_MESSAGE.check_key(key, sku)
+    location: str | None = LOCATION.read(payload)
+    updated_at: str | None = UPDATED_AT.read(payload)
+    adjustment_id: str | None = ADJUSTMENT_ID.read(payload)
+    if LEVEL_OR_ADJUSTMENT.check(payload) == "on_hand":
+        return StockLevel(sku, ON_HAND.read(payload), location, updated_at)
+    return StockAdjustment(sku, DELTA.read(payload), location, updated_at, adjustment_id)
 
 
 def empty_inventory(sku: str, now: str) -> InventoryView:

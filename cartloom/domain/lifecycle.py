@@ -17,15 +17,26 @@ from enum import StrEnum
 from typing import Any
 
 from cartloom.domain.errors import InvalidInput, RejectReason
+from cartloom.domain.fields import (
+    Choice,
+    Field,
+    Integer,
+    Items,
+    ItemsRequiredWhen,
+    MessageContract,
+    Record,
+    Timestamp,
+)
 from cartloom.domain.ledger import Command, Commit, Release, ReleaseReason
 from cartloom.domain.orders import (
     HISTORY_LIMIT,
+    LINE,
+    ORDER_ID,
     OrderLine,
     OrderView,
     ReservationLineView,
     TransitionView,
 )
-from cartloom.domain.payloads import require_int, require_str, require_timestamp
 
 RECENT_EVENTS_LIMIT = 20
 
@@ -69,6 +80,60 @@ EXTERNAL = frozenset(
         Trigger.REFUNDED,
         Trigger.PARTIALLY_REFUNDED,
     }
+)
+
+#: External events that say which units they concern, in ``lines``.
+PARTIAL = frozenset({Trigger.PARTIALLY_FULFILLED, Trigger.PARTIALLY_REFUNDED})
+
+EVENT = Field(
+    "event",
+    Choice(tuple(sorted(t.value for t in EXTERNAL))),
+    "What happened to the order. The partial events need lines.",
+    required=True,
+)
+EVENT_AT = Field(
+    "at",
+    Timestamp(),
+    "When it happened, with a time zone (RFC 3339). With version, it identifies the event: "
+    "the same event, at and version again is a duplicate.",
+    required=True,
+)
+EVENT_VERSION = Field(
+    "version",
+    Integer(minimum=0),
+    "The sender's version of the order, growing with each change: an event below the last "
+    "one applied is stale and changes nothing. Leave it out if the sender has none.",
+)
+EVENT_LINES = Field(
+    "lines",
+    Items(LINE),
+    "The units concerned, spread over the order's lines of each SKU: required, and not "
+    "empty, for partially_fulfilled and partially_refunded; optional for fulfilled and "
+    "refunded (without lines: every unit left); not used by paid and cancelled.",
+    nullable=True,
+)
+PARTIAL_NEEDS_LINES = ItemsRequiredWhen("lines", "event", tuple(sorted(t.value for t in PARTIAL)))
+
+#: The ``order.events`` topic's contract: what :func:`parse_order_event` accepts.
+ORDER_EVENT_MESSAGE = MessageContract(
+    topic="order.events",
+    title="CartLoom order.events message",
+    description="A lifecycle change of an order CartLoom holds (or will: an event that "
+    "arrives before its order is held until the order comes). The state machine decides "
+    "whether it applies: an event it forbids is refused and counted, not an error.",
+    key=ORDER_ID,
+    record=Record((ORDER_ID, EVENT, EVENT_AT, EVENT_VERSION, EVENT_LINES)),
+    rules=(PARTIAL_NEEDS_LINES,),
+    examples=(
+        {"order_id": "pos-1001", "event": "paid", "at": "2026-11-25T10:05:00+00:00"},
+        {
+            "order_id": "pos-1001",
+            "event": "partially_fulfilled",
+            "at": "2026-11-26T08:30:00Z",
+            "version": 3,
+            "lines": [{"sku": "MUG-RED", "quantity": 1}],
+        },
+    ),
 )
 
 S, T = Status, Trigger
@@ -168,39 +233,14 @@ class OrderEvent:
 
 def parse_order_event(payload: dict[str, Any], *, key: str | None = None) -> OrderEvent:
     """Validate an ``order.events`` message; raise :class:`InvalidInput` naming the problem."""
-    order_id = require_str(payload, "order_id", max_len=128)
-    if key is not None and key != order_id:
-        raise InvalidInput(
-            RejectReason.KEY_MISMATCH, f"message key {key!r} differs from order_id {order_id!r}"
-        )
-    try:
-        kind = Trigger(str(payload.get("event")))
-    except ValueError:
-        kind = None
-    if kind is None or kind not in EXTERNAL:
-        allowed = ", ".join(sorted(t.value for t in EXTERNAL))
-        raise InvalidInput(RejectReason.INVALID_SCHEMA, f"event must be one of {allowed}")
-    at = require_timestamp(payload, "at")
-    version = require_int(payload, "version", minimum=0) if "version" in payload else None
-    lines = _event_lines(payload)
-    if kind in (Trigger.PARTIALLY_FULFILLED, Trigger.PARTIALLY_REFUNDED) and not lines:
-        raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{kind.value} needs lines")
+    order_id: str = ORDER_ID.read(payload)
+    ORDER_EVENT_MESSAGE.check_key(key, order_id)
+    kind = Trigger(EVENT.read(payload))
+    at: str = EVENT_AT.read(payload)
+    version: int | None = EVENT_VERSION.read(payload)
+    lines = tuple(OrderLine(sku, quantity) for sku, quantity in EVENT_LINES.read(payload) or ())
+    PARTIAL_NEEDS_LINES.check(kind.value, lines)
     return OrderEvent(order_id, kind, at, lines, version)
-
-
-def _event_lines(payload: dict[str, Any]) -> tuple[OrderLine, ...]:
-    raw = payload.get("lines")
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise InvalidInput(RejectReason.INVALID_SCHEMA, "lines must be a list")
-    lines = []
-    for index, line in enumerate(raw):
-        if not isinstance(line, dict):
-            raise InvalidInput(RejectReason.INVALID_SCHEMA, f"lines[{index}] must be an object")
-        sku = require_str(line, "sku", max_len=128)
-        lines.append(OrderLine(sku, require_int(line, "quantity", minimum=1)))
-    return tuple(lines)
 
 
 def transitioned(view: OrderView, status: Status, now: str, reason: str | None) -> OrderView:

@@ -10,17 +10,105 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
-from cartloom.domain.errors import InvalidInput, RejectReason
-from cartloom.domain.instants import instant_after
-from cartloom.domain.payloads import (
-    optional_str,
-    require_int,
-    require_str,
-    require_timestamp,
+from cartloom.domain.fields import (
+    Amount,
+    AnyObject,
+    Boolean,
+    Field,
+    Integer,
+    Items,
+    MessageContract,
+    Record,
+    Text,
+    Timestamp,
 )
+from cartloom.domain.instants import instant_after
 
+#: Longest order id and SKU (characters).
+ID_MAX_LEN = 128
 MAX_LINES = 500
 HISTORY_LIMIT = 20
+
+#: The order id field: ``orders`` and ``order.events`` both key by it.
+ORDER_ID = Field(
+    "order_id",
+    Text(ID_MAX_LEN),
+    "The order's id, unique across channels (prefix it with the channel if ids may clash). "
+    "The message's Kafka key must be the same text.",
+    required=True,
+)
+LINE = Record(
+    (
+        Field("sku", Text(ID_MAX_LEN), "The SKU, as `inventory` messages name it.", required=True),
+        Field("quantity", Integer(minimum=1), "Units of the SKU.", required=True),
+    )
+)
+ORDER_LINES = Field(
+    "lines",
+    Items(LINE, min_items=1, max_items=MAX_LINES),
+    "What was ordered, one entry per line; a SKU may appear on several lines.",
+    required=True,
+)
+SOURCE = Field(
+    "source", Text(64), "The channel the order came from (pos, web, marketplace...).", required=True
+)
+CREATED_AT = Field(
+    "created_at",
+    Timestamp(),
+    "When the order was placed, with a time zone (RFC 3339).",
+    required=True,
+)
+CURRENCY = Field("currency", Text(3), "ISO 4217 code of total_price, e.g. EUR.", nullable=True)
+TOTAL_PRICE = Field(
+    "total_price",
+    Amount(),
+    'The order\'s total, kept as given: a decimal string ("30.00") keeps its exact digits.',
+    nullable=True,
+)
+CUSTOMER = Field(
+    "customer",
+    AnyObject(),
+    "Who ordered, as the channel describes them; kept with the order and removed by "
+    "Shopify's privacy requests.",
+    nullable=True,
+)
+ACCEPTED_UPSTREAM = Field(
+    "accepted_upstream",
+    Boolean(),
+    "true when the channel already accepted the order (Shopify): CartLoom never rejects it, "
+    "and records lines short of stock as oversold. Default false.",
+)
+
+#: The ``orders`` topic's contract: what :func:`parse_order` accepts.
+ORDER_MESSAGE = MessageContract(
+    topic="orders",
+    title="CartLoom orders message",
+    description="A new order from a sales channel. Sent once per order; re-sending the same "
+    "order_id changes nothing.",
+    key=ORDER_ID,
+    record=Record(
+        (
+            ORDER_ID,
+            SOURCE,
+            CREATED_AT,
+            ORDER_LINES,
+            CURRENCY,
+            TOTAL_PRICE,
+            CUSTOMER,
+            ACCEPTED_UPSTREAM,
+        )
+    ),
+    examples=(
+        {
+            "order_id": "pos-1001",
+            "source": "pos",
+            "created_at": "2026-11-25T10:00:00+00:00",
+            "lines": [{"sku": "MUG-RED", "quantity": 2}, {"sku": "TEE-M", "quantity": 1}],
+            "currency": "EUR",
+            "total_price": "42.00",
+        },
+    ),
+)
 
 
 class OrderLineView(TypedDict):
@@ -134,32 +222,18 @@ def parse_order(payload: dict[str, Any], *, key: str | None = None) -> PlacedOrd
     ``key`` is the Kafka message key; when given it must equal ``order_id`` so the order
     lands on the partition that owns it.
     """
-    order_id = require_str(payload, "order_id", max_len=128)
-    if key is not None and key != order_id:
-        raise InvalidInput(
-            RejectReason.KEY_MISMATCH, f"message key {key!r} differs from order_id {order_id!r}"
-        )
-    raw_lines = payload.get("lines")
-    if not isinstance(raw_lines, list) or not raw_lines:
-        raise InvalidInput(RejectReason.INVALID_SCHEMA, "lines must be a non-empty list")
-    if len(raw_lines) > MAX_LINES:
-        raise InvalidInput(RejectReason.INVALID_SCHEMA, f"more than {MAX_LINES} lines")
-    lines = tuple(_parse_line(index, line) for index, line in enumerate(raw_lines))
-    customer = payload.get("customer")
-    if customer is not None and not isinstance(customer, dict):
-        raise InvalidInput(RejectReason.INVALID_SCHEMA, "customer must be an object")
-    accepted_upstream = payload.get("accepted_upstream", False)
-    if not isinstance(accepted_upstream, bool):
-        raise InvalidInput(RejectReason.INVALID_SCHEMA, "accepted_upstream must be a boolean")
+    order_id: str = ORDER_ID.read(payload)
+    ORDER_MESSAGE.check_key(key, order_id)
+    lines = tuple(OrderLine(sku, quantity) for sku, quantity in ORDER_LINES.read(payload))
     return PlacedOrder(
         order_id=order_id,
-        source=require_str(payload, "source", max_len=64),
-        created_at=require_timestamp(payload, "created_at"),
+        source=SOURCE.read(payload),
+        created_at=CREATED_AT.read(payload),
         lines=lines,
-        currency=optional_str(payload, "currency", max_len=3),
-        total_price=_optional_price(payload),
-        customer=customer,
-        accepted_upstream=accepted_upstream,
+        currency=CURRENCY.read(payload),
+        total_price=TOTAL_PRICE.read(payload),
+        customer=CUSTOMER.read(payload),
+        accepted_upstream=ACCEPTED_UPSTREAM.read(payload) or False,
     )
 
 
@@ -200,27 +274,6 @@ def read_accepted_order(item: dict[str, Any]) -> PlacedOrder:
         customer=item.get("customer"),
         accepted_upstream=item.get("accepted_upstream", False),
     )
-
-
-def _parse_line(index: int, line: Any) -> OrderLine:
-    if not isinstance(line, dict):
-        raise InvalidInput(RejectReason.INVALID_SCHEMA, f"lines[{index}] must be an object")
-    try:
-        return OrderLine(
-            sku=require_str(line, "sku", max_len=128),
-            quantity=require_int(line, "quantity", minimum=1),
-        )
-    except InvalidInput as exc:
-        raise InvalidInput(exc.reason, f"lines[{index}].{exc.detail}") from None
-
-
-def _optional_price(payload: dict[str, Any]) -> str | None:
-    value = payload.get("total_price")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise InvalidInput(RejectReason.INVALID_SCHEMA, "total_price must be a decimal string")
-    return str(value)
 
 
 def new_order_view(order: PlacedOrder, now: str, *, deadline_seconds: float = 30.0) -> OrderView:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -41,22 +40,3 @@ def require_int(payload: dict[str, Any], field: str, *, minimum: int | None = No
     if minimum is not None and value < minimum:
         raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{field} must be >= {minimum}")
     return value
-
-
-def require_timestamp(payload: dict[str, Any], field: str) -> str:
-    """An ISO-8601 timestamp with a time zone; returned as given."""
-    value = require_str(payload, field, max_len=64)
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{field} is not ISO-8601") from None
-    if parsed.tzinfo is None:
-        raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{field} has no time zone")
-    return value
-
-
-def optional_str(payload: dict[str, Any], field: str, *, max_len: int = 256) -> str | None:
-    """A string field that may be absent or null."""
-    if payload.get(field) is None:
-        return None
-    return require_str(payload, field, max_len=max_len)

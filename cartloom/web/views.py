@@ -1,4 +1,4 @@
-"""Every worker's web views: live queries per table, health, readiness and metrics.
+"""Every worker's web views: live queries per table, schemas, health, readiness and metrics.
 
 Importing this module (it is in ``cartloom.app.AUTODISCOVER``) registers the pages and
 installs Faust's Prometheus monitor. A live query is registered for each queryable table
@@ -16,6 +16,7 @@ from cartloom.observability import install_prometheus_monitor
 from cartloom.web import discovery
 from cartloom.web.health import BrokerProbe, register_health
 from cartloom.web.queries import LiveQuery, register_live_query
+from cartloom.web.schemas import register_schemas
 
 #: (path, table name in cartloom.tables, path parameter, entity, 404 message).
 QUERYABLE = [
@@ -43,3 +44,4 @@ register_health(app, BrokerProbe(settings.bootstrap_servers), REBALANCE_STUCK_AF
 #: Registered by importing it (``@app.service``); named here so the import is explicit.
 TARGET_FILE_SERVICE = discovery.PrometheusTargetFile
 VIEWS = {path: register_live_query(app, path, q, settings) for path, q in live_queries().items()}
+register_schemas(app)  # public: no bearer token

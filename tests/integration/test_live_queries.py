@@ -22,6 +22,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from cartloom.devstack.stack import StackState
+from cartloom.domain.schemas import INPUT_CONTRACTS
+from cartloom.schema_files import CHECKOUT_DIR, file_name
 from cartloom.topology import load_topology
 from cartloom.web.queries import FORWARDED_HEADER, PARTITION_HEADER, SERVED_BY_HEADER
 from cartloom.web.routing import key_partition
@@ -268,3 +270,22 @@ async def test_each_worker_registers_itself_for_prometheus(
     assert sorted(d[0]["targets"][0] for d in documents) == sorted(
         f"127.0.0.1:{w.port}" for w in pair
     )
+
+
+async def test_the_input_schemas_are_public_on_every_worker(pair: list[WorkerProcess]) -> None:
+    """GET /schemas/{topic}.json answers without the token the live queries need."""
+    committed = {topic: (CHECKOUT_DIR / file_name(topic)).read_bytes() for topic in INPUT_CONTRACTS}
+    async with aiohttp.ClientSession() as http:
+        for worker in pair:
+            async with http.get(f"{worker.url}/schemas") as resp:
+                assert resp.status == 200
+                index = await resp.json()
+            assert index == {"schemas": {t: f"/schemas/{t}.json" for t in committed}}
+            for topic, text in committed.items():
+                async with http.get(f"{worker.url}/schemas/{topic}.json") as resp:
+                    assert resp.status == 200, topic
+                    assert resp.content_type == "application/schema+json"
+                    assert await resp.read() == text
+            async with http.get(f"{worker.url}/schemas/orders.dlq.json") as resp:
+                assert resp.status == 404
+                assert (await resp.json())["topic"] == "orders.dlq"
