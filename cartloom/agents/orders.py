@@ -17,7 +17,7 @@ import faust
 
 from cartloom import metrics
 from cartloom.agents.batching import BatchHandler, Outbox, TableBatch, event_key, handle_batch
-from cartloom.agents.saga import schedule_order
+from cartloom.agents.saga import decision_clock, inputs, nudge_ignored, schedule_order
 from cartloom.app import app, settings
 from cartloom.clock import utc_now_iso
 from cartloom.dlq import dead_letter_topic
@@ -53,6 +53,7 @@ async def process_orders(stream: faust.StreamT[bytes]) -> None:
         orders, outbox = TableBatch(order_by_id, app.producer), Outbox(app.producer)
         handler = OrderHandler(orders, outbox)
         await handle_batch(events, handler, ([orders], outbox), dead_letter_topic, "orders")
+        inputs.processed(events)  # the saga's clocks: how far each input partition was read
 
 
 class OrderHandler(BatchHandler):
@@ -84,10 +85,13 @@ class OrderHandler(BatchHandler):
             self._result(event, payload, key)
         else:
             order_id, kind = parse_timeout(payload, key=key)
-            view = self.orders.get(order_id)
-            if view is not None:
-                ttl = settings.reservation_ttl_seconds
-                self._step("timeout", event, resolve_timeout(view, kind, self.now, ttl_seconds=ttl))
+            view, partition = self.orders.get(order_id), event.message.partition
+            if view is not None:  # decided on the clock of the input that could change it
+                clock, ttl = decision_clock(kind, partition), settings.reservation_ttl_seconds
+                step = resolve_timeout(view, kind, self.now, clock=clock, ttl_seconds=ttl)
+                self._step("timeout", event, step)
+                if not step.changed:  # too early (an earlier owner's nudge) or no longer due
+                    nudge_ignored(step.view)
 
     def _order(self, event: faust.EventT[Any], order: PlacedOrder) -> None:
         known: OrderView | None = self.orders.get(order.order_id)
