@@ -2,8 +2,11 @@
 
 The agent notes the last record of each partition it processed (:meth:`InputClocks.processed`,
 after each batch); the clock of a partition (:func:`cartloom.domain.input_clock.input_clock`)
-compares that with the log end the consumer's last fetch reported and the time of that
-fetch. These come from the Kafka consumer inside Faust's consumer thread (aiokafka's public
+compares that with the log end the consumer's latest fetch reported, dated by the fetch
+answer observed before that one (:func:`~cartloom.domain.input_clock.fetch_sent_after`):
+the latest answer may have been read long after the broker gave it (a stopped process).
+
+These come from the Kafka consumer inside Faust's consumer thread (aiokafka's public
 ``assignment``, ``highwater`` and ``last_poll_timestamp``; the fetch highwater, which the
 embedded broker reports right, unlike its ListOffsets end offsets) and, for a partition
 nothing was processed of since it was assigned, the committed offset Faust sought to.
@@ -19,7 +22,7 @@ from typing import Any
 import faust
 from faust.types import TP
 
-from cartloom.domain.input_clock import InputState, input_clock
+from cartloom.domain.input_clock import InputState, fetch_sent_after, input_clock
 
 
 class InputClocks:
@@ -29,6 +32,7 @@ class InputClocks:
         self._app = app
         self._grace = grace
         self._processed: dict[TP, tuple[int, float | None]] = {}
+        self._answers: dict[TP, tuple[float, float | None]] = {}
         self._clocks: dict[TP, float] = {}
 
     def processed(self, events: Sequence[faust.EventT[Any]]) -> None:
@@ -53,14 +57,18 @@ class InputClocks:
         if kafka is None or tp not in kafka.assignment():
             self.forget(tp)
             return None
-        highwater, fetched_ms = kafka.highwater(tp), kafka.last_poll_timestamp(tp)
-        processed = self._processed.get(tp)
-        committed = self._committed(tp)
+        highwater, answered_ms = kafka.highwater(tp), kafka.last_poll_timestamp(tp)
+        answers = fetch_sent_after(
+            self._answers.get(tp), None if answered_ms is None else answered_ms / 1000.0
+        )
+        if answers is not None:
+            self._answers[tp] = answers
+        processed, committed = self._processed.get(tp), self._committed(tp)
         state = InputState(
             next_offset=committed if processed is None else max(processed[0] + 1, committed),
             last_timestamp=None if processed is None else processed[1],
             highwater=highwater,
-            fetched_at=None if fetched_ms is None else fetched_ms / 1000.0,
+            fetched_after=None if answers is None else answers[1],
         )
         clock = input_clock(state, grace=self._grace, previous=self._clocks.get(tp))
         if clock is not None:
@@ -70,6 +78,7 @@ class InputClocks:
     def forget(self, tp: TP) -> None:
         """Drop what is known of ``tp`` (it went to another worker)."""
         self._processed.pop(tp, None)
+        self._answers.pop(tp, None)
         self._clocks.pop(tp, None)
 
     def _committed(self, tp: TP) -> int:
