@@ -270,7 +270,8 @@ async def test_expiries_wait_for_lifecycle_events_behind_a_stopped_worker_and_nu
         except AssertionError:
             final = await views(bootstrap, app_id, "order_by_id", set(order_ids))
             lost = {o: [h["status"] for h in final[o]["history"]] for o in paid}
-            raise AssertionError(f"paid orders, their histories: {lost}") from None
+            sent = await nudges(bootstrap, set(order_ids))
+            raise AssertionError(f"paid orders' histories: {lost}; nudges: {sent}") from None
         for order_id in paid:
             assert "expired" not in [h["status"] for h in final[order_id]["history"]]
         sent = await nudges(bootstrap, set(order_ids))
