@@ -97,13 +97,20 @@ class NudgeSchedule(Generic[K]):
             if nudged == (clock, due):
                 return
             del self._nudged[order_id]
-        before = self._clock_of.pop(order_id, None)
-        if before is not None and (before != clock or due is None):
+        before = self._clock_of.get(order_id)
+        if before is not None:
+            if before == clock and due is not None:  # a new due time on the same clock
+                self._held[before].schedule(order_id, due)
+                return
             self._held[before].schedule(order_id, None)
+            del self._clock_of[order_id]
         if clock is None or due is None:
             return
         self._clock_of[order_id] = clock
-        self._held.setdefault(clock, DueSchedule()).schedule(order_id, due)
+        held = self._held.get(clock)
+        if held is None:
+            held = self._held[clock] = DueSchedule()
+        held.schedule(order_id, due)
 
     def pop_due(self, clock: K, reached: float, limit: int) -> list[tuple[str, float]]:
         """Up to ``limit`` orders whose due time ``clock`` has reached, as (order id, due).
