@@ -77,7 +77,10 @@ class Settings(BaseSettings):
         1800.0, ge=0, description="Unpaid channel reservations are released after this (0 = never)."
     )
     saga_deadline_seconds: float = Field(
-        30.0, gt=0, description="An order whose line answers are missing is resolved after this."
+        30.0,
+        gt=0,
+        description="After this (on the answers' clock), an order with unanswered lines asks"
+        " the stock side to confirm them: docs/orders.md, Deadline.",
     )
     saga_scan_interval_seconds: float = Field(
         1.0, gt=0, description="How often each worker looks for overdue orders."
@@ -93,6 +96,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Most events held for one order not yet known; over it the oldest goes to"
         " order.events.dlq (reason held_over_limit).",
+    )
+    saga_clock_grace_seconds: float = Field(
+        1.0,
+        ge=0,
+        description="Deadlines and expiries wait this long past their input's clock (a record"
+        " stamped just before may still be on its way); docs/orders.md, Deadline.",
     )
     order_batch_max: int = Field(
         1000, ge=1, description="Most events the order and stock agents handle per batch."

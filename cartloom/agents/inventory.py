@@ -4,7 +4,8 @@ It reads everything keyed by SKU (``inventory`` levels and adjustments, the saga
 ``inventory.commands``) in batches on the SKU's partition, applies them with the pure
 :mod:`cartloom.domain.inventory` and :mod:`cartloom.domain.ledger`, writes each changed
 SKU and ledger entry once per batch, and answers reserve commands on
-``reservation.results`` keyed by order id. Oversold lines and expired reservations are
+``reservation.results`` keyed by order id; a fence is answered there too, after the answers
+to every command that came before it on the partition. Oversold lines and expired reservations are
 published on ``inventory.alerts`` and counted.
 """
 
@@ -27,6 +28,7 @@ from cartloom.domain.inventory import (
     parse_stock_message,
 )
 from cartloom.domain.ledger import (
+    Fence,
     LedgerEntry,
     LedgerStep,
     Release,
@@ -37,6 +39,7 @@ from cartloom.domain.ledger import (
     effective_entry,
     entry_key,
     parse_command,
+    pass_fence,
     result_to_json,
     sealed_entry,
 )
@@ -91,6 +94,12 @@ class StockHandler(BatchHandler):
     def _command(self, event: faust.EventT[Any], payload: dict[str, Any], key: str | None) -> None:
         partition = event.message.partition
         command = parse_command(payload, key=key)
+        if isinstance(command, Fence):  # the saga's deadline: answered in partition order
+            body = result_to_json(pass_fence(command))
+            self.outbox.add_to_envelope(
+                reservation_results_topic, command.order_id, "results", body
+            )
+            return
         ledger_key = entry_key(command.order_id, command.line)
         sku = command.sku
         before = self._stock(sku)

@@ -35,7 +35,7 @@ from cartloom.agents.early_events import (
     schedule_held,
     settle_held_events,
 )
-from cartloom.agents.saga import schedule_order
+from cartloom.agents.saga import decision_clock, inputs, nudge_ignored, schedule_order
 from cartloom.app import app, settings
 from cartloom.clock import utc_now_iso
 from cartloom.dlq import dead_letter_topic
@@ -96,6 +96,7 @@ async def process_orders(stream: faust.StreamT[bytes]) -> None:
             await settle_held_events(handler.settled)  # before the batch is acknowledged
         except Exception as exc:  # a refused write: the batch must not be acknowledged
             stop_without_acknowledging("orders", exc)
+        inputs.processed(events)  # the saga's clocks: how far each input partition was read
 
 
 class OrderHandler(BatchHandler):
@@ -136,10 +137,13 @@ class OrderHandler(BatchHandler):
             self._held_nudge(event, parse_held_nudge(payload, key=key))
         else:
             order_id, kind = parse_timeout(payload, key=key)
-            view = self.orders.get(order_id)
-            if view is not None:
-                ttl = settings.reservation_ttl_seconds
-                self._step("timeout", event, resolve_timeout(view, kind, self.now, ttl_seconds=ttl))
+            view, partition = self.orders.get(order_id), event.message.partition
+            if view is not None:  # decided on the clock of the input that could change it
+                clock, ttl = decision_clock(kind, partition), settings.reservation_ttl_seconds
+                step = resolve_timeout(view, kind, self.now, clock=clock, ttl_seconds=ttl)
+                self._step("timeout", event, step)
+                if not step.changed:  # too early (an earlier owner's nudge) or no longer due
+                    nudge_ignored(step.view)
 
     def _order(self, event: faust.EventT[Any], order: PlacedOrder) -> None:
         known: OrderView | None = self.orders.get(order.order_id)

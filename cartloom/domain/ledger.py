@@ -11,6 +11,11 @@ and ``release`` carry absolute totals, so applying any command twice changes not
 - ``release(total | all)``: units go back to ``available`` (cancel, reject, refund before
   fulfilment, expiry). A release for an entry never reserved leaves a tombstone, so a
   reserve command that arrives late takes nothing.
+- ``fence``: changes nothing and is answered (:class:`FencePassed`) once the SKU's
+  partition reaches it. Commands for a SKU travel in one partition in order and answers
+  for an order in one partition in order, so when the order side reads the answer to a
+  fence, every answer to the commands sent before it has been read too: a line still
+  pending then was never going to be answered (the saga's deadline, docs/orders.md).
 
 Pure: no Kafka, the caller passes ``now``.
 """
@@ -95,7 +100,19 @@ class Release:
     total: int | None = None
 
 
-Command = Reserve | Commit | Release
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """Answer once every command sent before this one on the SKU's partition was handled."""
+
+    order_id: str
+    line: int
+    sku: str
+
+
+#: What changes a ledger entry (:func:`apply_command`).
+LedgerCommand = Reserve | Commit | Release
+#: What travels on ``inventory.commands``.
+Command = Reserve | Commit | Release | Fence
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +131,19 @@ class ReserveResult:
     def short_by(self) -> int:
         """Units asked for and not granted."""
         return self.requested - self.granted
+
+
+@dataclass(frozen=True, slots=True)
+class FencePassed:
+    """The answer to a :class:`Fence`: the stock side handled everything sent before it."""
+
+    order_id: str
+    line: int
+    sku: str
+
+
+#: What travels on ``reservation.results``.
+Answer = ReserveResult | FencePassed
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +217,7 @@ def held(entry: LedgerEntry) -> int:
 
 
 def apply_command(
-    stock: InventoryView, entry: LedgerEntry | None, command: Command, now: str
+    stock: InventoryView, entry: LedgerEntry | None, command: LedgerCommand, now: str
 ) -> LedgerStep:
     """Apply ``command`` to the SKU's ``stock`` and the line's ``entry`` (None: no entry yet).
 
@@ -203,6 +233,11 @@ def apply_command(
     if isinstance(command, Commit):
         return _commit(stock, entry, command, now)
     return _release(stock, entry, command, now)
+
+
+def pass_fence(fence: Fence) -> FencePassed:
+    """The answer to ``fence``; it reads and changes nothing, so nothing can make it fail."""
+    return FencePassed(fence.order_id, fence.line, fence.sku)
 
 
 def reserve_result(entry: LedgerEntry) -> ReserveResult:
@@ -329,8 +364,10 @@ def command_to_json(command: Command) -> dict[str, Any]:
         )
     elif isinstance(command, Commit):
         body.update(type="commit", total=command.total)
-    else:
+    elif isinstance(command, Release):
         body.update(type="release", reason=command.reason.value, total=command.total)
+    else:
+        body.update(type="fence")
     return body
 
 
@@ -356,11 +393,20 @@ def parse_command(payload: dict[str, Any], *, key: str | None = None) -> Command
             raise InvalidInput(RejectReason.INVALID_SCHEMA, "unknown release reason") from None
         total = None if payload.get("total") is None else require_int(payload, "total", minimum=0)
         return Release(order_id, line, sku, reason, total)
+    if kind == "fence":
+        return Fence(order_id, line, sku)
     raise InvalidInput(RejectReason.INVALID_SCHEMA, f"unknown command type {kind!r}")
 
 
-def result_to_json(result: ReserveResult) -> dict[str, Any]:
+def result_to_json(result: Answer) -> dict[str, Any]:
     """The JSON object sent on ``reservation.results`` (keyed by order id)."""
+    if isinstance(result, FencePassed):
+        return {
+            "type": "fence",
+            "order_id": result.order_id,
+            "line": result.line,
+            "sku": result.sku,
+        }
     return {
         "order_id": result.order_id,
         "line": result.line,
@@ -372,13 +418,19 @@ def result_to_json(result: ReserveResult) -> dict[str, Any]:
     }
 
 
-def parse_result(payload: dict[str, Any], *, key: str | None = None) -> ReserveResult:
-    """Validate a ``reservation.results`` message."""
+def parse_result(payload: dict[str, Any], *, key: str | None = None) -> Answer:
+    """Validate a ``reservation.results`` message: a reserve's answer or a fence's."""
     order_id = require_str(payload, "order_id", max_len=128)
     if key is not None and key != order_id:
         raise InvalidInput(
             RejectReason.KEY_MISMATCH, f"message key {key!r} differs from order_id {order_id!r}"
         )
+    if payload.get("type") == "fence":
+        line, sku = (
+            require_int(payload, "line", minimum=0),
+            require_str(payload, "sku", max_len=128),
+        )
+        return FencePassed(order_id, line, sku)
     try:
         outcome = ReserveOutcome(str(payload.get("outcome")))
     except ValueError:

@@ -4,11 +4,18 @@ An order's lines are reserved on their SKUs' partitions (:mod:`cartloom.domain.l
 the answers come back keyed by order id and are gathered here. A channel order is
 all-or-nothing: the first line that comes back short rejects it and releases every other
 line. An order Shopify already accepted cannot be rejected: it takes what there is and
-records the shortfall as oversold. No order waits forever: past ``deadline_at`` a
-channel order is rejected (and every line released), an accepted one is marked reserved
-with its unconfirmed lines. An unpaid reservation past ``expires_at`` is released.
+records the shortfall as oversold.
+
+Deadlines and expiries are decided on the clock of the input that could change the
+outcome (``clock``: how far that input has been read, in event time), never on the wall
+clock alone. Past ``deadline_at`` an accepted order is marked reserved and the reserve of
+each unanswered line is sent again; a channel order sends its unanswered lines' reserves
+again, each followed by a fence, and is rejected only if a fence's answer arrives while
+its line is still unanswered: the stock side then handled the reserve and gave no answer.
+An order whose answers are only late (a partition behind, a stock worker stopped) is
+therefore never rejected for it. An unpaid reservation past ``expires_at`` is released.
 Lifecycle events that arrived while the reservation was in flight are applied once it
-resolves. Pure: callers pass ``now`` and the durations.
+resolves. Pure: callers pass ``now``, ``clock`` and the durations.
 """
 
 from __future__ import annotations
@@ -19,8 +26,11 @@ from typing import Any
 from cartloom.domain.errors import InvalidInput, RejectReason
 from cartloom.domain.instants import instant_after, is_before
 from cartloom.domain.ledger import (
+    Answer,
     Command,
     Commit,
+    Fence,
+    FencePassed,
     Release,
     ReleaseReason,
     Reserve,
@@ -69,12 +79,17 @@ def settle_commands(view: OrderView) -> tuple[Command, ...]:
 
     If a worker stopped after writing the order but before its commands reached Kafka,
     the redelivered input finds the order already changed; sending these again (the
-    ledger ignores what it has applied) makes sure the commands are not lost.
+    ledger ignores what it has applied) makes sure the commands are not lost. A
+    channel order past its deadline repeats its fences too; an accepted order confirmed
+    at its deadline repeats the reserves of its unanswered lines.
     """
     if view["status"] == Status.RECEIVED:
-        pending = {ln["line"] for ln in view["reservations"] if ln["outcome"] == "pending"}
-        return tuple(c for c in reserve_commands(view) if c.line in pending)
+        if view["deadline_at"] is None and not view["accepted_upstream"]:
+            return _fenced(view)
+        return _pending_reserves(view)
     order_id, commands = view["order_id"], list[Command]()
+    if Status(view["status"]) not in _CLOSING:
+        commands.extend(_pending_reserves(view))
     for ln in view["reservations"]:
         if ln["fulfilled"] and ln["granted"]:
             commands.append(Commit(order_id, ln["line"], ln["sku"], ln["fulfilled"]))
@@ -98,19 +113,22 @@ _CLOSING = {
 
 
 def apply_reservation_result(
-    view: OrderView, result: ReserveResult, now: str, *, ttl_seconds: float
+    view: OrderView, result: Answer, now: str, *, ttl_seconds: float
 ) -> OrderStep:
     """Record one line's answer and resolve the order when it can be resolved.
 
     A repeated answer changes nothing. A late answer (the order already resolved) is
     recorded on its line but moves nothing: whatever it took was released by the
-    release command that followed the reserve on the SKU's partition.
+    release command that followed the reserve on the SKU's partition. A fence's answer
+    rejects a channel order whose line it fenced is still unanswered (see the module).
     """
     lines = view["reservations"]
     if result.line >= len(lines) or lines[result.line]["sku"] != result.sku:
         raise InvalidInput(
             RejectReason.INVALID_SCHEMA, f"order has no line {result.line} for {result.sku}"
         )
+    if isinstance(result, FencePassed):
+        return _fence_passed(view, result, now)
     if lines[result.line]["outcome"] != "pending":
         return OrderStep(view, StepOutcome.DUPLICATE)
     changed = touched(view, now)
@@ -127,28 +145,19 @@ def apply_reservation_result(
     return _confirm(changed, now, ttl_seconds, reason=_confirm_reason(changed))
 
 
-def resolve_timeout(view: OrderView, kind: Timeout, now: str, *, ttl_seconds: float) -> OrderStep:
-    """Handle a timer's nudge; nothing happens unless the deadline or expiry has passed."""
+def resolve_timeout(
+    view: OrderView, kind: Timeout, now: str, *, clock: str | None, ttl_seconds: float
+) -> OrderStep:
+    """Handle a timer's nudge; nothing happens unless ``clock`` has passed the deadline or expiry.
+
+    ``clock`` is how far the input that could change the outcome has been read, in event
+    time (answers for the deadline, lifecycle events for the expiry); None when unknown.
+    ``now`` only stamps the change.
+    """
     if kind is Timeout.DEADLINE:
-        deadline = view["deadline_at"]
-        if view["status"] != Status.RECEIVED or deadline is None or is_before(now, deadline):
-            return OrderStep(view, StepOutcome.IGNORED)
-        pending = [ln for ln in view["reservations"] if ln["outcome"] == "pending"]
-        reason = f"reservation deadline passed with {len(pending)} line(s) unanswered"
-        changed = touched(view, now)
-        if view["accepted_upstream"]:
-            return _confirm(changed, now, ttl_seconds, reason=reason)
-        first = pending[0] if pending else view["reservations"][0]
-        rejection = RejectionView(
-            reason="deadline",
-            sku=first["sku"],
-            requested=first["requested"],
-            available=None,
-            short_by=None,
-        )
-        return _reject(changed, now, (rejection, reason), ReleaseReason.DEADLINE)
+        return _deadline_passed(view, now, clock, ttl_seconds)
     expires = view["expires_at"]
-    if view["status"] != Status.RESERVED or expires is None or is_before(now, expires):
+    if view["status"] != Status.RESERVED or expires is None or not _reached(clock, expires):
         return OrderStep(view, StepOutcome.IGNORED)
     changed = touched(view, now)
     record_transition(changed, Status.EXPIRED, now, "unpaid reservation expired")
@@ -157,21 +166,12 @@ def resolve_timeout(view: OrderView, kind: Timeout, now: str, *, ttl_seconds: fl
     return OrderStep(changed, StepOutcome.APPLIED, tuple(commands))
 
 
-def due_at(view: OrderView) -> str | None:
-    """When the order will next need a nudge (:func:`due_timeout` turns non-``None``), if ever."""
-    if view["status"] == Status.RECEIVED:
-        return view["deadline_at"]
-    if view["status"] == Status.RESERVED:
-        return view["expires_at"]
-    return None
-
-
-def due_timeout(view: OrderView, now: str) -> Timeout | None:
-    """The nudge an order needs at ``now``, if any (the timer scans with this)."""
+def next_timeout(view: OrderView) -> tuple[Timeout, str] | None:
+    """The nudge the order will need next and the instant it falls due, if ever."""
     if view["status"] == Status.RECEIVED and view["deadline_at"] is not None:
-        return None if is_before(now, view["deadline_at"]) else Timeout.DEADLINE
+        return Timeout.DEADLINE, view["deadline_at"]
     if view["status"] == Status.RESERVED and view["expires_at"] is not None:
-        return None if is_before(now, view["expires_at"]) else Timeout.EXPIRE
+        return Timeout.EXPIRE, view["expires_at"]
     return None
 
 
@@ -186,6 +186,63 @@ def parse_timeout(payload: dict[str, Any], *, key: str | None = None) -> tuple[s
         return order_id, Timeout(str(payload.get("kind")))
     except ValueError:
         raise InvalidInput(RejectReason.INVALID_SCHEMA, "kind must be deadline or expire") from None
+
+
+def _reached(clock: str | None, instant: str) -> bool:
+    return clock is not None and not is_before(clock, instant)
+
+
+def _deadline_passed(view: OrderView, now: str, clock: str | None, ttl_seconds: float) -> OrderStep:
+    if view["status"] != Status.RECEIVED:
+        return OrderStep(view, StepOutcome.IGNORED)
+    deadline = view["deadline_at"]
+    if deadline is None:  # handled before: repeat its commands (settle_commands)
+        return OrderStep(view, StepOutcome.DUPLICATE)
+    if not _reached(clock, deadline):
+        return OrderStep(view, StepOutcome.IGNORED)
+    changed = touched(view, now)
+    if view["accepted_upstream"]:
+        pending = sum(1 for ln in view["reservations"] if ln["outcome"] == "pending")
+        reason = f"reservation deadline passed with {pending} line(s) unanswered"
+        step = _confirm(changed, now, ttl_seconds, reason=reason)
+        commands = (*_pending_reserves(view), *step.commands)
+        return OrderStep(step.view, step.outcome, commands, step.detail, step.refused)
+    changed["deadline_at"] = None  # from now on a fence's answer decides
+    return OrderStep(changed, StepOutcome.APPLIED, _fenced(view), "fenced unanswered lines")
+
+
+def _pending_reserves(view: OrderView) -> tuple[Command, ...]:
+    """The reserve of every line not answered yet (the ledger ignores one it has applied)."""
+    pending = {ln["line"] for ln in view["reservations"] if ln["outcome"] == "pending"}
+    return tuple(c for c in reserve_commands(view) if c.line in pending)
+
+
+def _fenced(view: OrderView) -> tuple[Command, ...]:
+    """Each unanswered line's reserve again, then a fence behind it on the SKU's partition."""
+    commands = list[Command]()
+    for reserve in _pending_reserves(view):
+        commands.extend((reserve, Fence(reserve.order_id, reserve.line, reserve.sku)))
+    return tuple(commands)
+
+
+def _fence_passed(view: OrderView, fence: FencePassed, now: str) -> OrderStep:
+    """Every answer sent before the fence was read: a line still pending gets none."""
+    line = view["reservations"][fence.line]
+    if (
+        view["status"] != Status.RECEIVED
+        or view["accepted_upstream"]
+        or line["outcome"] != "pending"
+    ):
+        return OrderStep(view, StepOutcome.IGNORED)
+    rejection = RejectionView(
+        reason="deadline",
+        sku=line["sku"],
+        requested=line["requested"],
+        available=None,
+        short_by=None,
+    )
+    reason = f"reservation deadline passed and {line['sku']} never answered line {line['line']}"
+    return _reject(touched(view, now), now, (rejection, reason), ReleaseReason.DEADLINE)
 
 
 def _confirm(changed: OrderView, now: str, ttl_seconds: float, *, reason: str | None) -> OrderStep:

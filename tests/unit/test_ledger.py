@@ -18,6 +18,8 @@ from cartloom.domain.inventory import (
 )
 from cartloom.domain.ledger import (
     Commit,
+    Fence,
+    FencePassed,
     LedgerEntry,
     Release,
     ReleaseReason,
@@ -27,6 +29,7 @@ from cartloom.domain.ledger import (
     command_to_json,
     parse_command,
     parse_result,
+    pass_fence,
     reserve_result,
     result_to_json,
 )
@@ -143,11 +146,15 @@ def test_commands_and_results_round_trip_through_json() -> None:
         Commit("o-1", 1, "A", 3),
         Release("o-1", 2, "A", ReleaseReason.EXPIRED),
         Release("o-1", 2, "A", ReleaseReason.REFUNDED, 1),
+        Fence("o-1", 2, "A"),
     ):
         assert parse_command(command_to_json(command), key="A") == command
     entry: LedgerEntry = apply_command(stock(1), None, reserve(2), NOW).entry
     result = reserve_result(entry)
     assert parse_result(result_to_json(result), key="o-1") == result
+    passed = pass_fence(Fence("o-1", 2, "A"))
+    assert passed == FencePassed("o-1", 2, "A")
+    assert parse_result(result_to_json(passed), key="o-1") == passed
 
 
 @pytest.mark.parametrize(

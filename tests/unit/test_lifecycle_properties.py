@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cartloom.domain.errors import InvalidInput
-from cartloom.domain.ledger import ReserveOutcome, ReserveResult
+from cartloom.domain.ledger import FencePassed, ReserveOutcome, ReserveResult
 from cartloom.domain.lifecycle import (
     EXTERNAL,
     TERMINAL,
@@ -37,8 +37,11 @@ external = st.builds(
     st.one_of(st.none(), st.integers(0, 5)),
     st.integers(1, 2),
 )
-answers = st.builds(
-    lambda line, granted: ("answer", line, granted), st.integers(0, 1), st.integers(0, 2)
+answers = st.one_of(
+    st.builds(
+        lambda line, granted: ("answer", line, granted), st.integers(0, 1), st.integers(0, 2)
+    ),
+    st.builds(lambda line: ("fence", line), st.integers(0, 1)),
 )
 timeouts = st.builds(
     lambda kind, at: ("timeout", kind, at), st.sampled_from(list(Timeout)), st.sampled_from(TIMES)
@@ -65,8 +68,11 @@ def step(view: OrderView, item: Any) -> OrderView:
                 granted = 0
             result = ReserveResult("o-1", line, sku, requested, granted, granted, outcome)
             return apply_reservation_result(view, result, now, ttl_seconds=60).view
-        _, kind, at = item
-        return resolve_timeout(view, kind, at, ttl_seconds=60).view
+        if item[0] == "fence":
+            fence = FencePassed("o-1", item[1], LINES[item[1]][0])
+            return apply_reservation_result(view, fence, now, ttl_seconds=60).view
+        _, kind, clock = item
+        return resolve_timeout(view, kind, now, clock=clock, ttl_seconds=60).view
     except InvalidInput:
         return view  # a partial event for more than the order has left: refused
 

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from cartloom.domain.ledger import Release, ReleaseReason, Reserve, ReserveOutcome, ReserveResult
+from cartloom.domain.ledger import (
+    Fence,
+    FencePassed,
+    Release,
+    ReleaseReason,
+    Reserve,
+    ReserveOutcome,
+    ReserveResult,
+)
 from cartloom.domain.lifecycle import StepOutcome, Trigger, apply_order_event, parse_order_event
 from cartloom.domain.orders import OrderView, new_order_view, parse_order
 from cartloom.domain.saga import (
     Timeout,
     apply_reservation_result,
-    due_timeout,
+    next_timeout,
     parse_timeout,
     reserve_commands,
     resolve_timeout,
+    settle_commands,
 )
 
 NOW = "2026-11-25T10:00:00.000+00:00"
@@ -102,48 +111,85 @@ def test_upstream_order_takes_what_there_is_and_records_oversold() -> None:
     assert "oversold by 1" in (done.view["history"][-1]["reason"] or "")
 
 
-def test_deadline_rejects_a_channel_order_and_releases_everything() -> None:
+def test_deadline_fences_a_channel_order_and_a_fence_answer_rejects_what_is_still_pending() -> None:
     view = new_order()
-    assert due_timeout(view, SOON) is None
-    assert due_timeout(view, AFTER_DEADLINE) is Timeout.DEADLINE
-    early = resolve_timeout(view, Timeout.DEADLINE, SOON, ttl_seconds=TTL)
+    assert next_timeout(view) == (Timeout.DEADLINE, view["deadline_at"])
+    half = apply_reservation_result(view, answer(0, "A", 2, 2, 10), SOON, ttl_seconds=TTL).view
+    early = resolve_timeout(half, Timeout.DEADLINE, AFTER_DEADLINE, clock=SOON, ttl_seconds=TTL)
     assert early.outcome is StepOutcome.IGNORED
-    step = resolve_timeout(view, Timeout.DEADLINE, AFTER_DEADLINE, ttl_seconds=TTL)
-    assert step.view["status"] == "rejected"
-    assert step.view["rejection"]["reason"] == "deadline"  # type: ignore[index]
-    assert step.commands == (
+    step = resolve_timeout(
+        half, Timeout.DEADLINE, AFTER_DEADLINE, clock=AFTER_DEADLINE, ttl_seconds=TTL
+    )
+    assert step.view["status"] == "received", "a late answer is not a missing one"
+    assert step.view["deadline_at"] is None and next_timeout(step.view) is None
+    assert step.commands == (Reserve("o-1", 1, "B", 3), Fence("o-1", 1, "B"))
+    again = resolve_timeout(
+        step.view, Timeout.DEADLINE, AFTER_DEADLINE, clock=AFTER_DEADLINE, ttl_seconds=TTL
+    )
+    assert again.outcome is StepOutcome.DUPLICATE  # the agent repeats the fence (settle)
+    assert settle_commands(step.view) == step.commands
+    passed = apply_reservation_result(
+        step.view, FencePassed("o-1", 1, "B"), AFTER_DEADLINE, ttl_seconds=TTL
+    )
+    assert passed.view["status"] == "rejected"
+    assert passed.view["rejection"]["reason"] == "deadline"  # type: ignore[index]
+    assert passed.view["history"][-1]["reason"] == (
+        "reservation deadline passed and B never answered line 1"
+    )
+    assert passed.commands == (
         Release("o-1", 0, "A", ReleaseReason.DEADLINE, None),
         Release("o-1", 1, "B", ReleaseReason.DEADLINE, None),
     )
-    assert resolve_timeout(
-        step.view, Timeout.DEADLINE, AFTER_DEADLINE, ttl_seconds=TTL
-    ).outcome is (StepOutcome.IGNORED)
 
 
-def test_deadline_confirms_an_upstream_order_with_unanswered_lines() -> None:
+def test_a_late_answer_before_the_fence_answer_reserves_the_fenced_order() -> None:
+    view = apply_reservation_result(new_order(), answer(0, "A", 2, 2, 10), SOON, ttl_seconds=TTL)
+    fenced = resolve_timeout(
+        view.view, Timeout.DEADLINE, AFTER_DEADLINE, clock=AFTER_DEADLINE, ttl_seconds=TTL
+    ).view
+    late = apply_reservation_result(
+        fenced, answer(1, "B", 3, 3, 5), AFTER_DEADLINE, ttl_seconds=TTL
+    )
+    assert late.view["status"] == "reserved"
+    after = apply_reservation_result(
+        late.view, FencePassed("o-1", 1, "B"), AFTER_DEADLINE, ttl_seconds=TTL
+    )
+    assert after.outcome is StepOutcome.IGNORED and after.view is late.view
+
+
+def test_deadline_confirms_an_upstream_order_and_sends_its_unanswered_reserves_again() -> None:
+    view = new_order(upstream=True)
+    half = apply_reservation_result(view, answer(0, "A", 2, 2, 10), SOON, ttl_seconds=TTL).view
     step = resolve_timeout(
-        new_order(upstream=True), Timeout.DEADLINE, AFTER_DEADLINE, ttl_seconds=TTL
+        half, Timeout.DEADLINE, AFTER_DEADLINE, clock=AFTER_DEADLINE, ttl_seconds=TTL
     )
     assert step.view["status"] == "reserved"
-    assert step.commands == ()
-    assert "2 line(s) unanswered" in (step.view["history"][-1]["reason"] or "")
+    assert step.commands == (Reserve("o-1", 1, "B", 3, allow_shortfall=True),)
+    assert "1 line(s) unanswered" in (step.view["history"][-1]["reason"] or "")
+    assert settle_commands(step.view) == step.commands, "repeated until the answer comes"
+    late = apply_reservation_result(
+        step.view, answer(1, "B", 3, 3, 3), AFTER_DEADLINE, ttl_seconds=TTL
+    )
+    assert late.view["reservations"][1]["granted"] == 3 and settle_commands(late.view) == ()
 
 
-def test_unpaid_reservation_expires_and_is_released() -> None:
+def test_unpaid_reservation_expires_on_its_clock_and_is_released() -> None:
     view = new_order()
     for result in (answer(0, "A", 2, 2, 9), answer(1, "B", 3, 3, 9)):
         view = apply_reservation_result(view, result, NOW, ttl_seconds=60).view
     expires = view["expires_at"]
-    assert expires is not None
-    assert due_timeout(view, SOON) is None
+    assert expires is not None and next_timeout(view) == (Timeout.EXPIRE, expires)
     later = "2026-11-25T10:01:00.001+00:00"
-    assert due_timeout(view, later) is Timeout.EXPIRE
-    step = resolve_timeout(view, Timeout.EXPIRE, later, ttl_seconds=60)
+    for clock in (None, SOON):  # the lifecycle events are read only up to before the expiry
+        held = resolve_timeout(view, Timeout.EXPIRE, later, clock=clock, ttl_seconds=60)
+        assert held.outcome is StepOutcome.IGNORED and held.view is view
+    step = resolve_timeout(view, Timeout.EXPIRE, later, clock=later, ttl_seconds=60)
     assert step.view["status"] == "expired"
     assert step.commands == (
         Release("o-1", 0, "A", ReleaseReason.EXPIRED, None),
         Release("o-1", 1, "B", ReleaseReason.EXPIRED, None),
     )
+    assert next_timeout(step.view) is None
 
 
 def test_paid_reservation_never_expires() -> None:
@@ -153,9 +199,9 @@ def test_paid_reservation_never_expires() -> None:
     paid = apply_order_event(
         view, parse_order_event({"order_id": "o-1", "event": "paid", "at": SOON}), SOON
     )
-    assert paid.view["expires_at"] is None
-    assert due_timeout(paid.view, "2026-11-26T00:00:00+00:00") is None
-    step = resolve_timeout(paid.view, Timeout.EXPIRE, "2026-11-26T00:00:00+00:00", ttl_seconds=60)
+    assert paid.view["expires_at"] is None and next_timeout(paid.view) is None
+    late = "2026-11-26T00:00:00+00:00"
+    step = resolve_timeout(paid.view, Timeout.EXPIRE, late, clock=late, ttl_seconds=60)
     assert step.outcome is StepOutcome.IGNORED
 
 
@@ -187,7 +233,6 @@ def test_timeout_messages_parse() -> None:
 
 def test_settle_commands_repeat_what_the_state_implies() -> None:
     from cartloom.domain.ledger import Commit
-    from cartloom.domain.saga import settle_commands
 
     fresh = new_order()
     assert settle_commands(fresh) == reserve_commands(fresh)
@@ -218,14 +263,12 @@ def test_settle_commands_repeat_what_the_state_implies() -> None:
     )
 
 
-def test_due_at_is_the_deadline_then_the_expiry_then_never() -> None:
-    from cartloom.domain.saga import due_at
-
+def test_next_timeout_is_the_deadline_then_the_expiry_then_never() -> None:
     view = new_order()
-    assert due_at(view) == view["deadline_at"] is not None
-    assert due_timeout(view, view["deadline_at"]) is Timeout.DEADLINE
+    assert next_timeout(view) == (Timeout.DEADLINE, view["deadline_at"])
     for result in (answer(0, "A", 2, 2, 9), answer(1, "B", 3, 3, 9)):
         view = apply_reservation_result(view, result, NOW, ttl_seconds=60).view
-    assert due_at(view) == view["expires_at"] is not None
-    expired = resolve_timeout(view, Timeout.EXPIRE, "2026-11-25T10:01:00.001+00:00", ttl_seconds=60)
-    assert due_at(expired.view) is None
+    assert next_timeout(view) == (Timeout.EXPIRE, view["expires_at"])
+    later = "2026-11-25T10:01:00.001+00:00"
+    expired = resolve_timeout(view, Timeout.EXPIRE, later, clock=later, ttl_seconds=60)
+    assert next_timeout(expired.view) is None
