@@ -12,6 +12,7 @@ from typing import Any
 import faust
 
 from cartloom.faust_types import RawKeyTable, TunedTransport
+from cartloom.kafka_clients import kafka_connection
 from cartloom.settings import Settings, get_settings
 from cartloom.topology import Topology, load_topology
 
@@ -46,7 +47,9 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
     """Build the Faust app from CartLoom's settings alone.
 
     ``env={}`` stops Faust from reading its own environment variables (``BROKER_URL``,
-    ``STORE``...), which would otherwise silently override what is passed here.
+    ``STORE``...), which would otherwise silently override what is passed here. The broker
+    credentials (TLS, SASL) are the ones every plain client of :mod:`cartloom.kafka_clients`
+    uses; Faust's aiokafka driver gives them to its consumer, producer and topic creation.
     """
     app = CartloomApp(
         settings.app_id,
@@ -54,6 +57,7 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         autodiscover=AUTODISCOVER,
         origin="cartloom",
         broker=settings.broker_url,
+        broker_credentials=kafka_connection(settings).credentials,
         store=settings.store,
         datadir=str(settings.data_dir),
         processing_guarantee="at_least_once",

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from rich.console import Console
 from rich.table import Table
 
+from cartloom.kafka_clients import kafka_connection
 from cartloom.settings import Settings
 from cartloom.sinks import dynamodb as ddb
 from cartloom.sinks import redis as rds
@@ -48,8 +49,7 @@ class ChangelogReader:
     def __init__(self, settings: Settings, entities: dict[str, str], state: ChangelogState):
         self._entities = entities  # changelog topic -> entity
         self._state = state
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
+        self._consumer = kafka_connection(settings).consumer(
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             group_id=None,
@@ -190,8 +190,7 @@ async def run_audit(
         readers = await open_store_readers(settings, stack)
         groups = {}
         for store in chosen:
-            groups[store] = AIOKafkaConsumer(
-                bootstrap_servers=settings.bootstrap_servers,
+            groups[store] = kafka_connection(settings).consumer(
                 group_id=sink_group_id(settings.app_id, store),
                 enable_auto_commit=False,
             )

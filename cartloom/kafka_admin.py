@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from cartloom.kafka_clients import KafkaConnection
 from cartloom.topology import TopicSpec
 
 _TOPIC_ALREADY_EXISTS = 36
@@ -50,9 +51,9 @@ async def observed_partitions(admin: AIOKafkaAdminClient) -> dict[str, int]:
     }
 
 
-async def apply_topics(bootstrap_servers: str, specs: Sequence[TopicSpec]) -> list[str]:
+async def apply_topics(kafka: KafkaConnection, specs: Sequence[TopicSpec]) -> list[str]:
     """Create every declared topic that is missing; return the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = kafka.admin()
     await admin.start()
     try:
         existing = await observed_partitions(admin)
@@ -82,9 +83,9 @@ async def apply_topics(bootstrap_servers: str, specs: Sequence[TopicSpec]) -> li
         await admin.close()
 
 
-async def check_topics(bootstrap_servers: str, specs: Sequence[TopicSpec]) -> list[Drift]:
+async def check_topics(kafka: KafkaConnection, specs: Sequence[TopicSpec]) -> list[Drift]:
     """Drift between ``specs`` and the broker."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = kafka.admin()
     await admin.start()
     try:
         return compare_topics(specs, await observed_partitions(admin))
