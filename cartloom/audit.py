@@ -117,6 +117,13 @@ async def committed_offsets(
     return {(tp.topic, tp.partition): (await consumer.committed(tp)) or 0 for tp in partitions}
 
 
+def sink_group_consumer(settings: Settings, store: str) -> AIOKafkaConsumer:
+    """A consumer in ``store``'s sink group that only reads its committed offsets."""
+    return kafka_connection(settings).consumer(
+        group_id=sink_group_id(settings.app_id, store), enable_auto_commit=False
+    )
+
+
 StoreReader = Callable[[str, list[str] | None], Awaitable[dict[str, StoredView]]]
 
 
@@ -190,10 +197,7 @@ async def run_audit(
         readers = await open_store_readers(settings, stack)
         groups = {}
         for store in chosen:
-            groups[store] = kafka_connection(settings).consumer(
-                group_id=sink_group_id(settings.app_id, store),
-                enable_auto_commit=False,
-            )
+            groups[store] = sink_group_consumer(settings, store)
             stack.push_async_callback(groups[store].stop)
             await groups[store].start()
             groups[store].assign(reader.partitions)
