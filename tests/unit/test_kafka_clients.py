@@ -280,7 +280,7 @@ async def handshake(pki: TlsFiles, client: ssl.SSLContext) -> dict[str, Any]:
     port = listener.sockets[0].getsockname()[1]
     try:
         _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
-        peer = await asyncio.wait_for(seen, 10)
+        peer = await asyncio.wait_for(seen, 5)
         writer.close()
         return peer
     finally:
