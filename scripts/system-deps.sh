@@ -15,6 +15,9 @@ NEEDED=(
   "promtool:prometheus"
   # bench/webhooks.py drives the webhook receiver with wrk (HTTP load, latency percentiles).
   "wrk:wrk"
+  # tests/integration/test_kafka_tls.py: the embedded broker serves no usable TLS, so stunnel
+  # terminates (mutual) TLS in front of a private one (tests/integration/tls_broker.py).
+  "stunnel4:stunnel4"
 )
 
 missing=()
