@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -66,7 +67,9 @@ class KafkaConnection:
 
     bootstrap_servers: str
     #: ``security_protocol``, ``ssl_context``, ``sasl_*``: the same for every client.
-    security: Mapping[str, Any] = field(default_factory=lambda: {"security_protocol": "PLAINTEXT"})
+    security: Mapping[str, Any] = field(
+        default_factory=lambda: MappingProxyType({"security_protocol": "PLAINTEXT"})
+    )
     #: What Faust's ``broker_credentials`` gets (None for PLAINTEXT).
     credentials: CredentialsT | None = None
 
@@ -162,7 +165,7 @@ def _connection(
             credentials = SASLCredentials(
                 username=username, password=password, ssl_context=context, mechanism=mechanism
             )
-    return KafkaConnection(bootstrap_servers, security, credentials)
+    return KafkaConnection(bootstrap_servers, MappingProxyType(security), credentials)
 
 
 def _ssl_context(
