@@ -41,6 +41,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from cartloom.kafka_admin import apply_topics
+from cartloom.kafka_clients import KafkaConnection
 from cartloom.topology import TopicSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,7 +159,9 @@ async def run_baseline(mode: str, env: dict[str, str], work: Path, args: Any) ->
     topic, stats_file = f"bench-{mode}-{run_id}", work / f"{mode}-{run_id}.json"
     rnd = random.Random(mode)
     # Same partitions as CartLoom's topics (and the table's changelog), created up front.
-    await apply_topics(bootstrap, [TopicSpec(topic, 8, 1, "delete", None)])
+    await apply_topics(
+        KafkaConnection.plaintext(bootstrap), [TopicSpec(topic, 8, 1, "delete", None)]
+    )
     await produce(
         bootstrap,
         topic,

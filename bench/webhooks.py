@@ -44,6 +44,7 @@ from pydantic import SecretStr
 from cartloom.devstack.processes import free_port, spawn, stop
 from cartloom.devstack.stack import _broker_ready, broker_argv
 from cartloom.kafka_admin import apply_topics
+from cartloom.kafka_clients import KafkaConnection
 from cartloom.settings import Settings
 from cartloom.shopify.delivery import signed
 from cartloom.shopify.signatures import SignatureVerifier
@@ -229,7 +230,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         if args.webhook_partitions:
             partitions["shopify.webhooks"] = args.webhook_partitions
         await apply_topics(
-            bootstrap,
+            KafkaConnection.plaintext(bootstrap),
             [TopicSpec(n, partitions[n], 1, s.cleanup_policy, None) for n, s in spec.items()],
         )
         me = [sys.executable, __file__]

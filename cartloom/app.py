@@ -13,6 +13,7 @@ import faust
 
 from cartloom.deadletter import DEAD_LETTER_MAX_REQUEST_BYTES
 from cartloom.faust_types import RawKeyTable, TunedTransport
+from cartloom.kafka_clients import kafka_connection
 from cartloom.settings import Settings, get_settings
 from cartloom.topology import Topology, load_topology
 
@@ -47,7 +48,9 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
     """Build the Faust app from CartLoom's settings alone.
 
     ``env={}`` stops Faust from reading its own environment variables (``BROKER_URL``,
-    ``STORE``...), which would otherwise silently override what is passed here.
+    ``STORE``...), which would otherwise silently override what is passed here. The broker
+    credentials (TLS, SASL) are the ones every plain client of :mod:`cartloom.kafka_clients`
+    uses; Faust's aiokafka driver gives them to its consumer, producer and topic creation.
     """
     app = CartloomApp(
         settings.app_id,
@@ -55,6 +58,7 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         autodiscover=AUTODISCOVER,
         origin="cartloom",
         broker=settings.broker_url,
+        broker_credentials=kafka_connection(settings).credentials,
         store=settings.store,
         datadir=str(settings.data_dir),
         processing_guarantee="at_least_once",

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 from rich.console import Console
 from rich.table import Table
 
+from cartloom.kafka_clients import kafka_connection
 from cartloom.settings import Settings
 from cartloom.sinks import dynamodb as ddb
 from cartloom.sinks import redis as rds
@@ -48,8 +49,7 @@ class ChangelogReader:
     def __init__(self, settings: Settings, entities: dict[str, str], state: ChangelogState):
         self._entities = entities  # changelog topic -> entity
         self._state = state
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
+        self._consumer = kafka_connection(settings).consumer(
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             group_id=None,
@@ -115,6 +115,13 @@ async def committed_offsets(
 ) -> dict[tuple[str, int], int]:
     """The offsets a sink group has committed (0 where it has committed nothing)."""
     return {(tp.topic, tp.partition): (await consumer.committed(tp)) or 0 for tp in partitions}
+
+
+def sink_group_consumer(settings: Settings, store: str) -> AIOKafkaConsumer:
+    """A consumer in ``store``'s sink group that only reads its committed offsets."""
+    return kafka_connection(settings).consumer(
+        group_id=sink_group_id(settings.app_id, store), enable_auto_commit=False
+    )
 
 
 StoreReader = Callable[[str, list[str] | None], Awaitable[dict[str, StoredView]]]
@@ -190,11 +197,7 @@ async def run_audit(
         readers = await open_store_readers(settings, stack)
         groups = {}
         for store in chosen:
-            groups[store] = AIOKafkaConsumer(
-                bootstrap_servers=settings.bootstrap_servers,
-                group_id=sink_group_id(settings.app_id, store),
-                enable_auto_commit=False,
-            )
+            groups[store] = sink_group_consumer(settings, store)
             stack.push_async_callback(groups[store].stop)
             await groups[store].start()
             groups[store].assign(reader.partitions)

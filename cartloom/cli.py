@@ -60,10 +60,15 @@ def worker(
     """Run a CartLoom worker (same as ``faust -A cartloom.app worker``)."""
     from cartloom.app import app, settings, topology
     from cartloom.kafka_admin import apply_topics
+    from cartloom.kafka_clients import check_connection, kafka_connection
     from cartloom.runtime import tune_garbage_collector
 
+    kafka = kafka_connection(settings)
+    # Fail here, with the reason, rather than let Faust retry a refused connection forever.
     if create_topics:
-        asyncio.run(apply_topics(settings.bootstrap_servers, topology.all_topics(settings.app_id)))
+        asyncio.run(apply_topics(kafka, topology.all_topics(settings.app_id)))
+    else:
+        asyncio.run(check_connection(kafka))
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust does not create it
     tune_garbage_collector(settings.gc_young_threshold)
     sys.argv = ["cartloom", "worker", "--loglevel", loglevel]
@@ -133,12 +138,13 @@ def dev_demo(
 def topics_apply() -> None:
     """Create every topic of topics.yaml (and table changelogs) that is missing."""
     from cartloom.kafka_admin import apply_topics
+    from cartloom.kafka_clients import kafka_connection
     from cartloom.settings import load_settings
     from cartloom.topology import load_topology
 
     settings = load_settings()
     specs = load_topology(settings.topics_file).all_topics(settings.app_id)
-    created = asyncio.run(apply_topics(settings.bootstrap_servers, specs))
+    created = asyncio.run(apply_topics(kafka_connection(settings), specs))
     console.print(f"created: {', '.join(created)}" if created else "all topics exist")
 
 
@@ -149,12 +155,13 @@ def topics_check() -> None:
     A setting the broker does not report is listed as not compared, and is no drift.
     """
     from cartloom.kafka_admin import CHECKED_SETTINGS, check_topics
+    from cartloom.kafka_clients import kafka_connection
     from cartloom.settings import load_settings
     from cartloom.topology import load_topology
 
     settings = load_settings()
     specs = load_topology(settings.topics_file).all_topics(settings.app_id)
-    check = asyncio.run(check_topics(settings.bootstrap_servers, specs))
+    check = asyncio.run(check_topics(kafka_connection(settings), specs))
     for item in check.drift:
         console.print(f"drift: {item}", style="red")
     for unreported in check.unreported:
@@ -194,6 +201,7 @@ def loadgen(
     """Publish sample orders to the orders topic with a plain Kafka producer."""
     from rich.progress import Progress
 
+    from cartloom.kafka_clients import kafka_connection
     from cartloom.loadgen import LoadPlan, publish, sample_orders
     from cartloom.settings import load_settings
 
@@ -203,7 +211,7 @@ def loadgen(
         task = progress.add_task("publishing orders", total=orders)
         asyncio.run(
             publish(
-                settings.bootstrap_servers,
+                kafka_connection(settings),
                 "orders",
                 sample_orders(plan),
                 lambda n: progress.advance(task, n),
@@ -358,6 +366,7 @@ def dlq_replay(
     """
     from cartloom.deliveries import DeliveryFailed
     from cartloom.dlq import dead_letter_topic_name, replay_dead_letters
+    from cartloom.kafka_clients import kafka_connection
     from cartloom.settings import load_settings
     from cartloom.topology import load_topology
 
@@ -367,7 +376,8 @@ def dlq_replay(
     topology.topic(topic)
     group = f"{settings.app_id}-dlq-replay"
     try:
-        report = asyncio.run(replay_dead_letters(settings.bootstrap_servers, topic, group_id=group))
+        replay = replay_dead_letters(kafka_connection(settings), topic, group_id=group)
+        report = asyncio.run(replay)
     except DeliveryFailed as exc:
         console.print(
             f"replay of {topic}.dlq stopped, its last batch not committed: {exc}", style="red"
@@ -415,17 +425,28 @@ def main() -> None:
     from aiokafka.errors import KafkaConnectionError
 
     from cartloom.devstack.processes import StackError
-    from cartloom.settings import SettingsError
+    from cartloom.kafka_clients import ConnectionFailures, explain_connection_failure
+    from cartloom.settings import SettingsError, load_settings
     from cartloom.topology import TopologyError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # aiokafka logs every refused connection while a broker starts; the CLI reports failures.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    # The handler prints nothing: it keeps why a connection failed (a refused certificate, a
+    # failed SASL handshake), which aiokafka's exception does not say.
+    failures = ConnectionFailures()
+    aiokafka_log = logging.getLogger("aiokafka")
+    aiokafka_log.setLevel(logging.WARNING)
+    aiokafka_log.propagate = False
+    aiokafka_log.addHandler(failures)
     try:
         cli()
     except (SettingsError, TopologyError) as exc:
         console.print(str(exc), style="red")
         raise SystemExit(2) from None
-    except (StackError, KafkaConnectionError) as exc:
+    except KafkaConnectionError as exc:
+        message = explain_connection_failure(load_settings(), exc, failures.causes)
+        console.print(f"error: {message}", style="red", markup=False)
+        raise SystemExit(1) from None
+    except StackError as exc:
         console.print(f"error: {exc}", style="red")
         raise SystemExit(1) from None

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from cartloom import metrics
 from cartloom.deliveries import Deliveries
+from cartloom.kafka_clients import KafkaConnection
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def replay_headers(headers: Any, dlq: str, partition: int, offset: int) -> list[
 
 
 async def replay_dead_letters(
-    bootstrap_servers: str, topic: str, *, group_id: str, batch_max: int = 500
+    kafka: KafkaConnection, topic: str, *, group_id: str, batch_max: int = 500
 ) -> ReplayReport:
     """Send the records of ``topic.dlq`` that no earlier replay sent back to ``topic``.
 
@@ -84,13 +85,12 @@ async def replay_dead_letters(
     broker does not acknowledge a record.
     """
     dlq = dead_letter_topic_name(topic)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
+    consumer = kafka.consumer(
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all")
+    producer = kafka.producer(acks="all")
     await consumer.start()
     await producer.start()
     try:

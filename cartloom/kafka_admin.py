@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
+from cartloom.kafka_clients import KafkaConnection
 from cartloom.topology import TopicSpec
 
 log = logging.getLogger(__name__)
@@ -127,9 +128,9 @@ async def observed_partitions(admin: AIOKafkaAdminClient) -> dict[str, int]:
     }
 
 
-async def apply_topics(bootstrap_servers: str, specs: Sequence[TopicSpec]) -> list[str]:
+async def apply_topics(kafka: KafkaConnection, specs: Sequence[TopicSpec]) -> list[str]:
     """Create every declared topic that is missing; return the names created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = kafka.admin()
     await admin.start()
     try:
         existing = await observed_partitions(admin)
@@ -188,9 +189,9 @@ async def reported_settings(
     return settings
 
 
-async def check_topics(bootstrap_servers: str, specs: Sequence[TopicSpec]) -> TopicCheck:
+async def check_topics(kafka: KafkaConnection, specs: Sequence[TopicSpec]) -> TopicCheck:
     """Drift between ``specs`` and the broker, and the settings the broker did not report."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = kafka.admin()
     await admin.start()
     try:
         partitions = await observed_partitions(admin)

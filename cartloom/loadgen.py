@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
+
+from cartloom.kafka_clients import KafkaConnection
 
 
 @dataclass(frozen=True)
@@ -69,14 +70,13 @@ def is_valid_index(plan: LoadPlan, n: int) -> bool:
 
 
 async def publish(
-    bootstrap_servers: str,
+    kafka: KafkaConnection,
     topic: str,
     messages: Iterator[tuple[str, bytes]],
     on_sent: Callable[[int], None] = lambda _: None,
 ) -> int:
     """Send every message (key = its entity id) and wait for the broker to take them all."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
+    producer = kafka.producer(
         linger_ms=5,
         max_batch_size=256 * 1024,
         acks="all",

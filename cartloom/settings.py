@@ -8,14 +8,21 @@ class serves the local stack, the tests and production.
 
 from __future__ import annotations
 
+import typing
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "CARTLOOM_"
+
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+#: The protocols that speak TLS to the brokers, and those that authenticate with SASL.
+KAFKA_TLS_PROTOCOLS = frozenset({"SSL", "SASL_SSL"})
+KAFKA_SASL_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
 
 
 class SettingsError(ValueError):
@@ -29,6 +36,40 @@ class Settings(BaseSettings):
 
     app_id: str = Field("cartloom", description="Faust app id: consumer group and table prefix.")
     broker_url: str = Field("kafka://127.0.0.1:9092", description="Kafka bootstrap URL(s).")
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        "PLAINTEXT",
+        description="How every Kafka client (Faust and the plain ones) talks to the brokers:"
+        " PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; see docs/deploy.md, Secured clusters.",
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None,
+        description="PEM file of the CA(s) that signed the brokers' certificates; unset ="
+        " the system's trust store (SSL, SASL_SSL).",
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="PEM client certificate (chain), for brokers that require one."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        None, description="PEM private key of the client certificate (unset: in the certfile)."
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="Password of an encrypted client key."
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        True, description="Check that each broker's certificate names the host connected to."
+    )
+    kafka_sasl_mechanism: KafkaSaslMechanism | None = Field(
+        None,
+        description="SASL mechanism (SASL_PLAINTEXT, SASL_SSL): PLAIN, SCRAM-SHA-256,"
+        " SCRAM-SHA-512 or OAUTHBEARER.",
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user (PLAIN, SCRAM).")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (PLAIN, SCRAM).")
+    kafka_sasl_oauth_token_provider: str | None = Field(
+        None,
+        description="OAUTHBEARER: module:attribute of a callable returning an aiokafka"
+        " AbstractTokenProvider (e.g. an MSK IAM signer).",
+    )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the cache views.")
     dynamodb_endpoint: str | None = Field(None, description="DynamoDB endpoint; unset = AWS.")
     table_prefix: str = Field("cartloom-", description="Prefix of the DynamoDB table names.")
@@ -157,6 +198,61 @@ class Settings(BaseSettings):
         5, ge=1, description="Attempts a failing write-back gets before shopify.writeback.dlq."
     )
 
+    @field_validator(
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        "kafka_ssl_key_password",
+        "kafka_sasl_mechanism",
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_sasl_oauth_token_provider",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """An empty variable (``CARTLOOM_KAFKA_SSL_CAFILE=``) means unset, not the path ``.``."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper_case(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file (missing, or not mounted?)")
+        return value
+
+    @field_validator("kafka_sasl_oauth_token_provider")
+    @classmethod
+    def _import_path(cls, value: str | None) -> str | None:
+        if value is not None:
+            module, sep, attribute = value.partition(":")
+            if not sep or not module.strip() or not attribute.strip():
+                raise ValueError(
+                    "expected module:attribute, e.g. mycompany.kafka_auth:TokenProvider"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _kafka_security_fits_together(self) -> Settings:
+        """The Kafka security settings make sense together (each error names the variables).
+
+        Settings that the chosen protocol would ignore are refused, so a half-configured
+        cluster fails at start rather than connecting without the TLS or SASL meant for it.
+        The two passwords are the exception: a Secret shared by several deployments may
+        hold one that this deployment does not use.
+        """
+        problems = _kafka_security_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     @field_validator("shopify_webhook_secret", mode="before")
     @classmethod
     def _split_secrets(cls, value: object) -> object:
@@ -196,9 +292,94 @@ def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
 
 
+def _kafka_security_problems(settings: Settings) -> list[str]:
+    """What is wrong with the combination of ``CARTLOOM_KAFKA_*`` settings (empty: nothing)."""
+    protocol = settings.kafka_security_protocol
+    mechanism = settings.kafka_sasl_mechanism
+    names = {field: env_name(field) for field in Settings.model_fields}
+    problems = []
+    if protocol not in KAFKA_TLS_PROTOCOLS:
+        tls_set = [
+            names[field]
+            for field in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+            if getattr(settings, field) is not None
+        ]
+        if not settings.kafka_ssl_check_hostname:
+            tls_set.append(names["kafka_ssl_check_hostname"])
+        if tls_set:
+            problems.append(
+                f"{', '.join(tls_set)} apply to TLS only, but {names['kafka_security_protocol']}"
+                f" is {protocol}: use SSL or SASL_SSL (or unset them)"
+            )
+    if settings.kafka_ssl_keyfile is not None and settings.kafka_ssl_certfile is None:
+        problems.append(
+            f"{names['kafka_ssl_keyfile']} is set without {names['kafka_ssl_certfile']}:"
+            " a client key needs its certificate"
+        )
+    if protocol in KAFKA_SASL_PROTOCOLS:
+        if mechanism is None:
+            problems.append(
+                f"{names['kafka_security_protocol']}={protocol} needs"
+                f" {names['kafka_sasl_mechanism']} (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or"
+                " OAUTHBEARER)"
+            )
+        elif mechanism == "OAUTHBEARER":
+            if settings.kafka_sasl_oauth_token_provider is None:
+                problems.append(
+                    f"{names['kafka_sasl_mechanism']}=OAUTHBEARER needs"
+                    f" {names['kafka_sasl_oauth_token_provider']} (module:attribute of a token"
+                    " provider factory)"
+                )
+            if settings.kafka_sasl_username is not None:
+                problems.append(
+                    f"{names['kafka_sasl_username']} is not used by OAUTHBEARER (the token"
+                    " provider authenticates): unset it"
+                )
+        else:
+            missing = [
+                names[field]
+                for field in ("kafka_sasl_username", "kafka_sasl_password")
+                if getattr(settings, field) is None
+            ]
+            if missing:
+                problems.append(
+                    f"{names['kafka_sasl_mechanism']}={mechanism} needs {' and '.join(missing)}"
+                )
+    else:
+        sasl_set = [
+            names[field]
+            for field in ("kafka_sasl_mechanism", "kafka_sasl_username")
+            if getattr(settings, field) is not None
+        ]
+        if sasl_set:
+            problems.append(
+                f"{', '.join(sasl_set)} apply to SASL only, but {names['kafka_security_protocol']}"
+                f" is {protocol}: use SASL_SSL or SASL_PLAINTEXT (or unset them)"
+            )
+    provider = settings.kafka_sasl_oauth_token_provider
+    if provider is not None and (
+        protocol not in KAFKA_SASL_PROTOCOLS or mechanism != "OAUTHBEARER"
+    ):
+        problems.append(
+            f"{names['kafka_sasl_oauth_token_provider']} is used only with"
+            f" {names['kafka_sasl_mechanism']}=OAUTHBEARER and a SASL protocol: unset it"
+        )
+    return problems
+
+
+def _holds_secret(annotation: Any) -> bool:
+    """Whether a field's type has a ``SecretStr`` anywhere (``list[SecretStr]``, ``... | None``)."""
+    if annotation is SecretStr:
+        return True
+    return any(_holds_secret(arg) for arg in typing.get_args(annotation))
+
+
 def _is_secret(field: str) -> bool:
     """Whether ``field`` holds secrets, whose values never appear in error messages."""
-    return "secret" in field or "token" in field
+    info = Settings.model_fields.get(field)
+    if info is not None and _holds_secret(info.annotation):
+        return True
+    return "secret" in field or "password" in field
 
 
 def load_settings() -> Settings:
@@ -208,7 +389,10 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else "?"
+            if not error["loc"]:  # a rule over several settings: its message names them
+                problems.append(error["msg"].removeprefix("Value error, "))
+                continue
+            field = str(error["loc"][0])
             given = "hidden" if _is_secret(field) else repr(error.get("input"))
             problems.append(f"{env_name(field)}: {error['msg']} (got {given})")
         raise SettingsError("invalid settings: " + "; ".join(problems)) from None

@@ -17,6 +17,9 @@ NEEDED=(
   "wrk:wrk"
   # tests/integration/test_producer_examples.py runs docs/producers.md's kcat example.
   "kcat:kcat"
+  # tests/integration/test_kafka_tls.py: the embedded broker serves no usable TLS, so stunnel
+  # terminates (mutual) TLS in front of a private one (tests/integration/tls_broker.py).
+  "stunnel4:stunnel4"
 )
 
 missing=()

@@ -44,6 +44,7 @@ from cartloom.domain.errors import InvalidInput, RejectReason
 from cartloom.domain.orders import accepted_order_json, parse_order
 from cartloom.domain.payloads import decode_json_object
 from cartloom.envelopes import ENVELOPE_MAX, ENVELOPE_MAX_BYTES, fits_alone, pack
+from cartloom.kafka_clients import kafka_connection
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +156,9 @@ class OrderIntake(mode.Service):
                 await self.sleep(2.0)
 
     async def _run(self) -> None:
-        consumer = AIOKafkaConsumer(
+        kafka = kafka_connection(settings)
+        consumer = kafka.consumer(
             SOURCE_TOPIC,
-            bootstrap_servers=settings.bootstrap_servers,
             group_id=intake_group_id(settings.app_id),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -167,8 +168,7 @@ class OrderIntake(mode.Service):
             rebalance_timeout_ms=int(settings.broker_rebalance_timeout * 1000),
             heartbeat_interval_ms=int(settings.broker_heartbeat_interval * 1000),
         )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
+        producer = kafka.producer(
             acks="all",
             linger_ms=2,
             max_batch_size=512 * 1024,

@@ -10,6 +10,7 @@ import mode
 
 from cartloom import metrics
 from cartloom.app import app, settings, topology
+from cartloom.kafka_clients import kafka_connection
 from cartloom.sinks.base import Sink
 from cartloom.sinks.dynamodb import DynamoDBSink
 from cartloom.sinks.materialiser import Materialiser, sink_group_id
@@ -34,7 +35,7 @@ def build_materialiser(sink: Sink) -> Materialiser:
     """A materialiser for ``sink`` in its own consumer group."""
     return Materialiser(
         sink,
-        bootstrap_servers=settings.bootstrap_servers,
+        kafka=kafka_connection(settings),
         group_id=sink_group_id(settings.app_id, sink.name),
         entities=changelog_entities(),
         batch_max=settings.sink_batch_max,

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from cartloom.devstack.processes import free_port
 from cartloom.devstack.stack import StackState, up
+from cartloom.kafka_clients import kafka_connection
 from cartloom.loadgen import LoadPlan, is_valid_index, publish, sample_orders, sample_stock
 from cartloom.settings import Settings, load_settings
 from cartloom.sinks.dynamodb import dynamodb_client_config
@@ -102,8 +103,9 @@ async def _publish_and_follow(settings: Settings, port: int, count: int, console
     )
     with Progress(*columns, console=console) as progress:
         stocked = progress.add_task("stock levels to inventory", total=plan.skus)
+        kafka = kafka_connection(settings)
         await publish(
-            settings.bootstrap_servers,
+            kafka,
             "inventory",
             sample_stock(plan, on_hand),
             lambda n: progress.advance(stocked, n),
@@ -112,7 +114,7 @@ async def _publish_and_follow(settings: Settings, port: int, count: int, console
         in_dynamo = progress.add_task("in DynamoDB (orders table)", total=valid)
         in_redis = progress.add_task("in Redis (cartloom:order:*)", total=valid)
         await publish(
-            settings.bootstrap_servers,
+            kafka,
             "orders",
             sample_orders(plan),
             lambda n: progress.advance(sent, n),

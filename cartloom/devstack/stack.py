@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import aiohttp
-from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 
 from cartloom.devstack.processes import (
@@ -31,6 +30,7 @@ from cartloom.devstack.processes import (
     wait_until,
 )
 from cartloom.kafka_admin import apply_topics
+from cartloom.kafka_clients import KafkaConnection
 from cartloom.settings import Settings
 from cartloom.sinks.dynamodb_tables import ensure_tables
 from cartloom.topology import load_topology
@@ -109,7 +109,8 @@ def stack_env(ports: dict[str, int]) -> dict[str, str]:
 
 
 async def _broker_ready(port: int) -> bool:
-    admin = AIOKafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}", request_timeout_ms=2000)
+    # The embedded broker speaks PLAINTEXT only, whatever CARTLOOM_KAFKA_* say.
+    admin = KafkaConnection.plaintext(f"127.0.0.1:{port}").admin(request_timeout_ms=2000)
     await admin.start()
     try:
         await admin.list_topics()
@@ -213,7 +214,8 @@ async def _provision(env: dict[str, str]) -> None:
         dynamodb_endpoint=env["CARTLOOM_DYNAMODB_ENDPOINT"],
     )
     topology = load_topology(settings.topics_file)
-    await apply_topics(settings.bootstrap_servers, topology.all_topics(settings.app_id))
+    kafka = KafkaConnection.plaintext(settings.bootstrap_servers)  # the embedded broker's
+    await apply_topics(kafka, topology.all_topics(settings.app_id))
     try:
         await ensure_tables(settings)
     except Exception as exc:

@@ -15,12 +15,12 @@ import os
 import socket
 
 import mode
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
 from cartloom import metrics
 from cartloom.app import app, settings, topology
 from cartloom.deadletter import DEAD_LETTER_MAX_REQUEST_BYTES
+from cartloom.kafka_clients import kafka_connection
 from cartloom.shopify.admin_client import AdminClient, RedisRateBudget
 from cartloom.shopify.reconcile import reconcile
 from cartloom.shopify.writeback import InventoryWriteback, WritebackRunner
@@ -111,15 +111,14 @@ class ShopifyWriteback(mode.Service):
         budget = RedisRateBudget(
             redis, shop, settings.shopify_api_bucket_size, settings.shopify_api_restore_rate
         )
-        consumer = AIOKafkaConsumer(
+        kafka = kafka_connection(settings)
+        consumer = kafka.consumer(
             changelog,
-            bootstrap_servers=settings.bootstrap_servers,
             group_id=f"{settings.app_id}-shopify-writeback",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
         )
-        producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
+        producer = kafka.producer(
             acks="all",
             max_request_size=DEAD_LETTER_MAX_REQUEST_BYTES,
         )

@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError
 from cartloom import metrics
 from cartloom.domain.errors import InvalidInput
 from cartloom.domain.shopify import KNOWN_TOPICS, resource_key
+from cartloom.kafka_clients import KafkaConnection, kafka_connection
 from cartloom.partitioning import key_partition
 from cartloom.settings import Settings
 from cartloom.shopify.signatures import SignatureVerifier
@@ -100,8 +101,8 @@ class KafkaEnqueuer:
     default partitioner (murmur2 of the key), as any client would.
     """
 
-    def __init__(self, bootstrap_servers: str, linger_ms: int, timeout: float) -> None:
-        self._bootstrap = bootstrap_servers
+    def __init__(self, kafka: KafkaConnection, linger_ms: int, timeout: float) -> None:
+        self._kafka = kafka
         self._linger = linger_ms / 1000
         self._timeout = timeout
         self._producer: AIOKafkaProducer | None = None
@@ -124,8 +125,7 @@ class KafkaEnqueuer:
                 self._producer = await self._connect()
 
     async def _connect(self) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
+        producer = self._kafka.producer(
             acks="all",
             max_batch_size=256 * 1024,
             request_timeout_ms=int(self._timeout * 1000),
@@ -334,7 +334,7 @@ def build_receiver(settings: Settings) -> WebhookReceiver:
     if not verifier.configured:
         log.warning("no Shopify webhook secret configured: every delivery will get 401")
     enqueuer = KafkaEnqueuer(
-        settings.bootstrap_servers,
+        kafka_connection(settings),
         settings.shopify_producer_linger_ms,
         settings.shopify_webhook_enqueue_timeout,
     )

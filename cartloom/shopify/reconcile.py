@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from cartloom import metrics
@@ -27,6 +26,7 @@ from cartloom.domain.shopify_reconcile import (
     inventory_corrections,
     order_corrections,
 )
+from cartloom.kafka_clients import KafkaConnection, kafka_connection
 from cartloom.settings import Settings
 from cartloom.shopify.admin_client import AdminClient, RedisRateBudget
 
@@ -128,11 +128,11 @@ async def find_drift(
     return drift, cursor
 
 
-async def publish(bootstrap_servers: str, outputs: list[Output]) -> None:
+async def publish(kafka: KafkaConnection, outputs: list[Output]) -> None:
     """Send the corrections to their streams and wait until the broker has them all."""
     if not outputs:
         return
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5)
+    producer = kafka.producer(acks="all", linger_ms=5)
     await producer.start()
     try:
         for output in outputs:
@@ -165,7 +165,7 @@ async def reconcile(settings: Settings, redis: Redis, since: str | None = None) 
             settings.shopify_api_url, token, settings.shopify_api_version, budget
         ) as client:
             drift, cursor = await find_drift(client, RedisViews(redis), shop, since)
-        await publish(settings.bootstrap_servers, drift.corrections)
+        await publish(kafka_connection(settings), drift.corrections)
     except Exception:
         metrics.RECONCILE_RUNS.labels(outcome="failed").inc()
         raise

@@ -27,13 +27,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from cartloom import metrics
 from cartloom.deadletter import DEAD_LETTER_MAX_REQUEST_BYTES, STORE_HEADER, queue_dead_letter
 from cartloom.deliveries import Deliveries
 from cartloom.domain.errors import InvalidInput, RejectReason
+from cartloom.kafka_clients import KafkaConnection
 from cartloom.sinks.base import (
     ChangeRefused,
     PartialWrite,
@@ -94,7 +95,7 @@ class Materialiser:
         self,
         sink: Sink,
         *,
-        bootstrap_servers: str,
+        kafka: KafkaConnection,
         group_id: str,
         entities: Mapping[str, str],
         batch_max: int,
@@ -108,7 +109,7 @@ class Materialiser:
         self._max_attempts = max(1, max_attempts)
         self._dead_letter_topic = dead_letter_topic
         self._batch_max = batch_max
-        self._bootstrap_servers = bootstrap_servers
+        self._kafka = kafka
         self._group_id = group_id
         self._consumer: Any = None  # created by run(): construction does no I/O
         self._producer: Any = None
@@ -117,16 +118,14 @@ class Materialiser:
 
     async def run(self) -> None:
         """Consume until :meth:`stop`; call from a task."""
-        self._consumer = AIOKafkaConsumer(
+        self._consumer = self._kafka.consumer(
             *self._entities,
-            bootstrap_servers=self._bootstrap_servers,
             group_id=self._group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self._batch_max,
         )
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap_servers,
+        self._producer = self._kafka.producer(
             acks="all",
             max_request_size=DEAD_LETTER_MAX_REQUEST_BYTES,
         )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import typing
 from functools import cache
 from pathlib import Path
@@ -17,6 +19,7 @@ from pydantic import SecretStr
 
 from cartloom.settings import Settings, env_name
 from cartloom.topology import Topology, load_topology
+from tests.pki import CLIENT_KEY_PASSWORD, TlsFiles, make_pki
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -169,3 +172,57 @@ def topology() -> Topology:
 def broker_hosts(broker_url: str) -> set[str]:
     """``kafka://a:9092;kafka://b:9092`` -> {"a:9092", "b:9092"}."""
     return {part.split("://", 1)[-1].strip() for part in broker_url.split(";") if part.strip()}
+
+
+#: The settings that name files (PEM), each with the file of the test PKI that stands in for it.
+KAFKA_FILE_SETTINGS = {
+    "CARTLOOM_KAFKA_SSL_CAFILE": "ca",
+    "CARTLOOM_KAFKA_SSL_CERTFILE": "client_cert",
+    "CARTLOOM_KAFKA_SSL_KEYFILE": "client_key",
+}
+
+
+@cache
+def stand_in_pki() -> TlsFiles:
+    """Real PEM files (a throwaway CA and client certificate) for the Secret's files."""
+    directory = Path(tempfile.mkdtemp(prefix="cartloom-deploy-pki-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return make_pki(directory)
+
+
+def secret_mount(docs: tuple[Doc, ...], container: Doc, path: str) -> tuple[Doc, Doc]:
+    """The volume mount of ``container`` that holds ``path``, and its volume (a Secret's)."""
+    directory = str(Path(path).parent)
+    mounts = [m for m in container.get("volumeMounts", []) if m["mountPath"] == directory]
+    assert mounts, f"{container['name']}: nothing is mounted at {directory} (for {path})"
+    (mount,) = mounts
+    pods = [w["spec"]["template"]["spec"] for w in workloads(docs)]
+    (pod,) = (p for p in pods if any(c is container for c in p["containers"]))
+    (volume,) = (v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert "secret" in volume, f"{directory} is not a Secret's volume: {volume}"
+    return mount, volume
+
+
+def secret_key_of(volume: Doc, path: str) -> str:
+    """The key of the Secret that a file of its volume comes from (``items``, or the name)."""
+    name = Path(path).name
+    for item in volume["secret"].get("items", []):
+        if item["path"] == name:
+            return str(item["key"])
+    return name
+
+
+def with_stand_in_files(docs: tuple[Doc, ...], container: Doc, env: dict[str, str]) -> None:
+    """Point the file settings of ``env`` at stand-in PEM files, once they are seen mounted.
+
+    Each file must live in a read-only Secret volume of ``container``; the client key's
+    password (from the Secret too) becomes the stand-in key's.
+    """
+    pki = stand_in_pki()
+    for name, attribute in KAFKA_FILE_SETTINGS.items():
+        if env.get(name):
+            mount, _ = secret_mount(docs, container, env[name])
+            assert mount.get("readOnly") is True, f"{mount['name']} must be read-only"
+            env[name] = str(getattr(pki, attribute))
+    if env.get("CARTLOOM_KAFKA_SSL_KEYFILE"):
+        env["CARTLOOM_KAFKA_SSL_KEY_PASSWORD"] = CLIENT_KEY_PASSWORD

@@ -30,6 +30,7 @@ from tests.deploy.manifests import (
     setting_names,
     topology,
     unset_on_purpose,
+    with_stand_in_files,
     worker_container,
 )
 
@@ -44,6 +45,8 @@ COMPOSE_PER_CONTAINER = {
 #: for it in every deployment, from the ConfigMap, the Secret or the compose environment.
 INGRESS_SETTINGS = {
     "CARTLOOM_BROKER_URL",
+    "CARTLOOM_KAFKA_SECURITY_PROTOCOL",
+    "CARTLOOM_KAFKA_SSL_CHECK_HOSTNAME",
     "CARTLOOM_WEB_BIND",
     "CARTLOOM_WEBHOOK_INGRESS_PORT",
     "CARTLOOM_SHOPIFY_WEBHOOK_SECRET",
@@ -129,6 +132,7 @@ def kubernetes_env(docs: tuple[Doc, ...], container: Doc | None = None) -> dict[
         elif "secretKeyRef" in item["valueFrom"]:
             env[item["name"]] = "stub-secret"
     env["CARTLOOM_SHOPIFY_SHOP_SECRETS"] = ""
+    with_stand_in_files(docs, container or worker_container(docs), env)
     return env
 
 

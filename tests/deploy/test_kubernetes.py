@@ -268,7 +268,9 @@ def test_secrets_come_from_the_secret_not_the_configmap(overlay: str) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_the_ingress_loads_the_workers_settings_and_only_the_webhook_secrets(overlay: str) -> None:
+def test_the_ingress_loads_the_workers_settings_and_only_webhook_and_kafka_secrets(
+    overlay: str,
+) -> None:
     docs = render(overlay)
     container = ingress_container(docs)
     assert container["envFrom"] == worker_container(docs)["envFrom"]
@@ -277,8 +279,14 @@ def test_the_ingress_loads_the_workers_settings_and_only_the_webhook_secrets(ove
         for e in container["env"]
         if "secretKeyRef" in e.get("valueFrom", {})
     }
-    # What verifies a delivery, nothing more (no Admin API or query token on the public edge).
-    assert set(secrets) == {"CARTLOOM_SHOPIFY_WEBHOOK_SECRET", "CARTLOOM_SHOPIFY_SHOP_SECRETS"}
+    # What verifies a delivery and what reaches Kafka, nothing more (no Admin API or query
+    # token on the public edge).
+    assert set(secrets) == {
+        "CARTLOOM_SHOPIFY_WEBHOOK_SECRET",
+        "CARTLOOM_SHOPIFY_SHOP_SECRETS",
+        "CARTLOOM_KAFKA_SASL_PASSWORD",
+        "CARTLOOM_KAFKA_SSL_KEY_PASSWORD",
+    }
     assert not secrets["CARTLOOM_SHOPIFY_WEBHOOK_SECRET"].get("optional", False)
     assert secrets["CARTLOOM_SHOPIFY_SHOP_SECRETS"]["optional"] is True
     # Its own identity, without the workers' IAM role.

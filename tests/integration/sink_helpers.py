@@ -22,6 +22,7 @@ from prometheus_client import REGISTRY
 
 from cartloom.audit import changelog_entities
 from cartloom.kafka_admin import apply_topics
+from cartloom.kafka_clients import kafka_connection
 from cartloom.settings import Settings
 from cartloom.sinks.dynamodb import DynamoDBSink
 from cartloom.sinks.dynamodb_tables import ensure_tables
@@ -71,7 +72,7 @@ async def make_namespace(stack_env: dict[str, str], redis_db: int, **overrides: 
         for spec in topology.changelog_specs(settings.app_id)
         if spec.name in changelog_entities(settings, topology)
     ]
-    await apply_topics(settings.bootstrap_servers, app_topics)
+    await apply_topics(kafka_connection(settings), app_topics)
     await ensure_tables(settings)
     return Namespace(settings, env, topology)
 
@@ -81,7 +82,7 @@ def build_materialisers(ns: Namespace) -> list[Materialiser]:
     return [
         Materialiser(
             sink,
-            bootstrap_servers=ns.settings.bootstrap_servers,
+            kafka=kafka_connection(ns.settings),
             group_id=sink_group_id(ns.settings.app_id, sink.name),
             entities=changelog_entities(ns.settings, ns.topology),
             batch_max=ns.settings.sink_batch_max,

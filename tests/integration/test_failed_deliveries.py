@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from cartloom.devstack.stack import StackState
 from cartloom.kafka_admin import apply_topics
+from cartloom.kafka_clients import KafkaConnection
 from cartloom.topology import load_topology
 from tests.harness import eventually, serving, start_worker
 from tests.integration.kafka_proxy import SizedBroker, sized_broker
@@ -31,7 +32,9 @@ pytestmark = pytest.mark.integration
 async def broker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SizedBroker]:
     """A broker of the test's own: what one test leaves in a topic, the other does not read."""
     async with sized_broker(tmp_path_factory.mktemp("failing-broker")) as started:
-        await apply_topics(started.bootstrap, load_topology().all_topics("cartloom"))
+        await apply_topics(
+            KafkaConnection.plaintext(started.bootstrap), load_topology().all_topics("cartloom")
+        )
         yield started
 
 

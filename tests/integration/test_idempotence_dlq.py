@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaProducer
 
 from cartloom.devstack.stack import StackState
 from cartloom.dlq import REPLAYED_FROM_HEADER, replay_dead_letters
+from cartloom.kafka_clients import KafkaConnection
 from tests.harness import WorkerProcess, eventually
 from tests.integration.saga_helpers import (
     now_iso,
@@ -80,12 +81,14 @@ async def test_replay_applies_an_event_that_came_before_its_order_once(
     await eventually(lambda: _status(bootstrap, order_id, "reserved"), what="reserved")
 
     group = f"test-replay-{tag}"
-    first = await replay_dead_letters(bootstrap, "order.events", group_id=group)
+    first = await replay_dead_letters(
+        KafkaConnection.plaintext(bootstrap), "order.events", group_id=group
+    )
     assert first.replayed >= 1
     view = await eventually(lambda: _status(bootstrap, order_id, "paid"), what="paid by replay")
     assert [h["status"] for h in view["history"]] == ["received", "reserved", "paid"]
 
-    await replay_dead_letters(bootstrap, "order.events", group_id=group)
+    await replay_dead_letters(KafkaConnection.plaintext(bootstrap), "order.events", group_id=group)
     # What failed again was dead-lettered anew and may go back once more; no dead letter
     # is ever sent back twice, and the order does not change again.
     sources = [

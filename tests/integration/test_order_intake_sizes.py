@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from cartloom.devstack.stack import StackState
 from cartloom.kafka_admin import apply_topics
+from cartloom.kafka_clients import KafkaConnection
 from cartloom.partitioning import key_partition
 from cartloom.topology import load_topology
 from tests.harness import WorkerProcess, eventually, serving, start_worker
@@ -60,7 +61,9 @@ def ids_on_one_partition(prefix: str, count: int) -> list[str]:
 async def broker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SizedBroker]:
     limits = {"orders": LARGE_TOPIC_LIMIT, "orders.dlq": LARGE_TOPIC_LIMIT}
     async with sized_broker(tmp_path_factory.mktemp("sized-broker"), limits) as started:
-        await apply_topics(started.bootstrap, load_topology().all_topics("cartloom"))
+        await apply_topics(
+            KafkaConnection.plaintext(started.bootstrap), load_topology().all_topics("cartloom")
+        )
         yield started
 
 

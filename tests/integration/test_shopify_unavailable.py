@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from cartloom.devstack.processes import ServerProcess, free_port, spawn, stop
 from cartloom.devstack.stack import _broker_ready, broker_argv
 from cartloom.kafka_admin import apply_topics
+from cartloom.kafka_clients import KafkaConnection
 from cartloom.shopify.delivery import post, signed
 from cartloom.shopify.ingress import Ingress
 from cartloom.shopify.receiver import KafkaEnqueuer, WebhookReceiver
@@ -46,7 +47,7 @@ async def private_broker(tmp_path: Path) -> AsyncIterator[tuple[ServerProcess, s
         await eventually(ready, timeout=30, what="private broker")
         bootstrap = f"127.0.0.1:{port}"
         spec = load_topology().topic("shopify.webhooks")
-        await apply_topics(bootstrap, [spec])
+        await apply_topics(KafkaConnection.plaintext(bootstrap), [spec])
         yield server, bootstrap
     finally:
         stop(server)
@@ -58,7 +59,7 @@ async def test_503_when_the_broker_is_gone_and_200_while_it_is_up(
     server, bootstrap = private_broker
     receiver = WebhookReceiver(
         SignatureVerifier([SecretStr(SECRET)]),
-        KafkaEnqueuer(bootstrap, linger_ms=5, timeout=2.0),
+        KafkaEnqueuer(KafkaConnection.plaintext(bootstrap), linger_ms=5, timeout=2.0),
         max_bytes=1_048_576,
     )
     store = SimulatedStore()
@@ -81,7 +82,9 @@ async def test_503_when_the_broker_is_gone_and_200_while_it_is_up(
 async def test_503_before_the_producer_has_started() -> None:
     receiver = WebhookReceiver(
         SignatureVerifier([SecretStr(SECRET)]),
-        KafkaEnqueuer(f"127.0.0.1:{free_port()}", linger_ms=5, timeout=1.0),
+        KafkaEnqueuer(
+            KafkaConnection.plaintext(f"127.0.0.1:{free_port()}"), linger_ms=5, timeout=1.0
+        ),
         max_bytes=1_048_576,
     )
     store = SimulatedStore()

@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
 from cartloom.kafka_admin import apply_topics
+from cartloom.kafka_clients import KafkaConnection
 from cartloom.shopify.admin_client import AdminClient
 from cartloom.shopify.simulator import ShopSimulator
 from cartloom.shopify.store import SimulatedStore
@@ -74,7 +75,9 @@ async def test_each_change_reaches_shopify_exactly_once(
     store.add_product("Write-back Tee", [f"WB1-{tag}", f"WB2-{tag}"], stock=10)
     sim = ShopSimulator(store, access_token=TOKEN, webhook_secret="s", error_share=0.3, seed=9)
     topic = f"test-writeback-{tag}-changelog"
-    await apply_topics(bootstrap, [TopicSpec(topic, 2, 1, "compact", None)])
+    await apply_topics(
+        KafkaConnection.plaintext(bootstrap), [TopicSpec(topic, 2, 1, "compact", None)]
+    )
     wb1, wb2 = f"WB1-{tag}", f"WB2-{tag}"
     changes = [
         (f"pos-{tag}-1#0", entry(f"pos-{tag}-1", wb1, 2)),
@@ -195,7 +198,9 @@ async def poisoned_shop(
     store.add_product("Known Tee", [known], stock=10)
     sim = ShopSimulator(store, access_token=TOKEN, webhook_secret="s", seed=3)
     topic = f"test-writeback-poison-{tag}-changelog"
-    await apply_topics(bootstrap, [TopicSpec(topic, 1, 1, "compact", None)])
+    await apply_topics(
+        KafkaConnection.plaintext(bootstrap), [TopicSpec(topic, 1, 1, "compact", None)]
+    )
     later = [(f"pos-{tag}-{n}#0", entry(f"pos-{tag}-{n}", known, 2)) for n in range(3)]
     for key, value in [*first, *later]:
         await producer.send_and_wait(topic, value, key=key.encode())

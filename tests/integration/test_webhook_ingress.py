@@ -18,6 +18,7 @@ from cartloom.devstack.processes import free_port, spawn, stop
 from cartloom.devstack.stack import StackState, _broker_ready, broker_argv
 from cartloom.domain.shopify import resource_key
 from cartloom.kafka_admin import apply_topics
+from cartloom.kafka_clients import KafkaConnection
 from cartloom.shopify.delivery import DeliveryPlan, post, signed
 from cartloom.topology import load_topology
 from tests.harness import WorkerProcess, eventually, start_ingress, wait_ready
@@ -137,7 +138,9 @@ async def test_connects_once_the_broker_comes_up(stack: StackState, tmp_path: Pa
                     return False
 
             await eventually(broker_up, timeout=30, what="late broker")
-            await apply_topics(bootstrap, [load_topology().topic("shopify.webhooks")])
+            await apply_topics(
+                KafkaConnection.plaintext(bootstrap), [load_topology().topic("shopify.webhooks")]
+            )
             await eventually(lambda: _equals(readiness(), 200), timeout=30, what="ingress ready")
             store, _ = new_store("late")
             store.add_product("Late Tee", ["LATE-1"])

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from cartloom.domain.errors import RejectReason
+from cartloom.kafka_clients import KafkaConnection
 from cartloom.sinks.base import ChangeRefused, PartialWrite, ViewChange, WriteOutcome
 from cartloom.sinks.materialiser import Materialiser, MaterialiserStopped
 from cartloom.sinks.memory import MemorySink
@@ -48,7 +49,7 @@ class DownSink(MemorySink):
 def materialiser(sink: MemorySink, retry_max: float = 0.05) -> Materialiser:
     return Materialiser(
         sink,
-        bootstrap_servers="127.0.0.1:9",
+        kafka=KafkaConnection.plaintext("127.0.0.1:9"),
         group_id="unit",
         entities={"cartloom-order_by_id-changelog": "orders"},
         batch_max=100,
@@ -119,7 +120,7 @@ class CrashingSink(MemorySink):
 def feeder(sink: MemorySink, max_attempts: int = 3) -> Materialiser:
     return Materialiser(
         sink,
-        bootstrap_servers="127.0.0.1:9",
+        kafka=KafkaConnection.plaintext("127.0.0.1:9"),
         group_id="unit",
         entities={"cartloom-order_by_id-changelog": "orders"},
         batch_max=100,
