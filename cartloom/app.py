@@ -62,6 +62,7 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         store=settings.store,
         datadir=str(settings.data_dir),
         processing_guarantee="at_least_once",
+        recovery_consistency_check=settings.recovery_consistency_check,
         topic_partitions=topology.default_partitions,
         topic_replication_factor=topology.default_replication_factor,
         topic_allow_declare=True,

@@ -103,6 +103,12 @@ class Settings(BaseSettings):
         description="Longest a fetch waits for new records (the embedded broker always waits"
         " this long on a quiet partition; the local stack uses 50).",
     )
+    recovery_consistency_check: bool = Field(
+        True,
+        description="Faust's check that a changelog's offsets read or persisted are not past its"
+        " reported end; the local stack turns it off (the embedded broker reports the end of a"
+        " partition short: docs/crash-safety.md).",
+    )
     group_instance_id: str | None = Field(
         None, description="Kafka static membership id, unique per worker (a StatefulSet pod name)."
     )

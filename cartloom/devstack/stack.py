@@ -52,6 +52,10 @@ LOCAL_TUNING_ENV = {
     "CARTLOOM_BROKER_REBALANCE_TIMEOUT": "6",
     "CARTLOOM_BROKER_HEARTBEAT_INTERVAL": "1",
     "CARTLOOM_BROKER_FETCH_MAX_WAIT_MS": "50",
+    # The embedded broker reports a partition's end as its last record batch's base offset
+    # plus one: a worker killed between a changelog batch and its one-record tail leaves the
+    # end short, and Faust's recovery would refuse the records it rightly read past it.
+    "CARTLOOM_RECOVERY_CONSISTENCY_CHECK": "false",
 }
 
 

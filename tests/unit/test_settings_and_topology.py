@@ -52,6 +52,20 @@ def test_faust_environment_variables_do_not_override_settings(
     assert app.conf.web_port == 7001
 
 
+@pytest.mark.parametrize("check", [True, False])
+def test_the_recovery_consistency_check_reaches_faust(check: bool) -> None:
+    from cartloom.app import create_app
+
+    app = create_app(Settings(recovery_consistency_check=check), load_topology())
+    assert app.conf.recovery_consistency_check is check
+
+
+def test_the_local_stack_turns_the_recovery_consistency_check_off() -> None:
+    from cartloom.devstack.stack import LOCAL_TUNING_ENV
+
+    assert LOCAL_TUNING_ENV["CARTLOOM_RECOVERY_CONSISTENCY_CHECK"] == "false"
+
+
 def test_env_example_lists_every_setting() -> None:
     documented = set(
         re.findall(r"^#?\s*(CARTLOOM_[A-Z_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE)
