@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaProducer
 from cartloom.devstack.stack import StackState
 from cartloom.partitioning import key_partition
 from cartloom.topology import load_topology
-from tests.harness import WorkerProcess, eventually, start_worker, wait_ready
+from tests.harness import WorkerProcess, eventually, local_stack, start_worker, wait_ready
 from tests.integration.saga_helpers import now_iso, order_message, read_topic, send_json
 
 pytestmark = pytest.mark.integration
@@ -42,6 +42,32 @@ PARTITIONS = load_topology(None).topic("order.timeouts").partitions
 SKU_PARTITIONS = load_topology(None).topic("inventory.commands").partitions
 #: Longer than any stop below: a stopped worker keeps its partitions (no rebalance).
 SESSION_TIMEOUT = "40"
+
+
+@pytest.fixture(scope="module")
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("clocks-stack")
+
+
+@pytest.fixture(scope="module")
+def stack(stack_dir: Path) -> Iterator[StackState]:
+    """A broker of this module's own: the saga's internal topics carry no app id yet, so the
+    session's shared worker (another app) would answer these apps' reserve commands."""
+    with local_stack(stack_dir) as state:
+        yield state
+
+
+@pytest.fixture(scope="module")
+def bootstrap(stack: StackState) -> str:
+    return stack.env["CARTLOOM_BROKER_URL"].split("://", 1)[1]
+
+
+@pytest.fixture(scope="module")
+async def producer(bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    client = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await client.start()
+    yield client
+    await client.stop()
 
 
 def spread(prefix: str, per_partition: int, partitions: int) -> list[str]:
