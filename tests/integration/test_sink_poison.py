@@ -105,7 +105,9 @@ async def test_a_poison_key_is_set_aside_and_later_keys_reach_both_stores(
     for record in letters:
         if record.key == POISON.encode():
             assert orjson.loads(record.value) == poison, "the changelog record, byte for byte"
-    redis_letter = next(r for r in letters if header(r, "cartloom-store") == "redis")
+    redis_letter = next(
+        r for r in letters if r.key == POISON.encode() and header(r, "cartloom-store") == "redis"
+    )
     assert "WRONGTYPE" in header(redis_letter, "cartloom-detail")
     assert "3 attempts" in header(redis_letter, "cartloom-detail")
     assert (
