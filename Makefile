@@ -37,7 +37,7 @@ test-integration: install ## Real servers: broker, redis-server, moto_server, wo
 test: lint typecheck ## Everything CI runs: lint, types, unit, integration, e2e, deploy (not the fault suite: make chaos)
 	$(BIN)/pytest -q -m "not chaos"
 
-# Not part of `make test` yet: three scenarios still fail on main (docs/crash-safety.md).
+# Not part of `make test` yet: two scenarios still fail on main (docs/crash-safety.md).
 CHAOS_SCALE ?= full
 chaos: install ## Fault scenarios, full form (SIGKILL x5, RocksDB, zombie, churn, poison); tests/chaos/results/
 	$(BIN)/pytest tests/chaos -m chaos -q --chaos-scale=$(CHAOS_SCALE)

@@ -5,7 +5,8 @@ Three thin agents, each the single writer of its table:
 - ``normalise_webhooks`` (``shopify.webhooks``, table ``shopify_delivery_by_resource``):
   drops duplicates and stale retries, then publishes to ``orders``, ``order.events``,
   ``shopify.catalog``, ``shopify.inventory_items`` and ``shopify.redactions``.
-- ``update_catalog`` (``shopify.catalog``, table ``product_by_id``, materialised as products).
+- ``update_catalog`` (``shopify.catalog``, table ``product_by_id``, materialised as products):
+  checks each product change (:mod:`cartloom.domain.shopify_catalog`) before storing it.
 - ``map_inventory_items`` (``shopify.inventory_items``, table ``sku_by_inventory_item``):
   maps inventory items to SKUs, parks levels whose SKU is unknown, publishes ``inventory``.
 
@@ -40,6 +41,7 @@ from cartloom.domain.shopify import (
     WebhookReason,
     normalise,
 )
+from cartloom.domain.shopify_catalog import read_catalog_change
 from cartloom.domain.shopify_dedupe import Verdict, admit
 from cartloom.domain.shopify_state import apply_catalog_change, apply_item_message
 from cartloom.tables import product_by_id, shopify_delivery_by_resource, sku_by_inventory_item
@@ -190,9 +192,9 @@ async def update_catalog(stream: faust.StreamT[bytes]) -> None:
 
 
 async def store_product(event: faust.EventT[Any]) -> None:
-    """Write one product document to ``product_by_id``."""
+    """Write one product document to ``product_by_id`` (a refused one raises InvalidInput)."""
     key = bytes(event.key or b"").decode()
-    change = decode_json_object(event.value)
+    change = read_catalog_change(decode_json_object(event.value), key=key)
     product_by_id[key] = apply_catalog_change(product_by_id.get(key), change)
 
 

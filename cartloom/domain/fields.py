@@ -8,7 +8,8 @@ states that rule in JSON Schema (draft 2020-12). The parsers of ``orders``,
 ``order.events`` and ``inventory`` read their fields through these declarations, and
 :mod:`cartloom.domain.schemas` renders the same declarations as the published schemas,
 so a limit changed here changes both (``tests/unit/test_contract_schemas.py`` holds them
-to each other). Pure: no I/O.
+to each other). The internal ``shopify.catalog`` is checked the same way
+(:mod:`cartloom.domain.shopify_catalog`), without a published schema. Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -93,24 +94,31 @@ class Kind(ABC):
 
 @dataclass(frozen=True, slots=True)
 class Text(Kind):
-    """A string of at most ``max_len`` characters that is not empty or only whitespace."""
+    """A string of at most ``max_len`` characters that is not empty or only whitespace.
+
+    ``blank`` allows an empty or blank string too (text copied from elsewhere, such as a
+    Shopify product type, which Shopify leaves empty when none was chosen).
+    """
 
     max_len: int
+    blank: bool = False
 
     def check(self, value: Any, name: str) -> str:
         """The string as given."""
-        if not isinstance(value, str) or not value or value.isspace():
+        if not isinstance(value, str) or (not self.blank and (not value or value.isspace())):
             raise _refuse(self.expected(name))
         if len(value) > self.max_len:
             raise _refuse(f"{name} is longer than {self.max_len}")
         return value
 
     def expected(self, name: str) -> str:
-        """A non-empty string."""
-        return f"{name} must be a non-empty string"
+        """A (non-empty) string."""
+        return f"{name} must be a {'' if self.blank else 'non-empty '}string"
 
     def json_schema(self) -> dict[str, Any]:
-        """A string with a non-whitespace character, at most ``max_len`` long."""
+        """A string with a non-whitespace character (unless blank), at most ``max_len`` long."""
+        if self.blank:
+            return {"type": "string", "maxLength": self.max_len}
         return {
             "type": "string",
             "minLength": 1,
@@ -120,6 +128,8 @@ class Text(Kind):
 
     def summary(self) -> str:
         """Text and its length."""
+        if self.blank:
+            return f"string, at most {self.max_len} characters"
         return f"string, 1 to {self.max_len} characters, not only whitespace"
 
 
@@ -474,6 +484,30 @@ class ItemsRequiredWhen(Rule):
         """Which field, when."""
         values = " or ".join(f"`{value}`" for value in sorted(self.values))
         return f"`{self.items}` is required, with one item or more, when `{self.when}` is {values}."
+
+
+@dataclass(frozen=True, slots=True)
+class RequiredUnless(Rule):
+    """The ``name`` field must be given (not ``null``) unless the boolean ``flag`` is true."""
+
+    name: str
+    flag: str
+
+    def check(self, payload: dict[str, Any], flagged: bool) -> None:
+        """Refuse a message without ``name`` whose ``flag`` (already read) is not true."""
+        if not flagged and payload.get(self.name) is None:
+            raise _refuse(f"{self.name} is required unless {self.flag} is true")
+
+    def json_schema(self) -> dict[str, Any]:
+        """``if`` the flag is true, nothing more; ``else`` the field is required."""
+        return {
+            "if": {"properties": {self.flag: {"const": True}}, "required": [self.flag]},
+            "else": {"required": [self.name]},
+        }
+
+    def summary(self) -> str:
+        """Which field, when."""
+        return f"`{self.name}` is required unless `{self.flag}` is true."
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from cartloom.domain.errors import InvalidInput, RejectReason
+from cartloom.domain.shopify_catalog import read_catalog_change
 
 ORDER_PREFIX = "shopify-"
 
@@ -303,18 +304,21 @@ def normalise_refund(delivery: Delivery) -> Output:
 
 
 def normalise_product(delivery: Delivery) -> list[Output]:
-    """A catalog change keyed by product id, and one SKU mapping per variant."""
+    """A catalog change keyed by product id, and one SKU mapping per variant.
+
+    The change is what ``update_catalog`` will accept (:func:`read_catalog_change`): a
+    product it would refuse raises :class:`InvalidInput` here, before anything is sent.
+    """
     payload = delivery.payload
     product_id = _id(payload, "id")
     if delivery.topic == "products/delete":
-        value = {"product_id": product_id, "shop": delivery.shop, "deleted": True}
-        value["updated_at"] = delivery.triggered_at
-        return [Output("catalog", product_id, value)]
+        marker = {"product_id": product_id, "shop": delivery.shop, "deleted": True}
+        marker["updated_at"] = delivery.triggered_at
+        return [Output("catalog", product_id, read_catalog_change(marker, key=product_id))]
     variants = payload.get("variants") or []
     if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
         raise InvalidInput(RejectReason.INVALID_SCHEMA, "variants must be a list of objects")
-    variant_views = [_variant(variant) for variant in variants]
-    product: dict[str, Any] = {
+    view: dict[str, Any] = {
         "product_id": product_id,
         "shop": delivery.shop,
         "deleted": False,
@@ -324,10 +328,11 @@ def normalise_product(delivery: Delivery) -> list[Output]:
         "vendor": payload.get("vendor"),
         "product_type": payload.get("product_type"),
         "updated_at": payload.get("updated_at"),
-        "variants": variant_views,
+        "variants": [_variant(variant) for variant in variants],
     }
+    product = read_catalog_change(view, key=product_id)
     outputs = [Output("catalog", product_id, product)]
-    for variant in variant_views:
+    for variant in product["variants"]:
         if variant["inventory_item_id"] is not None:
             outputs.append(
                 _mapping(delivery, variant["inventory_item_id"], variant["sku"], "product")
