@@ -14,6 +14,7 @@ from cartloom.kafka_clients import KafkaConnection
 from cartloom.sinks.base import ChangeRefused, PartialWrite, ViewChange, WriteOutcome
 from cartloom.sinks.materialiser import Materialiser, MaterialiserStopped
 from cartloom.sinks.memory import MemorySink
+from tests.harness import eventually
 
 
 def change(key: str, version: int) -> ViewChange:
@@ -151,8 +152,19 @@ async def test_a_change_the_store_refuses_for_good_is_set_aside_at_once() -> Non
 async def test_a_store_outage_is_retried_without_bound_and_sets_nothing_aside() -> None:
     sink = PoisonSink("bad", ConnectionError("connection refused"))
     task = asyncio.create_task(feeder(sink, max_attempts=2).write_until_taken([change("bad", 1)]))
-    while len(sink.offered) < 10:  # far beyond max_attempts: still retrying
-        await asyncio.sleep(0.01)
+
+    async def still_retrying_far_beyond_max_attempts() -> bool:
+        if task.done():  # set aside or failed: it stopped retrying
+            raise AssertionError(f"the write ended after {len(sink.offered)} attempts: {task}")
+        return len(sink.offered) >= 10
+
+    try:
+        await eventually(
+            still_retrying_far_beyond_max_attempts, timeout=10, interval=0.01, what="10 attempts"
+        )
+    except AssertionError:
+        task.cancel()  # no write left retrying behind the failure
+        raise
     sink.poison = "none"  # the store is back
     outcome = await asyncio.wait_for(task, timeout=10)
     assert (outcome.written, outcome.set_aside) == (1, [])
