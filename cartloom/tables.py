@@ -13,6 +13,30 @@ import faust
 from cartloom.app import app, topology
 
 
+class ReseedAfterRecovery:
+    """Tells a timer when to rebuild its in-memory schedule from ``table``.
+
+    A timer's schedule (which orders fall due when) lives in this process only: the agent
+    fills it as it changes ``table``. Rows this worker recovers from the changelog (at
+    start, or for the partitions a rebalance gives it) never pass through the agent here,
+    so after every recovery the schedule must be rebuilt from the table. Faust awaits the
+    table's ``on_recover`` callbacks inside its recovery; the callback only raises a flag,
+    and the timer, on its next tick, scans the table in its own task.
+    """
+
+    def __init__(self, table: faust.types.TableT[str, Any]) -> None:
+        self._due = True  # the first tick seeds too
+        table.on_recover(self._recovered)
+
+    async def _recovered(self) -> None:
+        self._due = True
+
+    def due(self) -> bool:
+        """True on the first call after each recovery (and the first call of all)."""
+        due, self._due = self._due, False
+        return due
+
+
 def declared_table(name: str) -> faust.types.TableT[str, Any]:
     """The table ``name`` from ``topics.yaml``, with its source topic's partition count."""
     spec = topology.tables[name]

@@ -49,7 +49,7 @@ from cartloom.domain.early_events import (
 from cartloom.domain.errors import RejectReason
 from cartloom.domain.instants import is_before, posix
 from cartloom.domain.schedule import DueSchedule
-from cartloom.tables import early_events_by_order
+from cartloom.tables import ReseedAfterRecovery, early_events_by_order
 from cartloom.topics import order_timeouts_topic
 
 RENUDGE_AFTER_SECONDS = 30.0
@@ -59,7 +59,7 @@ NUDGES_PER_TICK = 10_000
 GIVEN_UP = {RejectReason.UNKNOWN_ORDER: "expired", RejectReason.HELD_OVER_LIMIT: "evicted"}
 
 held_due = DueSchedule()
-_seed_needed = True
+reseed = ReseedAfterRecovery(early_events_by_order)
 
 
 def schedule_held(order_id: str, held: HeldEventsView | None) -> None:
@@ -167,18 +167,10 @@ def origin_of(event: faust.EventT[Any]) -> EventOrigin:
     )
 
 
-@early_events_by_order.on_recover
-async def _recovered() -> None:
-    global _seed_needed
-    _seed_needed = True
-
-
 @app.timer(interval=settings.saga_scan_interval_seconds)  # type: ignore[untyped-decorator]
 async def nudge_held_events() -> None:
     """Nudge every order whose first held event has expired; the orders agent decides."""
-    global _seed_needed
-    if _seed_needed:
-        _seed_needed = False
+    if reseed.due():
         for key, value in list(early_events_by_order.data.items()):
             if value is not None:
                 schedule_held(_text(key), value)

@@ -40,7 +40,7 @@ from cartloom.domain.instants import posix
 from cartloom.domain.orders import OrderView
 from cartloom.domain.saga import Timeout, next_timeout
 from cartloom.domain.schedule import NudgeSchedule
-from cartloom.tables import order_by_id
+from cartloom.tables import ReseedAfterRecovery, order_by_id
 from cartloom.topics import order_events_topic, order_timeouts_topic, reservation_results_topic
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ DECIDED_BY = {Timeout.DEADLINE: reservation_results_topic, Timeout.EXPIRE: order
 
 inputs = InputClocks(app, grace=settings.saga_clock_grace_seconds)
 overdue: NudgeSchedule[tuple[Timeout, int]] = NudgeSchedule()
-_seed_needed = True
+reseed = ReseedAfterRecovery(order_by_id)
 
 
 def schedule_order(view: OrderView) -> None:
@@ -82,18 +82,10 @@ def decision_clock(kind: Timeout, partition: int) -> str | None:
     return datetime.fromtimestamp(clock, UTC).isoformat(timespec="milliseconds")
 
 
-@order_by_id.on_recover
-async def _recovered() -> None:
-    global _seed_needed
-    _seed_needed = True
-
-
 @app.timer(interval=settings.saga_scan_interval_seconds)  # type: ignore[untyped-decorator]
 async def nudge_overdue_orders() -> None:
     """Send one nudge for every held order whose deciding clock has passed its due time."""
-    global _seed_needed
-    if _seed_needed:
-        _seed_needed = False
+    if reseed.due():
         await _seed()
     now, topic = utc_now_iso(), order_timeouts_topic.get_topic_name()
     sent: list[tuple[str, Timeout, Any]] = []
