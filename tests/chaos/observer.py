@@ -205,8 +205,17 @@ class GroupLag:
 
     async def behind(self) -> dict[str, int]:
         """Per group and topic, records written but not yet committed by the group."""
-        highwaters = self._observer.highwaters()
         lag: dict[str, int] = {}
+        for (group, topic, _partition), (done, highwater) in (await self.positions()).items():
+            if done < highwater:
+                name = topic if group in (APP_ID, intake_group_id(APP_ID)) else group
+                lag[name] = lag.get(name, 0) + highwater - done
+        return lag
+
+    async def positions(self) -> dict[tuple[str, str, int], tuple[int, int]]:
+        """Per group, topic and partition: (committed offset, end seen by the observer)."""
+        highwaters = self._observer.highwaters()
+        out: dict[tuple[str, str, int], tuple[int, int]] = {}
         for group, topics in self._groups.items():
             # Partitions named: the embedded broker cannot answer "all partitions" (null).
             tps = [tp for tp in highwaters if tp.topic in topics]
@@ -217,10 +226,8 @@ class GroupLag:
                     continue
                 meta = committed.get(tp)
                 done = meta.offset if meta is not None and meta.offset >= 0 else 0
-                if done < highwater:
-                    name = tp.topic if group in (APP_ID, intake_group_id(APP_ID)) else group
-                    lag[name] = lag.get(name, 0) + highwater - done
-        return lag
+                out[(group, tp.topic, tp.partition)] = (done, highwater)
+        return out
 
     async def wait_idle(self, timeout: float, quiet: float = 2.0) -> dict[str, int]:
         """Wait until no group is behind and no changelog grew for ``quiet`` seconds.

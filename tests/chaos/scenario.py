@@ -341,6 +341,11 @@ class Scenario:
         self.figures["idle_after_s"] = round(time.monotonic() - started, 1)
         if left:
             self.figures["lag_left"] = left
+            self.figures["lag_left_partitions"] = {
+                f"{group} {topic}[{partition}]": {"committed": done, "end": end}
+                for (group, topic, partition), (done, end) in (await self.lag.positions()).items()
+                if done < end
+            }
             self.problems.append(
                 f"workers still behind after {self.scale.idle_timeout:.0f}s: {left}"
             )
