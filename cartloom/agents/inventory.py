@@ -70,6 +70,10 @@ class StockHandler(BatchHandler):
         self.now = utc_now_iso()
         # Each entry this batch changes, as counted when the batch began (effective_entry).
         self._before: dict[str, LedgerEntry | None] = {}
+        # Each SKU's stock as the batch found it. An envelope carries several lines of a
+        # SKU at one offset: once the first line moved the stock's offset there, entries
+        # of the other lines written before a crash would look counted against it.
+        self._stock_found: dict[str, InventoryView] = {}
 
     def handle(self, event: faust.EventT[Any]) -> None:
         """Apply one event; raise ``InvalidInput`` for what belongs in a dead-letter topic."""
@@ -104,7 +108,10 @@ class StockHandler(BatchHandler):
         sku = command.sku
         before = self._stock(sku)
         stored = self.ledger.get(ledger_key)
-        entry = effective_entry(stored, before)
+        if ledger_key in self._before:  # changed earlier in this batch: its own write counts
+            entry = stored
+        else:  # judged against the stock as the batch found it, not as this batch moved it
+            entry = effective_entry(stored, self._stock_found[sku])
         step = apply_command(before, entry, command, self.now)
         if step.changed:
             offset = event.message.offset
@@ -123,8 +130,10 @@ class StockHandler(BatchHandler):
             self.outbox.add_to_envelope(topic, command.order_id, "results", body)
 
     def _stock(self, sku: str) -> InventoryView:
-        view: InventoryView | None = self.stock.get(sku)
-        return view if view is not None else empty_inventory(sku, self.now)
+        stored: InventoryView | None = self.stock.get(sku)
+        view = stored if stored is not None else empty_inventory(sku, self.now)
+        self._stock_found.setdefault(sku, view)
+        return view
 
     def _count(self, step: LedgerStep, command: Any) -> None:
         result = step.result
