@@ -13,7 +13,7 @@ import faust
 
 from cartloom.deadletter import DEAD_LETTER_MAX_REQUEST_BYTES
 from cartloom.faust_types import RawKeyTable, TunedTransport
-from cartloom.kafka_clients import kafka_connection
+from cartloom.kafka_clients import KafkaConnection, kafka_connection
 from cartloom.settings import Settings, get_settings
 from cartloom.topology import Topology, load_topology
 
@@ -36,6 +36,8 @@ class CartloomApp(faust.App):
     """A Faust app whose Kafka consumers take their fetch wait from CartLoom's settings."""
 
     fetch_max_wait_ms = 500
+    #: The brokers and their security, for the consumer's own probes (set by create_app).
+    kafka: KafkaConnection | None = None
 
     def _new_transport(self) -> Any:
         url = self.conf.broker_consumer[0]
@@ -92,6 +94,7 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         Table=RawKeyTable,
     )
     app.fetch_max_wait_ms = settings.broker_fetch_max_wait_ms
+    app.kafka = kafka_connection(settings)
     return app
 
 

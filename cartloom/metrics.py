@@ -199,6 +199,13 @@ LIVE_QUERY_SECONDS = Histogram(
     ["entity", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+INPUT_REREADS = Counter(
+    "cartloom_input_rereads_total",
+    "Input partitions whose commit stood still behind a record that was handed out, by"
+    " outcome: reread (the broker holds the record: Faust dropped it, it is read again) or"
+    " no_record (a transaction marker or removed record: the offset is skipped).",
+    ["topic", "outcome"],
+)
 WORKER_READY = Gauge(
     "cartloom_worker_ready",
     "1 when the worker is ready (tables recovered, partitions assigned, broker reachable).",

@@ -1,0 +1,85 @@
+"""Which input offset a worker may commit, and when a stalled partition needs a second look.
+
+Pure bookkeeping for :class:`cartloom.faust_types.TunedConsumer`; no Kafka here.
+
+Faust commits the first run of acknowledged offsets of a partition, and it bridges any
+jump in the offsets it is handed (a "gap": it assumes a compacted record or a
+transaction marker) and a hole of one offset right after the committed one. Both bridges
+commit past records nobody processed when the jump is Faust's own doing: records fetched
+before a seek and handed out after it, records dropped at a rebalance (``getmany`` stops on
+a new generation, ``flow_control.clear()`` empties the stream buffers) while the client's
+fetch position has already moved on. Seen under SIGKILL and rebalances on the local stack:
+an envelope of four orders committed over and never applied, and a group stuck behind a
+record it had dropped (docs/crash-safety.md).
+
+CartLoom commits only offsets it saw acknowledged, one after another from the committed
+one. A partition whose commit stands still while later records were handed out is looked
+at again by the consumer: either the broker holds no record at the committed offset (a
+transaction marker, a compacted or deleted record: skipped, as Faust meant to) or it does
+and it was dropped (read again from there; a duplicate is harmless, every handler is
+idempotent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+
+def advance(committed: int | None, acked: Sequence[int]) -> tuple[int | None, int]:
+    """The offset to commit next and how many of the sorted ``acked`` offsets it uses up.
+
+    ``committed`` is the next offset to read (Kafka's committed offset), ``None`` when the
+    group has none yet: then the run starts at the lowest acknowledged offset. Offsets
+    below ``committed`` (acknowledged twice across a rebalance) are used up without
+    moving anything. With ``committed`` not acknowledged there is nothing to commit.
+    """
+    used = 0
+    if committed is not None:
+        while used < len(acked) and acked[used] < committed:
+            used += 1
+        if used == len(acked) or acked[used] != committed:
+            return None, used
+    if used == len(acked):
+        return None, used
+    last = acked[used]
+    used += 1
+    while used < len(acked) and acked[used] == last + 1:
+        last = acked[used]
+        used += 1
+    return last + 1, used
+
+
+@dataclass
+class StallWatch:
+    """Says when a partition's commit has stood at one offset for ``patience`` seconds."""
+
+    patience: float
+    _since: dict[Hashable, tuple[int, float]] = field(default_factory=dict)
+
+    def stalled(self, key: Hashable, committed: int, now: float) -> bool:
+        """Whether ``key`` has been at ``committed`` for ``patience`` seconds (seen now)."""
+        seen = self._since.get(key)
+        if seen is None or seen[0] != committed:
+            self._since[key] = (committed, now)
+            return False
+        return now - seen[1] >= self.patience
+
+    def forget(self, key: Hashable) -> None:
+        """Start over for ``key`` (it moved, was looked at, or is no longer ours)."""
+        self._since.pop(key, None)
+
+    def keep_only(self, keys: set[Hashable]) -> None:
+        """Drop every partition not in ``keys`` (revoked ones)."""
+        for key in [k for k in self._since if k not in keys]:
+            del self._since[key]
+
+
+def missed(committed: int, read: int | None, acked: bool, in_flight: bool) -> bool:
+    """Whether the record at ``committed`` looks handed out but never processed.
+
+    ``read`` is the last offset handed to the streams. True when something at or past the
+    committed offset was handed out, the committed one is not acknowledged and no record of
+    the partition is still being processed.
+    """
+    return read is not None and read >= committed and not acked and not in_flight

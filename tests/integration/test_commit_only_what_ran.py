@@ -1,0 +1,136 @@
+"""A record Faust hands out and then drops is processed, never committed over.
+
+At a rebalance Faust can drop records it already handed out of the fetcher (``getmany``
+stops on a new generation, ``flow_control.clear()`` empties the stream buffers) while the
+client's fetch position has moved past them; its commit then bridges the hole, and the
+record is lost (seen under SIGKILL: four orders committed over and never applied). Here a
+real Faust app on CartLoom's consumer (:class:`cartloom.faust_types.TunedConsumer`) runs
+one agent over a one-partition topic on the real broker; the app's message callback
+drops one record exactly as Faust does (after it was fetched, before any stream saw it).
+The group must not commit past it, and the record must still be processed.
+
+It also pins the private Faust attributes the consumer relies on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import faust
+import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from faust.types import TP
+
+from cartloom.app import CartloomApp
+from cartloom.faust_types import TunedConsumer
+from tests.harness import eventually
+
+pytestmark = pytest.mark.integration
+
+RECORDS = 20
+DROPPED = 12
+
+
+async def committed(admin: AIOKafkaAdminClient, group: str, tp: TopicPartition) -> int:
+    found = await admin.list_consumer_group_offsets(group, partitions=[tp])
+    meta = found.get(tp)
+    return meta.offset if meta is not None and meta.offset >= 0 else 0
+
+
+@pytest.fixture
+async def admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await client.start()
+    yield client
+    await client.close()
+
+
+async def test_a_dropped_record_is_read_again_and_never_committed_over(
+    bootstrap: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient, tmp_path: Any
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    topic, group = f"commit-{run}", f"commit-app-{run}"
+    await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    tp = TopicPartition(topic, 0)
+
+    app = CartloomApp(
+        group,
+        env={},
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        datadir=str(tmp_path),
+        web_enabled=False,
+        topic_allow_declare=False,
+        broker_commit_interval=0.2,
+        broker_session_timeout=6,
+        broker_rebalance_timeout=6,
+        broker_heartbeat_interval=1,
+    )
+    processed: list[int] = []
+
+    @app.agent(app.topic(topic, key_serializer="raw", value_serializer="raw"))
+    async def record_offsets(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            processed.append(event.message.offset)
+
+    consumer = app.consumer
+    assert isinstance(consumer, TunedConsumer)
+    deliver = consumer.callback
+    dropped: list[int] = []
+
+    async def drop_once(message: Any) -> None:
+        # What Faust does to a record it fetched when a rebalance clears the buffers.
+        if message.offset == DROPPED and not dropped:
+            dropped.append(message.offset)
+            return
+        await deliver(message)
+
+    consumer.callback = drop_once
+    for n in range(RECORDS):
+        await producer.send_and_wait(topic, key=b"k", value=f"r{n}".encode(), partition=0)
+
+    async def last_processed() -> bool:
+        return bool(dropped) and max(processed, default=-1) == RECORDS - 1
+
+    await app.start()
+    try:
+        # The records after the dropped one are processed and acknowledged...
+        await eventually(last_processed, timeout=60, what="the records after the dropped one")
+        # ...and for as long as the dropped one has not run, nothing commits past it.
+        async with asyncio.timeout(60):
+            while DROPPED not in processed:
+                assert await committed(admin, group, tp) <= DROPPED, "committed over the drop"
+                await asyncio.sleep(0.1)
+        await eventually(
+            lambda: committed_at_end(admin, group, tp), timeout=30, what="commit to the end"
+        )
+        assert sorted(set(processed)) == list(range(RECORDS))
+        pinned_private_faust_attributes(consumer, tp)
+        # Recovery's highwaters come from the records (see test_changelog_true_ends).
+        assert await consumer.highwaters(TP(topic, 0)) == {TP(topic, 0): RECORDS}
+    finally:
+        await app.stop()
+
+
+async def committed_at_end(admin: AIOKafkaAdminClient, group: str, tp: TopicPartition) -> bool:
+    return await committed(admin, group, tp) == RECORDS
+
+
+def pinned_private_faust_attributes(consumer: TunedConsumer, tp: TopicPartition) -> None:
+    """The Faust internals TunedConsumer reads and overrides still exist and mean the same."""
+    for name in (
+        "_acked",
+        "_acked_index",
+        "_committed_offset",
+        "_read_offset",
+        "_unacked_messages",
+        "_paused_partitions",
+    ):
+        assert hasattr(consumer, name), name
+    assert faust.transport.consumer.Consumer._new_offset is not TunedConsumer._new_offset
+    assert faust.transport.consumer.Consumer._add_gap is not TunedConsumer._add_gap
+    assert consumer._committed_offset[tp] == RECORDS

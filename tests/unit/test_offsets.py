@@ -1,0 +1,80 @@
+"""What a worker may commit: only offsets acknowledged one after another from the committed one."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cartloom.offsets import StallWatch, advance, missed
+
+
+def test_a_run_from_the_committed_offset_is_committed() -> None:
+    assert advance(10, [10, 11, 12]) == (13, 3)
+
+
+def test_a_hole_at_the_committed_offset_commits_nothing() -> None:
+    # Faust bridges a hole of one offset after the committed one; CartLoom does not.
+    assert advance(10, [11, 12, 13]) == (None, 0)
+
+
+def test_the_run_stops_at_the_first_hole() -> None:
+    assert advance(10, [10, 11, 13, 14]) == (12, 2)
+
+
+def test_offsets_below_the_committed_one_are_used_up() -> None:
+    assert advance(10, [8, 9, 10]) == (11, 3)
+    assert advance(10, [8, 9]) == (None, 2)
+    assert advance(10, [8, 12]) == (None, 1)
+
+
+def test_without_a_committed_offset_the_run_starts_at_the_lowest() -> None:
+    assert advance(None, [5, 6, 8]) == (7, 2)
+    assert advance(None, []) == (None, 0)
+
+
+@given(
+    committed=st.integers(0, 50),
+    acked=st.sets(st.integers(0, 80), max_size=40).map(sorted),
+)
+def test_never_commits_past_an_offset_that_was_not_acknowledged(
+    committed: int, acked: list[int]
+) -> None:
+    offset, used = advance(committed, acked)
+    if offset is not None:
+        assert all(n in acked for n in range(committed, offset))
+        assert acked[:used] == [n for n in acked if n < offset]
+    else:
+        assert committed not in acked
+
+
+def test_a_stall_is_reported_after_the_patience() -> None:
+    watch = StallWatch(patience=5.0)
+    assert not watch.stalled("p0", 10, now=100.0)
+    assert not watch.stalled("p0", 10, now=104.9)
+    assert watch.stalled("p0", 10, now=105.0)
+
+
+def test_a_moving_commit_is_no_stall() -> None:
+    watch = StallWatch(patience=5.0)
+    watch.stalled("p0", 10, now=100.0)
+    assert not watch.stalled("p0", 11, now=106.0)
+    assert not watch.stalled("p0", 11, now=110.0)
+    assert watch.stalled("p0", 11, now=111.0)
+
+
+def test_revoked_partitions_are_forgotten() -> None:
+    watch = StallWatch(patience=5.0)
+    watch.stalled("p0", 10, now=100.0)
+    watch.stalled("p1", 10, now=100.0)
+    watch.keep_only({"p1"})
+    assert not watch.stalled("p0", 10, now=106.0)
+    assert watch.stalled("p1", 10, now=106.0)
+
+
+def test_missed_only_when_handed_out_unacknowledged_and_idle() -> None:
+    assert missed(10, read=12, acked=False, in_flight=False)
+    assert missed(10, read=10, acked=False, in_flight=False)
+    assert not missed(10, read=9, acked=False, in_flight=False)  # all done, nothing newer
+    assert not missed(10, read=None, acked=False, in_flight=False)  # nothing handed out
+    assert not missed(10, read=12, acked=True, in_flight=False)  # commits at the next round
+    assert not missed(10, read=12, acked=False, in_flight=True)  # still being processed
