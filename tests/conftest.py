@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=int,
         default=int(os.environ["CHAOS_SEED"]) if os.environ.get("CHAOS_SEED") else None,
         help="base seed of the fault schedules and orders; default $CHAOS_SEED, else random",
+    )
+    group.addoption(
+        "--chaos-dashboard",
+        type=Path,
+        default=Path(os.environ["CHAOS_DASHBOARD"]) if os.environ.get("CHAOS_DASHBOARD") else None,
+        help="also run Prometheus and draw the dashboard of the burst scenario to this PNG",
     )
     group.addoption(
         "--chaos-runs",

@@ -40,13 +40,13 @@ async def eventually(
     raise AssertionError(f"{what} not reached within {timeout:.0f}s (last value {last!r})")
 
 
-async def start_local_stack(state_dir: Path) -> StackState:
+async def start_local_stack(state_dir: Path, with_prometheus: bool = False) -> StackState:
     """Start the embedded stack (broker, redis-server, moto_server) on free ports.
 
     Its local AWS credentials go into this process's environment too (without overriding
     real ones), so test clients reach moto_server. Stop it with :func:`stop_local_stack`.
     """
-    state, _ = await up(state_dir)
+    state, _ = await up(state_dir, with_prometheus=with_prometheus)
     for name, value in state.env.items():
         if name.startswith("AWS_"):
             os.environ.setdefault(name, value)

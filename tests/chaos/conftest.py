@@ -50,11 +50,15 @@ def base_seed(pytestconfig: pytest.Config) -> int:
 
 
 @pytest.fixture
-async def chaos_stack(tmp_path: Path) -> AsyncIterator[StackState]:
-    """A local stack of the scenario's own, stopped whatever happens."""
+async def chaos_stack(tmp_path: Path, pytestconfig: pytest.Config) -> AsyncIterator[StackState]:
+    """A local stack of the scenario's own, stopped whatever happens.
+
+    With ``--chaos-dashboard`` it runs Prometheus too, and the workers register with it.
+    """
     state_dir = tmp_path / "stack"
+    with_prometheus = pytestconfig.getoption("--chaos-dashboard") is not None
     try:
-        yield await start_local_stack(state_dir)
+        yield await start_local_stack(state_dir, with_prometheus=with_prometheus)
     finally:
         stop_local_stack(state_dir)
 

@@ -10,9 +10,12 @@ for a deadline), and ``order.timeouts`` carries at most one nudge per order and 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -32,7 +35,11 @@ LEVEL_MARGIN_S = 3.0
 
 
 async def test_two_workers_absorb_a_burst_and_return_to_their_level(
-    chaos_stack: StackState, tmp_path: Path, scale: Scale, base_seed: int
+    chaos_stack: StackState,
+    tmp_path: Path,
+    scale: Scale,
+    base_seed: int,
+    pytestconfig: pytest.Config,
 ) -> None:
     factor = 2 if scale.name == "full" else 1
     before_s, after_s = BEFORE_S * factor, AFTER_S * factor
@@ -83,7 +90,26 @@ async def test_two_workers_absorb_a_burst_and_return_to_their_level(
         rejected = s.figures.get("rejected_by_reason", {})
         if rejected.get("deadline"):
             s.problems.append(f"{rejected['deadline']} order(s) rejected at the deadline")
+        dashboard = pytestconfig.getoption("--chaos-dashboard")
+        if dashboard is not None:
+            minutes = (time.monotonic() - s.stream_started) / 60 + 1
+            draw_dashboard(chaos_stack, dashboard, minutes, s.figures)
         s.finish(burst=BURST, trickle_rate=TRICKLE_RATE)
+
+
+def draw_dashboard(stack: StackState, out: Path, minutes: float, figures: dict[str, Any]) -> None:
+    """The Grafana dashboard's panels, from the run's Prometheus (scripts/render_dashboard.py)."""
+    port = stack.servers["prometheus"].port
+    delay = figures.get("trickle_delay_s", {})
+    note = (
+        f"chaos burst: 2 workers, {TRICKLE_RATE:.0f} orders/s, {BURST} at once; "
+        f"trickle p99 {delay.get('before_burst', {}).get('p99')} s before, "
+        f"{delay.get('last_quarter', {}).get('p99')} s in the last quarter"
+    )
+    script = Path(__file__).resolve().parents[2] / "scripts" / "render_dashboard.py"
+    argv = [sys.executable, str(script), "--prometheus", f"http://127.0.0.1:{port}"]
+    argv += ["--minutes", f"{minutes:.1f}", "--out", str(out), "--note", note]
+    subprocess.run(argv, check=True, timeout=300)
 
 
 def trickle_delays(s: Scenario, prefix: str, burst_at: float, after_s: float) -> dict[str, dict]:
