@@ -10,7 +10,7 @@ from typing import Any
 import faust
 from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as aiokafka_driver
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, server_list
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 from mode import Service
 
@@ -156,12 +156,9 @@ class TunedConsumer(aiokafka_driver.Consumer):
                 self._acked[tp].append(offset)
 
     def _probe(self) -> Any:
-        """A plain consumer of the same brokers, for reads that must not move this one."""
+        """A plain consumer of the app's brokers (``CartloomApp.kafka``), or None without one."""
         connection: KafkaConnection | None = getattr(self.app, "kafka", None)
-        if connection is None:
-            urls, port = self.transport.url, getattr(self.transport, "default_port", 9092)
-            connection = KafkaConnection.plaintext(",".join(server_list(urls, port)))
-        return connection.consumer(enable_auto_commit=False)
+        return None if connection is None else probe_consumer(connection)
 
     async def highwaters(self, *partitions: TP) -> Mapping[TP, int]:
         """End offsets as the records show them, which recovery reads changelogs up to.
@@ -180,6 +177,8 @@ class TunedConsumer(aiokafka_driver.Consumer):
         if not readable:
             return reported
         probe = self._probe()
+        if probe is None:
+            return reported
         await probe.start()
         try:
             found = await read_true_ends(probe, readable)
@@ -200,6 +199,8 @@ class TunedConsumer(aiokafka_driver.Consumer):
     async def _first_offset_from(self, tp: TP, offset: int) -> int | None:
         """The offset of the first record at or after ``offset`` the broker holds, if any."""
         probe = self._probe()
+        if probe is None:
+            return None
         await probe.start()
         try:
             partition = TopicPartition(tp.topic, tp.partition)
@@ -210,6 +211,11 @@ class TunedConsumer(aiokafka_driver.Consumer):
             return records[0].offset if records else None
         finally:
             await probe.stop()
+
+
+def probe_consumer(connection: KafkaConnection) -> Any:
+    """A consumer without a group, for reads that must not move the worker's own."""
+    return connection.consumer(enable_auto_commit=False)
 
 
 async def read_true_ends(

@@ -27,6 +27,7 @@ from faust.types import TP
 
 from cartloom.app import CartloomApp
 from cartloom.faust_types import TunedConsumer
+from cartloom.kafka_clients import KafkaConnection
 from tests.harness import eventually
 
 pytestmark = pytest.mark.integration
@@ -70,6 +71,7 @@ async def test_a_dropped_record_is_read_again_and_never_committed_over(
         broker_rebalance_timeout=6,
         broker_heartbeat_interval=1,
     )
+    app.kafka = KafkaConnection.plaintext(bootstrap)  # create_app sets it from the settings
     processed: list[int] = []
 
     @app.agent(app.topic(topic, key_serializer="raw", value_serializer="raw"))

@@ -559,6 +559,7 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]
 
 def _entry_points(settings: Settings) -> dict[str, Callable[[], Awaitable[Any]]]:
     """Module -> a call of its code that builds its Kafka clients from ``settings``."""
+    from cartloom import faust_types
     from cartloom.agents import intake, materialise
     from cartloom.audit import ChangelogReader, sink_group_consumer
     from cartloom.dlq import replay_dead_letters
@@ -576,6 +577,10 @@ def _entry_points(settings: Settings) -> dict[str, Callable[[], Awaitable[Any]]]
     async def audit() -> None:
         ChangelogReader(settings, {}, ChangelogState(closed_order_ttl=0))
         sink_group_consumer(settings, "redis")
+        raise RefusedError
+
+    async def faust_probe() -> None:
+        faust_types.probe_consumer(kafka)
         raise RefusedError
 
     async def writeback() -> None:
@@ -599,6 +604,7 @@ def _entry_points(settings: Settings) -> dict[str, Callable[[], Awaitable[Any]]]
             retry_max_seconds=0.1,
         ).run(),
         "cartloom/shopify/jobs.py": writeback,
+        "cartloom/faust_types.py": faust_probe,
         "cartloom/shopify/receiver.py": lambda: receiver.build_receiver(settings).enqueuer.start(),
         "cartloom/shopify/reconcile.py": lambda: reconcile.publish(
             kafka, [Output("orders", "o-1", {"order_id": "o-1"})]
