@@ -112,6 +112,7 @@ class TunedConsumer(aiokafka_driver.Consumer):
             committed = self._committed_offset.get(tp)
             if (
                 committed is None
+                or committed < 0  # nothing committed yet: no offset to look at again
                 or tp in self._paused_partitions
                 or not self.app.topics.acks_enabled_for(tp.topic)
                 or not missed(

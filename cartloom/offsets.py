@@ -29,12 +29,15 @@ from dataclasses import dataclass, field
 def advance(committed: int | None, acked: Sequence[int]) -> tuple[int | None, int]:
     """The offset to commit next and how many of the sorted ``acked`` offsets it uses up.
 
-    ``committed`` is the next offset to read (Kafka's committed offset), ``None`` when the
-    group has none yet: then the run starts at the lowest acknowledged offset. Offsets
+    ``committed`` is the next offset to read (Kafka's committed offset), ``None`` or
+    negative (Faust keeps -1) when the group has none yet: then the run starts at the
+    lowest acknowledged offset. Offsets
     below ``committed`` (acknowledged twice across a rebalance) are used up without
     moving anything. With ``committed`` not acknowledged there is nothing to commit.
     """
     used = 0
+    if committed is not None and committed < 0:  # Faust's -1: the group has none yet
+        committed = None
     if committed is not None:
         while used < len(acked) and acked[used] < committed:
             used += 1

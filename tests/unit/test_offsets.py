@@ -30,6 +30,9 @@ def test_offsets_below_the_committed_one_are_used_up() -> None:
 def test_without_a_committed_offset_the_run_starts_at_the_lowest() -> None:
     assert advance(None, [5, 6, 8]) == (7, 2)
     assert advance(None, []) == (None, 0)
+    # Faust keeps -1 for a partition its group never committed (a quiet order.timeouts
+    # partition in the full SIGKILL run stayed uncommitted behind it).
+    assert advance(-1, [0, 1, 2, 3, 4]) == (5, 5)
 
 
 @given(
