@@ -189,7 +189,8 @@ async def test_min_version_waits_for_the_write(
     for worker in pair:
         status, body, _ = await stable_read(worker, f"/orders/{order_id}?min_version=1")
         assert status == 200
-        assert body["version"] == 1
+        # At least version 1: the order may rightly have moved on (its reservation answer).
+        assert body["version"] >= 1
 
 
 async def test_min_version_not_reached_is_a_bounded_503(pair: list[WorkerProcess]) -> None:
