@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import faust
 from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
-from faust.types import TP
+from faust.types import TP, EventT
 from mode import Service
 
 from cartloom.kafka_clients import KafkaConnection
-from cartloom.metrics import INPUT_REREADS
+from cartloom.metrics import CHANGELOG_STALE_RECORDS, INPUT_REREADS
 from cartloom.offsets import StallWatch, advance, missed
+from cartloom.sinks.base import document_version
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,53 @@ class RawKeyTable(faust.Table):  # type: ignore[type-arg]
         if typ is str:
             return "raw"
         return super()._serializer_from_type(typ)
+
+    def apply_changelog_batch(self, batch: Iterable[EventT[Any]]) -> None:
+        """Apply recovered (or standby) changelog records, leaving out stale ones.
+
+        A worker frozen past its session timeout (a zombie) can write the rest of its batch
+        after its partitions moved, with no transactions to fence it, so a key's changelog
+        can end on an older record than the one before it. Faust would recover that older
+        value. The rule is the sinks' (:func:`cartloom.sinks.base.coalesce`): a document
+        whose ``version`` is lower than the one the table holds is stale; a deletion always
+        applies; documents without a version apply as Faust would.
+        """
+        events = list(batch)
+        kept = newest_records(events, self._held_version)
+        if len(kept) < len(events):
+            CHANGELOG_STALE_RECORDS.labels(self.name).inc(len(events) - len(kept))
+        super().apply_changelog_batch(kept)
+
+    def _held_version(self, key: Any) -> int:
+        try:
+            held = self.data[key]
+        except KeyError:
+            return 0
+        return document_version(held) if isinstance(held, dict) else 0
+
+
+def newest_records(
+    events: list[EventT[Any]], held_version: Callable[[Any], int]
+) -> list[EventT[Any]]:
+    """``events`` without the documents older than what their key holds before them.
+
+    ``held_version(key)`` is the version the table holds before the batch (0: none).
+    """
+    versions: dict[Any, int] = {}
+    kept = []
+    for event in events:
+        key, value = event.key, event.value
+        if event.message.value is None:
+            versions[key] = 0
+            kept.append(event)
+            continue
+        version = document_version(value) if isinstance(value, dict) else 0
+        held = versions[key] if key in versions else held_version(key)
+        if version and version < held:
+            continue
+        versions[key] = version or held
+        kept.append(event)
+    return kept
 
 
 class TunedConsumerThread(AIOKafkaConsumerThread):

@@ -206,6 +206,13 @@ INPUT_REREADS = Counter(
     " no_record (a transaction marker or removed record: the offset is skipped).",
     ["topic", "outcome"],
 )
+CHANGELOG_STALE_RECORDS = Counter(
+    "cartloom_changelog_stale_records_total",
+    "Changelog records recovery or a standby left out because the table already held a"
+    " higher version of the key: late writes of a worker that lost its partitions while"
+    " frozen (a zombie). The sinks refuse the same records.",
+    ["table"],
+)
 WORKER_READY = Gauge(
     "cartloom_worker_ready",
     "1 when the worker is ready (tables recovered, partitions assigned, broker reachable).",

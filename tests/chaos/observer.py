@@ -1,8 +1,10 @@
 """The tables as the broker holds them, read from outside the workers while a scenario runs.
 
 One plain consumer (no group) tails the changelogs of ``order_by_id``, ``inventory_by_sku``
-and ``reservation_by_line`` from their beginning and keeps the newest value per key, which
-is each table's value. It also tails the saga's input topics, only to learn their ends.
+and ``reservation_by_line`` from their beginning and keeps the newest value per key (the
+highest version, as a recovering worker does), which is each table's value. It also tails
+the saga's input topics, to learn their ends and, for a failed run, to show what each
+topic held about the orders that went wrong (:meth:`Observer.trail`).
 
 Ends come from the fetch responses (``consumer.highwater``), never from ListOffsets: the
 embedded broker's ListOffsets answers the last record batch's base offset + 1, which is
@@ -26,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from cartloom.agents.intake import intake_group_id
+from cartloom.sinks.base import document_version
 from cartloom.sinks.materialiser import sink_group_id
 from tests.harness import eventually
 
@@ -63,6 +66,10 @@ class Observer:
         self.resolved_at: dict[str, float] = {}  # order id -> first seen out of "received"
         self.records = 0
         self.undecodable = 0
+        self.stale = 0  # records older than the version the key held: left out
+        #: every record read, any topic: (monotonic time read, topic, partition, offset,
+        #: key, value); what :meth:`trail` searches when a scenario fails
+        self.log: list[tuple[float, str, int, int, bytes | None, bytes | None]] = []
         self.error: BaseException | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -106,6 +113,9 @@ class Observer:
                 if not any(batch.values()):
                     self._last_empty_round = now
                 for tp, records in batch.items():
+                    self.log.extend(
+                        (now, tp.topic, tp.partition, r.offset, r.key, r.value) for r in records
+                    )
                     table = self._topics.get(tp.topic)
                     if table is not None:
                         self._apply(table, records, now)
@@ -130,6 +140,14 @@ class Observer:
                 value = orjson.loads(record.value)
             except orjson.JSONDecodeError:
                 self.undecodable += 1
+                continue
+            held = values.get(key)
+            if (
+                isinstance(value, dict)
+                and isinstance(held, dict)
+                and (document_version(value) < document_version(held))
+            ):
+                self.stale += 1  # as a recovering worker does (RawKeyTable)
                 continue
             values[key] = value
             if (
@@ -166,6 +184,28 @@ class Observer:
             return self._last_empty_round > asked and await self.at_end()
 
         await eventually(done, timeout=timeout, interval=0.1, what="changelogs read to the end")
+
+    def trail(self, needle: str, since: float) -> list[dict[str, Any]]:
+        """Every record read whose key or value holds ``needle``, in the order read.
+
+        For a failed scenario: what each topic and changelog held about one order, with
+        when the observer read it (seconds after ``since``).
+        """
+        found = needle.encode()
+        out = []
+        for at, topic, partition, offset, key, value in self.log:
+            if (key is None or found not in key) and (value is None or found not in value):
+                continue
+            text = (value or b"").decode(errors="replace")
+            out.append(
+                {
+                    "read_s": round(at - since, 2),
+                    "tp": f"{topic}[{partition}]@{offset}",
+                    "key": (key or b"").decode(errors="replace"),
+                    "value": text if len(text) <= 1500 else text[:1500] + "...",
+                }
+            )
+        return out
 
     def status(self, order_id: str) -> str | None:
         view = self.tables["order_by_id"].get(order_id)

@@ -34,6 +34,8 @@ from tests.harness import eventually
 RESULTS_DIR = Path(os.environ.get("CHAOS_RESULTS_DIR", Path(__file__).parent / "results"))
 #: One line per scenario run, printed again at the end of the pytest session.
 SUMMARIES: list[str] = []
+#: orders per kind (stuck, lost) whose records a failed run writes out
+TRAILS = 5
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ class Scenario:
         self._fault_times: dict[int, float] = {}
         self._workers: dict[str, Any] | None = None
         self._offenders: dict[str, Any] | None = None
+        self._positions: dict[tuple[str, str, int], tuple[int, int]] = {}
         self.figures: dict[str, Any] = {
             "scenario": name,
             "scale": scale.name,
@@ -339,6 +342,7 @@ class Scenario:
         started = time.monotonic()
         left = await self.lag.wait_idle(timeout=self.scale.idle_timeout)
         self.figures["idle_after_s"] = round(time.monotonic() - started, 1)
+        self._positions = await self.lag.positions()
         if left:
             self.figures["lag_left"] = left
             self.figures["lag_left_partitions"] = {
@@ -362,9 +366,35 @@ class Scenario:
             plentiful=plentiful,
         )
         self.figures.update(verdict.figures())
+        self.figures["stale_records_left_out"] = self.observer.stale
         self.problems.extend(verdict.problems(reject_plentiful=reject_plentiful))
         self._offenders = verdict.offenders()
+        if verdict.lost or verdict.stuck:
+            self.write_trails([*verdict.stuck[:TRAILS], *verdict.lost[:TRAILS]])
         return verdict
+
+    def write_trails(self, order_ids: list[str]) -> None:
+        """For a failed run: every record about each order, and the groups' commits.
+
+        Written to ``results/<name>-trails.json`` so a run that failed once can be
+        explained without running it again.
+        """
+        since = self.stream_started or 0.0
+        trails = {oid: self.observer.trail(oid, since) for oid in order_ids}
+        touched = {r["tp"].split("@")[0] for records in trails.values() for r in records}
+        commits = {
+            f"{group} {topic}[{partition}]": {"committed": done, "end": end}
+            for (group, topic, partition), (done, end) in self._positions.items()
+            if f"{topic}[{partition}]" in touched
+        }
+        faults = [
+            {"kind": f.kind, "worker": f.worker, "stream_at_s": f.stream_at_s} for f in self.faults
+        ]
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        out = RESULTS_DIR / f"{self.name}-trails.json"
+        body = {"faults": faults, "commits": commits, "orders": trails}
+        out.write_text(json.dumps(body, indent=1, default=str))
+        self.figures["trails"] = str(out)
 
     async def audit(self) -> int | None:
         """``cartloom audit --strict`` against the stack; its exit code (0 = clean)."""
@@ -407,14 +437,13 @@ class Scenario:
             for store, body in report.get("stores", {}).items():
                 kinds = Counter(d.get("kind") for d in body.get("differences", []))
                 summary[store] = dict(kinds)
+            # Records older than the one before them (a zombie's late writes): reported,
+            # not a failure. Recovery and standbys leave them out (RawKeyTable, pinned by
+            # tests/integration/test_changelog_stale_records.py), the sinks refuse them
+            # (the audit's comparison holds the stores to that), and so does the observer.
             regressions = report.get("changelog", {}).get("regressions") or 0
             summary["changelog_regressions"] = regressions
             self.figures["changelog_regressions"] = regressions
-            if regressions:
-                self.problems.append(
-                    f"{regressions} changelog records went back in version (a table value "
-                    "went backwards; the audit reports it but does not fail on it)"
-                )
         self.figures["audit"] = summary
         if process.returncode != 0:
             self.problems.append(f"cartloom audit --strict exited {process.returncode}: {summary}")
