@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
 import faust
 from aiokafka import TopicPartition
+from faust.stores.memory import Store as MemoryStore
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP, EventT
@@ -49,6 +50,12 @@ class RawKeyTable(faust.Table):  # type: ignore[type-arg]
         value. The rule is the sinks' (:func:`cartloom.sinks.base.coalesce`): a document
         whose ``version`` is lower than the one the table holds is stale; a deletion always
         applies; documents without a version apply as Faust would.
+
+        With the in-memory store "holds" means the value before the batch, which came from
+        this changelog. A RocksDB store can hold a value its changelog never got (written
+        locally, then a SIGKILL before the changelog write, then another worker owning the
+        key for a while), whose version says nothing about the changelog's order: there
+        only the records of one batch are compared with each other.
         """
         events = list(batch)
         kept = newest_records(events, self._held_version)
@@ -57,6 +64,8 @@ class RawKeyTable(faust.Table):  # type: ignore[type-arg]
         super().apply_changelog_batch(kept)
 
     def _held_version(self, key: Any) -> int:
+        if not isinstance(self.data, MemoryStore):
+            return 0
         try:
             held = self.data[key]
         except KeyError:
@@ -110,14 +119,37 @@ class TunedConsumer(aiokafka_driver.Consumer):
     Faust commits over jumps in the offsets it hands out; CartLoom commits acknowledged
     offsets one after another and looks again at a partition that stalls behind a record
     it handed out (why: :mod:`cartloom.offsets`). Private Faust attributes used here
-    (``_acked``, ``_acked_index``, ``_committed_offset``, ``_read_offset``,
-    ``_unacked_messages``, ``_new_offset``, ``_add_gap``) are pinned by
+    (``_acked``, ``_acked_index``, ``_committed_offset``, ``_unacked_messages``,
+    ``_new_offset``, ``_add_gap``) are pinned by
     tests/integration/test_commit_only_what_ran.py.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._stalls = StallWatch(STALL_PATIENCE_SECONDS)
+        #: Per partition, the highest offset the fetcher handed to Faust since the last
+        #: seek. Not Faust's ``_read_offset``: a seek sets that to the offset to read
+        #: *next*, so every idle partition looked as if its committed record had been
+        #: handed out, and was probed for seconds again and again for nothing.
+        self._fetched: dict[TP, int] = {}
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:  # noqa: ASYNC109
+        """Faust's fetch loop, noting the highest offset handed out per partition."""
+        fetched = self._fetched
+        async for tp, message in super().getmany(timeout):
+            if message.offset > fetched.get(tp, -1):
+                fetched[tp] = message.offset
+            yield tp, message
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        """Seek, and forget what was handed out of ``partition`` before."""
+        self._fetched.pop(partition, None)
+        await super().seek(partition, offset)
+
+    async def perform_seek(self) -> None:
+        """Seek every partition to its committed offset (recovery's end), forgetting the rest."""
+        self._fetched.clear()
+        await super().perform_seek()
 
     def _new_consumer_thread(self) -> TunedConsumerThread:
         return TunedConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -155,17 +187,25 @@ class TunedConsumer(aiokafka_driver.Consumer):
         except Exception:  # not started or closing
             return
         self._stalls.keep_only(set(assigned))
+        unknown = [
+            tp
+            for tp in assigned
+            if self.app.topics.acks_enabled_for(tp.topic)
+            and not known(self._committed_offset.get(tp))
+        ]
+        if unknown:
+            await self._learn_committed_offsets(unknown)
         in_flight = {m.tp for m in list(self._unacked_messages) if not m.acked}
         for tp in assigned:
             committed = self._committed_offset.get(tp)
             if (
                 committed is None
-                or committed < 0  # nothing committed yet: no offset to look at again
+                or committed < 0  # not known yet: learnt from the broker next round
                 or tp in self._paused_partitions
                 or not self.app.topics.acks_enabled_for(tp.topic)
                 or not missed(
                     committed,
-                    self._read_offset.get(tp),
+                    self._fetched.get(tp),
                     committed in self._acked_index[tp],
                     tp in in_flight,
                 )
@@ -175,6 +215,46 @@ class TunedConsumer(aiokafka_driver.Consumer):
             if self._stalls.stalled(tp, committed, now):
                 self._stalls.forget(tp)
                 await self._look_again(tp, committed)
+
+    async def _learn_committed_offsets(self, partitions: list[TP]) -> None:
+        """Ask the broker for the committed offsets Faust does not know (None or -1).
+
+        Faust forgets a partition's committed offset when a rebalance revokes it and
+        learns it again only when recovery ends; it keeps -1 for a partition its group
+        never committed (and turns a committed 0 into None). No commit is made without it
+        (:func:`cartloom.offsets.advance`): a partition the group never committed starts
+        at the first offset the broker holds.
+        """
+        connection: KafkaConnection | None = getattr(self.app, "kafka", None)
+        if connection is None:
+            return
+        wanted = {TopicPartition(tp.topic, tp.partition): tp for tp in partitions}
+        admin = connection.admin()
+        await admin.start()
+        try:
+            found = await admin.list_consumer_group_offsets(
+                self.app.conf.id, partitions=list(wanted)
+            )
+        finally:
+            await admin.close()
+        learnt = {
+            wanted[p]: meta.offset
+            for p, meta in found.items()
+            if p in wanted and meta is not None and meta.offset >= 0
+        }
+        never = [p for p, tp in wanted.items() if tp not in learnt]
+        if never:
+            probe = connection.consumer(enable_auto_commit=False)
+            await probe.start()
+            try:
+                starts = await probe.beginning_offsets(never)
+            finally:
+                await probe.stop()
+            learnt.update({wanted[p]: offset for p, offset in starts.items()})
+        assigned = self.assignment()
+        for tp, offset in learnt.items():
+            if tp in assigned and not known(self._committed_offset.get(tp)):
+                self._committed_offset[tp] = offset
 
     async def _look_again(self, tp: TP, committed: int) -> None:
         found = await self._first_offset_from(tp, committed)
@@ -260,6 +340,11 @@ class TunedConsumer(aiokafka_driver.Consumer):
             return records[0].offset if records else None
         finally:
             await probe.stop()
+
+
+def known(committed: int | None) -> bool:
+    """Whether Faust knows a partition's committed offset (it keeps None or -1 when not)."""
+    return committed is not None and committed >= 0
 
 
 def probe_consumer(connection: KafkaConnection) -> Any:

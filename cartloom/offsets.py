@@ -29,21 +29,22 @@ from dataclasses import dataclass, field
 def advance(committed: int | None, acked: Sequence[int]) -> tuple[int | None, int]:
     """The offset to commit next and how many of the sorted ``acked`` offsets it uses up.
 
-    ``committed`` is the next offset to read (Kafka's committed offset), ``None`` or
-    negative (Faust keeps -1) when the group has none yet: then the run starts at the
-    lowest acknowledged offset. Offsets
-    below ``committed`` (acknowledged twice across a rebalance) are used up without
-    moving anything. With ``committed`` not acknowledged there is nothing to commit.
+    ``committed`` is the next offset to read (Kafka's committed offset). Without one
+    (``None``, or Faust's -1) nothing is committed: Faust forgets a partition's committed
+    offset when a rebalance revokes it and learns it again only at the end of recovery,
+    while records fetched before the rebalance are still being processed and acknowledged.
+    Starting the run at the lowest acknowledged offset then committed over the records
+    the rebalance had dropped (seen in full-scale SIGKILL runs: an envelope of two orders
+    committed over and never applied). The consumer asks the broker instead. Offsets below
+    ``committed`` (acknowledged twice across a rebalance) are used up without moving
+    anything. With ``committed`` not acknowledged there is nothing to commit.
     """
+    if committed is None or committed < 0:
+        return None, 0
     used = 0
-    if committed is not None and committed < 0:  # Faust's -1: the group has none yet
-        committed = None
-    if committed is not None:
-        while used < len(acked) and acked[used] < committed:
-            used += 1
-        if used == len(acked) or acked[used] != committed:
-            return None, used
-    if used == len(acked):
+    while used < len(acked) and acked[used] < committed:
+        used += 1
+    if used == len(acked) or acked[used] != committed:
         return None, used
     last = acked[used]
     used += 1
@@ -81,7 +82,8 @@ class StallWatch:
 def missed(committed: int, read: int | None, acked: bool, in_flight: bool) -> bool:
     """Whether the record at ``committed`` looks handed out but never processed.
 
-    ``read`` is the last offset handed to the streams. True when something at or past the
+    ``read`` is the highest offset the fetcher handed out since the last seek (not Faust's
+    read offset, which a seek sets to the offset to read next). True when something at or past the
     committed offset was handed out, the committed one is not acknowledged and no record of
     the partition is still being processed.
     """
