@@ -17,10 +17,10 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/cartloom
 WORKDIR /src
 # Metadata first so the dependency layer is cached until pyproject.toml changes.
-COPY pyproject.toml README.md topics.yaml ./
+COPY pyproject.toml constraints.txt README.md topics.yaml ./
 COPY cartloom ./cartloom
 # A regular (non-editable) install: the wheel carries topics.yaml inside the package.
-RUN /opt/cartloom/bin/pip install ".[rocksdb]" \
+RUN /opt/cartloom/bin/pip install -c constraints.txt ".[rocksdb]" \
     && /opt/cartloom/bin/python -c "import cartloom.cli, rocksdict, faust.stores.rocksdb"
 
 # ---- runtime: the venv only, no compiler, no source tree, no pip cache ----

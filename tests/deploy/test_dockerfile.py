@@ -67,7 +67,14 @@ def test_the_build_context_leaves_local_state_and_secrets_out() -> None:
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     assert ignore[ignore.index("*") :], "an allow-list: everything out by default"
     assert {"**/.env", "**/.cartloom"} <= set(ignore)
-    # What the build copies is allowed back in.
-    for copied in ("pyproject.toml", "README.md", "topics.yaml", "cartloom"):
+    # What the build copies from the context is allowed back in.
+    copied_sources = [
+        source
+        for line in instructions("COPY")
+        if not line.startswith("--from")
+        for source in line.split()[:-1]
+    ]
+    assert "constraints.txt" in copied_sources, "the image installs the versions CI tested"
+    for copied in copied_sources:
         assert f"!{copied}" in ignore, copied
         assert (ROOT / copied).exists()
