@@ -22,6 +22,31 @@ from cartloom.devstack.stack import StackState, down, up
 T = TypeVar("T")
 
 
+def in_process_app(group: str, bootstrap: str, datadir: Path, **options: Any) -> Any:
+    """A ``CartloomApp`` in the test's own process on the real broker, quick to rebalance.
+
+    For tests that pin the Faust behaviour CartLoom's consumer and tables change; web and
+    topic declaration off. ``options`` add Faust settings (``store`` among them).
+    """
+    from cartloom.app import CartloomApp  # Faust, only for the tests that use it
+    from cartloom.kafka_clients import KafkaConnection
+
+    app = CartloomApp(
+        group,
+        env={},
+        broker=f"kafka://{bootstrap}",
+        datadir=str(datadir),
+        web_enabled=False,
+        topic_allow_declare=False,
+        broker_session_timeout=6,
+        broker_rebalance_timeout=6,
+        broker_heartbeat_interval=1,
+        **options,
+    )
+    app.kafka = KafkaConnection.plaintext(bootstrap)  # create_app sets it from the settings
+    return app
+
+
 async def eventually(
     probe: Callable[[], Awaitable[T | None]],
     *,

@@ -23,10 +23,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from cartloom.app import CartloomApp
 from cartloom.faust_types import RawKeyTable
-from cartloom.kafka_clients import KafkaConnection
-from tests.harness import eventually
+from tests.harness import eventually, in_process_app
 
 pytestmark = pytest.mark.integration
 
@@ -87,22 +85,15 @@ async def test_recovery_keeps_the_newest_version_of_each_key(
             f"{group}-{table_name}-changelog", key=key.encode(), value=body, partition=0
         )
 
-    app = CartloomApp(
+    app = in_process_app(
         group,
-        env={},
-        broker=f"kafka://{bootstrap}",
+        bootstrap,
+        tmp_path,
         store=store,
-        datadir=str(tmp_path),
-        web_enabled=False,
-        topic_allow_declare=False,
-        broker_session_timeout=6,
-        broker_rebalance_timeout=6,
-        broker_heartbeat_interval=1,
         key_serializer="raw",  # as cartloom.app.create_app configures it
         value_serializer="json",
         Table=RawKeyTable,
     )
-    app.kafka = KafkaConnection.plaintext(bootstrap)
     things = app.Table(
         table_name,
         default=None,

@@ -25,10 +25,8 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import TP
 
-from cartloom.app import CartloomApp
 from cartloom.faust_types import TunedConsumer
-from cartloom.kafka_clients import KafkaConnection
-from tests.harness import eventually
+from tests.harness import eventually, in_process_app
 
 pytestmark = pytest.mark.integration
 
@@ -58,20 +56,7 @@ async def test_a_dropped_record_is_read_again_and_never_committed_over(
     await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
     tp = TopicPartition(topic, 0)
 
-    app = CartloomApp(
-        group,
-        env={},
-        broker=f"kafka://{bootstrap}",
-        store="memory://",
-        datadir=str(tmp_path),
-        web_enabled=False,
-        topic_allow_declare=False,
-        broker_commit_interval=0.2,
-        broker_session_timeout=6,
-        broker_rebalance_timeout=6,
-        broker_heartbeat_interval=1,
-    )
-    app.kafka = KafkaConnection.plaintext(bootstrap)  # create_app sets it from the settings
+    app = in_process_app(group, bootstrap, tmp_path, store="memory://", broker_commit_interval=0.2)
     processed: list[int] = []
 
     @app.agent(app.topic(topic, key_serializer="raw", value_serializer="raw"))
