@@ -206,6 +206,13 @@ INPUT_REREADS = Counter(
     " no_record (a transaction marker or removed record: the offset is skipped).",
     ["topic", "outcome"],
 )
+INPUTS_FORWARDED = Counter(
+    "cartloom_inputs_forwarded_total",
+    "Input records a producer put on another partition than the one their key owns (a"
+    " partitioner other than Kafka's murmur2), forwarded there unchanged before they touch"
+    " a table.",
+    ["topic"],
+)
 CHANGELOG_STALE_RECORDS = Counter(
     "cartloom_changelog_stale_records_total",
     "Changelog records recovery or a standby left out because the table already held a"

@@ -251,11 +251,23 @@ class Outbox:
     def __init__(self, producer: Any) -> None:
         self._producer = producer
         self._pending: list[tuple[str, bytes, bytes]] = []
+        #: (topic, key, value, partition, timestamp in s, headers): records copied as they are
+        self._copies: list[tuple[str, bytes | None, bytes | None, int, float | None, Any]] = []
         self._grouped: dict[tuple[str, int], tuple[str, str, list[Mapping[str, Any]]]] = {}
 
     def add(self, topic: faust.TopicT, key: str, value: Mapping[str, Any]) -> None:
         """Queue ``value`` as JSON for ``topic`` keyed by ``key``."""
         self._pending.append((topic_facts(topic)[0], key.encode(), orjson.dumps(value)))
+
+    def add_copy(self, message: Any, partition: int, headers: list[tuple[str, bytes]]) -> None:
+        """Queue ``message``'s key, value and timestamp, unchanged, for ``partition`` of its topic.
+
+        Copies go out before anything else of the batch and in the order queued, so the
+        copies of one partition's records reach their new partition in offset order.
+        """
+        self._copies.append(
+            (message.topic, message.key, message.value, partition, message.timestamp, headers)
+        )
 
     def add_to_envelope(
         self, topic: faust.TopicT, key: str, field: str, item: Mapping[str, Any]
@@ -273,6 +285,10 @@ class Outbox:
         """
         send = self._producer.send
         deliveries: list[Awaitable[Any]] = []
+        for topic, raw_key, raw_value, partition, stamp, headers in self._copies:
+            deliveries.append(
+                await send(topic, raw_key, raw_value, partition, stamp or None, headers)
+            )
         for topic, key, value in self._pending:
             deliveries.append(
                 await send(topic, key, value, partition=None, timestamp=None, headers=None)
@@ -284,6 +300,7 @@ class Outbox:
                 deliveries.append(
                     await send(topic, key, body, partition=partition, timestamp=None, headers=None)
                 )
+        self._copies.clear()
         self._pending.clear()
         self._grouped.clear()
         await acknowledged_all(deliveries, "outgoing messages")

@@ -17,6 +17,7 @@ import faust
 
 from cartloom import metrics
 from cartloom.agents.batching import BatchHandler, Outbox, TableBatch, event_key, handle_batch
+from cartloom.agents.routing import forward_if_elsewhere, forwarded_from
 from cartloom.app import app, settings
 from cartloom.clock import utc_now_iso
 from cartloom.dlq import dead_letter_topic
@@ -82,8 +83,14 @@ class StockHandler(BatchHandler):
         partition = event.message.partition
         if event.message.topic == "inventory":
             update = parse_stock_message(payload, key=key)
+            if forward_if_elsewhere(event, update.sku, self.outbox, self.tally):
+                return  # applied on its SKU's partition, by whichever worker owns it
             view, outcome = apply_stock(
-                self._stock(update.sku), update, offset=event.message.offset, now=self.now
+                self._stock(update.sku),
+                update,
+                offset=event.message.offset,
+                now=self.now,
+                forwarded_from=forwarded_from(event.message),
             )
             self.tally.count(metrics.STOCK_UPDATES, outcome.value)
             if outcome is not StockOutcome.STALE:  # a duplicate is written again: see _command

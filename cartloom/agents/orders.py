@@ -35,6 +35,7 @@ from cartloom.agents.early_events import (
     schedule_held,
     settle_held_events,
 )
+from cartloom.agents.routing import forward_if_elsewhere
 from cartloom.agents.saga import decision_clock, inputs, nudge_ignored, schedule_order
 from cartloom.app import app, settings
 from cartloom.clock import utc_now_iso
@@ -121,6 +122,8 @@ class OrderHandler(BatchHandler):
             self._order(event, parse_order(payload, key=key))
         elif topic == "order.events":
             lifecycle_event = parse_order_event(payload, key=key)
+            if forward_if_elsewhere(event, key, self.outbox, self.tally):
+                return  # applied on its order's partition (a copy is a duplicate by its fields)
             view: OrderView | None = self.orders.get(key)
             if view is None:  # it overtook its order (the intake hop): hold it
                 self._hold(event, lifecycle_event)

@@ -104,6 +104,9 @@ class InventoryView(TypedDict):
     oversold: int
     recent_adjustments: list[str]
     command_offset: NotRequired[int]  # ledger changes counted: commands up to this offset
+    # Per origin partition, the offset of the last forwarded message applied (a producer
+    # put it on another partition; cartloom/agents/routing.py forwarded it here).
+    forwarded_offsets: NotRequired[dict[str, int]]
 
 
 class StockOutcome(StrEnum):
@@ -183,13 +186,21 @@ def with_counts(view: InventoryView, *, on_hand: int, reserved: int, now: str) -
 
 
 def apply_stock(
-    view: InventoryView, update: StockUpdate, *, offset: int | None, now: str
+    view: InventoryView,
+    update: StockUpdate,
+    *,
+    offset: int | None,
+    now: str,
+    forwarded_from: tuple[int, int] | None = None,
 ) -> tuple[InventoryView, StockOutcome]:
     """Apply one ``inventory`` message to ``view``; reservations are left as they are.
 
     ``offset`` is the message's offset in the ``inventory`` topic: one partition owns the
     SKU, so a message at or below the last applied offset is a redelivery (DUPLICATE), and
-    so is an adjustment whose ``adjustment_id`` was applied recently (a replay). An
+    so is an adjustment whose ``adjustment_id`` was applied recently (a replay). A message
+    forwarded from another partition (``forwarded_from``: its origin partition and offset)
+    is a DUPLICATE at or below the last origin offset applied from that partition: a crash
+    between forwarding and committing forwards it again, in the same order. An
     absolute level older than the last level applied for its location is STALE; one with
     the same ``updated_at`` (or, without one, the same count) is a DUPLICATE. All leave
     ``view`` unchanged, so replaying levels changes nothing. ``on_hand`` never drops below
@@ -198,6 +209,23 @@ def apply_stock(
     """
     if offset is not None and offset <= view["source_offset"]:
         return view, StockOutcome.DUPLICATE
+    if forwarded_from is not None:
+        partition, origin_offset = forwarded_from
+        if origin_offset <= view.get("forwarded_offsets", {}).get(str(partition), -1):
+            return view, StockOutcome.DUPLICATE
+    changed, outcome = _apply(view, update, offset, now)
+    if outcome is StockOutcome.APPLIED and forwarded_from is not None:
+        partition, origin_offset = forwarded_from
+        changed["forwarded_offsets"] = {
+            **view.get("forwarded_offsets", {}),
+            str(partition): origin_offset,
+        }
+    return changed, outcome
+
+
+def _apply(
+    view: InventoryView, update: StockUpdate, offset: int | None, now: str
+) -> tuple[InventoryView, StockOutcome]:
     if isinstance(update, StockLevel):
         return _apply_level(view, update, offset, now)
     recent = view.get("recent_adjustments", [])

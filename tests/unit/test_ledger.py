@@ -195,6 +195,35 @@ def test_redelivered_stock_message_changes_nothing() -> None:
     assert outcome is StockOutcome.DUPLICATE and again is view
 
 
+def test_a_forwarded_adjustment_forwarded_again_after_a_crash_applies_once() -> None:
+    # The copy from partition 3 offset 40 landed at offset 7; the forwarder crashed before
+    # committing and forwarded offset 40 again (offset 9), then offset 41 (offset 10).
+    view, _ = apply_stock(
+        stock(2), StockAdjustment("A", 5), offset=7, now=NOW, forwarded_from=(3, 40)
+    )
+    again, outcome = apply_stock(
+        view, StockAdjustment("A", 5), offset=9, now=NOW, forwarded_from=(3, 40)
+    )
+    assert outcome is StockOutcome.DUPLICATE and again is view
+    later, outcome = apply_stock(
+        view, StockAdjustment("A", 1), offset=10, now=NOW, forwarded_from=(3, 41)
+    )
+    assert outcome is StockOutcome.APPLIED and later["on_hand"] == 8
+
+
+def test_forwarded_copies_from_other_partitions_and_direct_messages_count_apart() -> None:
+    view, _ = apply_stock(
+        stock(2), StockAdjustment("A", 5), offset=7, now=NOW, forwarded_from=(3, 40)
+    )
+    other, outcome = apply_stock(
+        view, StockAdjustment("A", 5), offset=8, now=NOW, forwarded_from=(5, 12)
+    )
+    assert outcome is StockOutcome.APPLIED and other["on_hand"] == 12
+    direct, outcome = apply_stock(other, StockAdjustment("A", 1), offset=9, now=NOW)
+    assert outcome is StockOutcome.APPLIED and direct["on_hand"] == 13
+    assert direct["forwarded_offsets"] == {"3": 40, "5": 12}
+
+
 def test_older_level_is_stale_per_location() -> None:
     base = empty_inventory("A", NOW)
     new, _ = apply_stock(base, StockLevel("A", 5, "wh1", "2026-11-25T10:00:00Z"), offset=1, now=NOW)

@@ -56,6 +56,11 @@ class Outbox:
     def add_to_envelope(self, topic: Any, key: str, name: str, item: Any) -> None:
         self.sent.append((topic.get_topic_name(), key, item))
 
+    def add_copy(self, message: Any, partition: int, headers: list[tuple[str, bytes]]) -> None:
+        self.copies.append((message, partition, headers))
+
+    copies: list[tuple[Any, int, list[tuple[str, bytes]]]] = field(default_factory=list)
+
 
 @dataclass
 class Batch:
@@ -74,7 +79,13 @@ class Batch:
         partition = partition_for(key, PARTITIONS) if key != "*" else 0
         raw = orjson.dumps(value)
         message = SimpleNamespace(
-            topic=topic, partition=partition, offset=self.offset, key=key.encode(), value=raw
+            topic=topic,
+            partition=partition,
+            offset=self.offset,
+            key=key.encode(),
+            value=raw,
+            headers=[],
+            timestamp=1.0,
         )
         return SimpleNamespace(message=message, key=key.encode(), value=raw)
 
@@ -192,6 +203,45 @@ def test_an_unknown_privacy_job_is_refused() -> None:
     with pytest.raises(Exception, match="kind must be") as error:
         batch.run(batch.event("shopify.redactions", "o-1", {"kind": "erase", "order_id": "o-1"}))
     assert getattr(error.value, "reason", None) is RejectReason.INVALID_SCHEMA
+
+
+# -- #12: an event a producer put on another partition than its order's -----------------
+
+
+def test_an_event_on_another_partition_is_forwarded_to_its_orders_not_held() -> None:
+    batch = Batch()
+    reserved(batch, "o-crc")
+    event = batch.event("order.events", "o-crc", lifecycle("o-crc", "paid", version=1))
+    owner = event.message.partition
+    event.message.partition = (owner + 1) % PARTITIONS  # as librdkafka's CRC32 might
+    event.message.headers = [("trace", b"t-1")]
+    _, outbox = batch.run(event)
+    assert batch.orders.data["o-crc"]["status"] == "reserved"  # untouched here
+    assert batch.held.data.get("o-crc") is None  # and not held as an early event
+    [(copied, partition, headers)] = outbox.copies
+    assert copied is event.message and partition == owner
+    assert headers == [
+        ("trace", b"t-1"),
+        ("cartloom-forwarded-from", f"{owner + 1}:{event.message.offset}".encode()),
+    ]
+
+
+def test_a_forwarded_copy_still_on_another_partition_is_refused_not_sent_round() -> None:
+    batch = Batch()
+    event = batch.event("order.events", "o-loop", lifecycle("o-loop", "paid", version=1))
+    event.message.partition = (event.message.partition + 1) % PARTITIONS
+    event.message.headers = [("cartloom-forwarded-from", b"2:17")]
+    with pytest.raises(Exception, match="partition count") as error:
+        batch.run(event)
+    assert getattr(error.value, "reason", None) is RejectReason.KEY_MISMATCH
+
+
+def test_an_event_on_its_orders_partition_is_applied_there() -> None:
+    batch = Batch()
+    reserved(batch, "o-m2")
+    _, outbox = batch.run(batch.event("order.events", "o-m2", lifecycle("o-m2", "paid", version=1)))
+    assert outbox.copies == []
+    assert batch.orders.data["o-m2"]["status"] == "paid"
 
 
 # -- finding 4: events that overtake their order -----------------------------------------
