@@ -99,5 +99,5 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
 
 
 settings = get_settings()
-topology = load_topology(settings.topics_file)
+topology = load_topology(settings.topics_file, settings.topic_prefix)
 app = create_app(settings, topology)

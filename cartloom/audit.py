@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cartloom.kafka_clients import kafka_connection
+from cartloom.redis_keys import RedisKeys
 from cartloom.settings import Settings
 from cartloom.sinks import dynamodb as ddb
 from cartloom.sinks import redis as rds
@@ -138,6 +139,7 @@ async def open_store_readers(settings: Settings, stack: AsyncExitStack) -> dict[
     )
     redis = rds.redis_client(settings)
     stack.push_async_callback(redis.aclose)
+    names = RedisKeys(settings.namespace)
 
     async def read_dynamodb(entity: str, keys: list[str] | None) -> dict[str, StoredView]:
         try:
@@ -150,8 +152,8 @@ async def open_store_readers(settings: Settings, stack: AsyncExitStack) -> dict[
 
     async def read_redis(entity: str, keys: list[str] | None) -> dict[str, StoredView]:
         if keys is None:
-            keys = [key async for key in rds.scan_keys(redis, entity)]
-        return await rds.read_views(redis, entity, keys)
+            keys = [key async for key in rds.scan_keys(redis, entity, names)]
+        return await rds.read_views(redis, entity, keys, names)
 
     return {"dynamodb": read_dynamodb, "redis": read_redis}
 
@@ -287,7 +289,7 @@ def audit_command(
         )
         return 2
     settings = load_settings()
-    topology = load_topology(settings.topics_file)
+    topology = load_topology(settings.topics_file, settings.topic_prefix)
     audit = run_audit(
         settings, topology, stores=stores or STORES, sample=sample, settle=settle, strict=strict
     )

@@ -143,7 +143,7 @@ def topics_apply() -> None:
     from cartloom.topology import load_topology
 
     settings = load_settings()
-    specs = load_topology(settings.topics_file).all_topics(settings.app_id)
+    specs = load_topology(settings.topics_file, settings.topic_prefix).all_topics(settings.app_id)
     created = asyncio.run(apply_topics(kafka_connection(settings), specs))
     console.print(f"created: {', '.join(created)}" if created else "all topics exist")
 
@@ -160,7 +160,7 @@ def topics_check() -> None:
     from cartloom.topology import load_topology
 
     settings = load_settings()
-    specs = load_topology(settings.topics_file).all_topics(settings.app_id)
+    specs = load_topology(settings.topics_file, settings.topic_prefix).all_topics(settings.app_id)
     check = asyncio.run(check_topics(kafka_connection(settings), specs))
     for item in check.drift:
         console.print(f"drift: {item}", style="red")
@@ -212,7 +212,7 @@ def loadgen(
         asyncio.run(
             publish(
                 kafka_connection(settings),
-                "orders",
+                settings.topic_name("orders"),
                 sample_orders(plan),
                 lambda n: progress.advance(task, n),
             )
@@ -371,12 +371,13 @@ def dlq_replay(
     from cartloom.topology import load_topology
 
     settings = load_settings()
-    topology = load_topology(settings.topics_file)
+    topology = load_topology(settings.topics_file, settings.topic_prefix)
     topology.topic(dead_letter_topic_name(topic))  # both must be declared
     topology.topic(topic)
     group = f"{settings.app_id}-dlq-replay"
     try:
-        replay = replay_dead_letters(kafka_connection(settings), topic, group_id=group)
+        source = settings.topic_name(topic)
+        replay = replay_dead_letters(kafka_connection(settings), source, group_id=group)
         report = asyncio.run(replay)
     except DeliveryFailed as exc:
         console.print(

@@ -19,10 +19,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cartloom import metrics
+from cartloom.redis_keys import RedisKeys
 from cartloom.settings import Settings
 from cartloom.sinks.base import KEY_ATTRIBUTE, StoredView, redis_ttl_seconds
 from cartloom.sinks.dynamodb import dynamodb_client_config, from_item
-from cartloom.sinks.redis import PUT_IF_NEWER, read_views, redis_client, redis_key
+from cartloom.sinks.redis import PUT_IF_NEWER, read_views, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,8 @@ class ViewReader:
     async def _from_redis(self, entity: str, key: str) -> StoredView | None:
         assert self._redis is not None
         try:
-            return (await read_views(self._redis, entity, [key])).get(key)
+            names = RedisKeys(self._settings.namespace)
+            return (await read_views(self._redis, entity, [key], names)).get(key)
         except RedisError as exc:
             metrics.VIEW_READS.labels(entity=entity, source="redis_error").inc()
             log.warning("Redis unavailable, reading %s %s from DynamoDB: %s", entity, key, exc)
@@ -114,7 +116,7 @@ class ViewReader:
         )
         try:
             await self._script(
-                keys=[redis_key(entity, key)],
+                keys=[RedisKeys(self._settings.namespace).view(entity, key)],
                 args=[view.version, orjson.dumps(view.document), ttl],
             )
         except RedisError as exc:  # the read succeeded; the cache stays cold

@@ -34,7 +34,19 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
 
-    app_id: str = Field("cartloom", description="Faust app id: consumer group and table prefix.")
+    namespace: str = Field(
+        "",
+        description="Sets one CartLoom deployment apart from others on the same Kafka, Redis"
+        " and DynamoDB: prefixes every topic of topics.yaml ({namespace}.), every Redis key"
+        " ({namespace}:) and, unless set, the app id ({namespace}-cartloom) and the DynamoDB"
+        " table prefix ({namespace}-cartloom-). Empty: the plain names.",
+        pattern=r"^([a-z0-9][a-z0-9-]{0,39})?$",
+    )
+    app_id: str = Field(
+        "cartloom",
+        description="Faust app id: consumer groups and table changelogs"
+        " (default cartloom, or {namespace}-cartloom).",
+    )
     broker_url: str = Field("kafka://127.0.0.1:9092", description="Kafka bootstrap URL(s).")
     kafka_security_protocol: KafkaSecurityProtocol = Field(
         "PLAINTEXT",
@@ -72,7 +84,11 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the cache views.")
     dynamodb_endpoint: str | None = Field(None, description="DynamoDB endpoint; unset = AWS.")
-    table_prefix: str = Field("cartloom-", description="Prefix of the DynamoDB table names.")
+    table_prefix: str = Field(
+        "cartloom-",
+        description="Prefix of the DynamoDB table names (default cartloom-, or"
+        " {namespace}-cartloom-).",
+    )
     web_host: str = Field("127.0.0.1", description="Host name other workers use to reach this one.")
     web_bind: str = Field("0.0.0.0", description="Address the web server listens on.")  # noqa: S104
     web_port: int = Field(6066, ge=1, le=65535, description="Port of the web views.")
@@ -204,6 +220,23 @@ class Settings(BaseSettings):
         5, ge=1, description="Attempts a failing write-back gets before shopify.writeback.dlq."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _namespaced_defaults(cls, data: Any) -> Any:
+        """A namespace gives the app id and the DynamoDB prefix their defaults.
+
+        One setting then sets a deployment apart everywhere: its consumer groups and
+        changelogs (app id), topics, Redis keys and tables. Either may still be set.
+        """
+        if not isinstance(data, dict):
+            return data
+        namespace = str(data.get("namespace") or "").strip()
+        if namespace:
+            data = {**data, "namespace": namespace}
+            data.setdefault("app_id", f"{namespace}-cartloom")
+            data.setdefault("table_prefix", f"{namespace}-cartloom-")
+        return data
+
     @field_validator(
         "kafka_ssl_cafile",
         "kafka_ssl_certfile",
@@ -287,6 +320,15 @@ class Settings(BaseSettings):
         return ",".join(
             part.split("://", 1)[-1] for part in self.broker_url.split(";") if part.strip()
         )
+
+    @property
+    def topic_prefix(self) -> str:
+        """What every topic name of ``topics.yaml`` is prefixed with on the broker."""
+        return f"{self.namespace}." if self.namespace else ""
+
+    def topic_name(self, declared: str) -> str:
+        """The broker name of the topic ``topics.yaml`` declares as ``declared``."""
+        return f"{self.topic_prefix}{declared}"
 
     def dynamodb_table(self, entity: str) -> str:
         """Name of the DynamoDB table that holds ``entity`` (orders, inventory, products)."""

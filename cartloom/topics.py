@@ -54,7 +54,7 @@ def co_partitioned_topics(*names: str) -> faust.TopicT:
     if len({spec.partitions for spec in specs}) != 1:
         raise ValueError(f"topics {names} must have the same number of partitions")
     return app.topic(
-        *names,
+        *[spec.name for spec in specs],
         partitions=specs[0].partitions,
         replicas=specs[0].replication_factor,
         key_serializer="raw",

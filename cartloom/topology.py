@@ -56,19 +56,37 @@ class TableSpec:
 
 @dataclass(frozen=True)
 class Topology:
-    """All topics and tables from ``topics.yaml``."""
+    """All topics and tables from ``topics.yaml``.
+
+    ``topics`` is keyed by the name ``topics.yaml`` declares (what the code says); each
+    spec's ``name`` is the topic's name on the broker, which carries the deployment's
+    ``prefix`` (``CARTLOOM_NAMESPACE``; empty by default).
+    """
 
     topics: dict[str, TopicSpec]
     tables: dict[str, TableSpec]
     default_partitions: int
     default_replication_factor: int
+    prefix: str = ""
 
     def topic(self, name: str) -> TopicSpec:
-        """The spec of ``name``; raises :class:`TopologyError` for an undeclared topic."""
-        try:
-            return self.topics[name]
-        except KeyError:
-            raise TopologyError(f"topic {name!r} is not declared in topics.yaml") from None
+        """The spec of ``name`` (declared or broker name); :class:`TopologyError` if undeclared."""
+        spec = self.topics.get(name)
+        if spec is None and self.prefix and name.startswith(self.prefix):
+            spec = self.topics.get(name[len(self.prefix) :])
+        if spec is None:
+            raise TopologyError(f"topic {name!r} is not declared in topics.yaml")
+        return spec
+
+    def name(self, declared: str) -> str:
+        """The broker name of the topic ``topics.yaml`` declares as ``declared``."""
+        return self.topic(declared).name
+
+    def declared(self, name: str) -> str:
+        """The ``topics.yaml`` name of the broker topic ``name`` (prefix removed)."""
+        if self.prefix and name.startswith(self.prefix):
+            return name[len(self.prefix) :]
+        return name
 
     def table_partitions(self, table: str) -> int:
         """Partitions of ``table``: those of its source topic, so they are co-partitioned."""
@@ -98,8 +116,8 @@ def default_path() -> Path:
     return _PACKAGED if _PACKAGED.exists() else _CHECKOUT
 
 
-def load_topology(path: Path | None = None) -> Topology:
-    """Parse and validate ``topics.yaml``."""
+def load_topology(path: Path | None = None, prefix: str = "") -> Topology:
+    """Parse and validate ``topics.yaml``; broker names get ``prefix`` (the namespace's)."""
     source = path or default_path()
     try:
         raw: dict[str, Any] = yaml.safe_load(source.read_text()) or {}
@@ -107,7 +125,8 @@ def load_topology(path: Path | None = None) -> Topology:
         raise TopologyError(f"cannot read {source}: {exc}") from exc
     defaults = raw.get("defaults", {})
     topics = {
-        name: _topic(name, spec or {}, defaults) for name, spec in raw.get("topics", {}).items()
+        name: _topic(f"{prefix}{name}", spec or {}, defaults)
+        for name, spec in raw.get("topics", {}).items()
     }
     tables = {
         name: TableSpec(
@@ -126,6 +145,7 @@ def load_topology(path: Path | None = None) -> Topology:
         tables=tables,
         default_partitions=int(defaults.get("partitions", 8)),
         default_replication_factor=int(defaults.get("replication_factor", 1)),
+        prefix=prefix,
     )
 
 

@@ -97,7 +97,7 @@ async def settle_held_events(settled: dict[str, HeldSettlement]) -> None:
     if not settled:
         return
     producer = app.producer
-    dlq = dead_letter_topic_name("order.events")
+    dlq = dead_letter_topic_name(settings.topic_name("order.events"))
     deliveries = []
     for order_id, settlement in settled.items():
         for entry, reason, detail in settlement.dead_letters:

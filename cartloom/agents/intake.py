@@ -130,6 +130,10 @@ class OrderIntake(mode.Service):
 
     def __post_init__(self) -> None:
         self._partitions = topology.topic(ENVELOPE_TOPIC).partitions
+        # Names on the broker: the namespace's prefix on those of topics.yaml.
+        self._source = topology.name(SOURCE_TOPIC)
+        self._envelopes = topology.name(ENVELOPE_TOPIC)
+        self._dead_letters = topology.name(DEAD_LETTER_TOPIC)
 
     async def on_started(self) -> None:
         """Start reading ``orders`` once the worker is up."""
@@ -158,7 +162,7 @@ class OrderIntake(mode.Service):
     async def _run(self) -> None:
         kafka = kafka_connection(settings)
         consumer = kafka.consumer(
-            SOURCE_TOPIC,
+            self._source,
             group_id=intake_group_id(settings.app_id),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -201,14 +205,14 @@ class OrderIntake(mode.Service):
             # Stamped with the oldest order's time: the agent's event delay stays end to end.
             stamp = intake.oldest.get(partition)
             await deliveries.send(
-                ENVELOPE_TOPIC, body, key=key, partition=partition, timestamp_ms=stamp
+                self._envelopes, body, key=key, partition=partition, timestamp_ms=stamp
             )
         for record, reason, detail in intake.dead_letters:
             headers = list(dead_letter_headers(record, reason, detail).items())
-            await deliveries.send(DEAD_LETTER_TOPIC, record.value, key=record.key, headers=headers)
+            await deliveries.send(self._dead_letters, record.value, key=record.key, headers=headers)
         await deliveries.acknowledged()  # raises DeliveryFailed: then nothing is committed
         for _, reason, _ in intake.dead_letters:  # counted once durably in orders.dlq
-            metrics.DEAD_LETTERS.labels(topic=SOURCE_TOPIC, reason=reason.value).inc()
+            metrics.DEAD_LETTERS.labels(topic=self._source, reason=reason.value).inc()
         accepted = sum(len(orders) for orders in intake.envelopes.values())
         metrics.ORDER_INTAKE.labels(outcome="accepted").inc(accepted)
         metrics.ORDER_INTAKE.labels(outcome="dead_lettered").inc(len(intake.dead_letters))

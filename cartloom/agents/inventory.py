@@ -18,7 +18,7 @@ import faust
 from cartloom import metrics
 from cartloom.agents.batching import BatchHandler, Outbox, TableBatch, event_key, handle_batch
 from cartloom.agents.routing import forward_if_elsewhere, forwarded_from
-from cartloom.app import app, settings
+from cartloom.app import app, settings, topology
 from cartloom.clock import utc_now_iso
 from cartloom.dlq import dead_letter_topic
 from cartloom.domain.inventory import (
@@ -81,7 +81,7 @@ class StockHandler(BatchHandler):
         key = event_key(event)
         payload = decode_json_object(event.value)
         partition = event.message.partition
-        if event.message.topic == "inventory":
+        if topology.declared(event.message.topic) == "inventory":
             update = parse_stock_message(payload, key=key)
             if forward_if_elsewhere(event, update.sku, self.outbox, self.tally):
                 return  # applied on its SKU's partition, by whichever worker owns it

@@ -13,7 +13,7 @@ from cartloom.app import app, settings, topology
 from cartloom.kafka_clients import kafka_connection
 from cartloom.sinks.base import Sink
 from cartloom.sinks.dynamodb import DynamoDBSink
-from cartloom.sinks.materialiser import Materialiser, sink_group_id
+from cartloom.sinks.materialiser import SINK_DEAD_LETTER_TOPIC, Materialiser, sink_group_id
 from cartloom.sinks.redis import RedisSink
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ def build_materialiser(sink: Sink) -> Materialiser:
         batch_max=settings.sink_batch_max,
         retry_max_seconds=settings.sink_retry_max_seconds,
         max_attempts=settings.sink_max_attempts,
+        dead_letter_topic=settings.topic_name(SINK_DEAD_LETTER_TOPIC),
     )
 
 

@@ -37,7 +37,7 @@ from cartloom.agents.early_events import (
 )
 from cartloom.agents.routing import forward_if_elsewhere
 from cartloom.agents.saga import decision_clock, inputs, nudge_ignored, schedule_order
-from cartloom.app import app, settings
+from cartloom.app import app, settings, topology
 from cartloom.clock import utc_now_iso
 from cartloom.dlq import dead_letter_topic
 from cartloom.domain.early_events import (
@@ -113,7 +113,7 @@ class OrderHandler(BatchHandler):
 
     def handle(self, event: faust.EventT[Any]) -> None:
         """Apply one event; raise :class:`InvalidInput` for what belongs in a dead-letter topic."""
-        topic, key = event.message.topic, event_key(event)
+        topic, key = topology.declared(event.message.topic), event_key(event)
         payload = decode_json_object(event.value)
         if topic == "orders.accepted" and "orders" in payload:  # the intake validated them
             apply = lambda item: self._order(event, read_accepted_order(item))  # noqa: E731

@@ -28,6 +28,7 @@ from cartloom.devstack.processes import free_port
 from cartloom.devstack.stack import StackState, up
 from cartloom.kafka_clients import kafka_connection
 from cartloom.loadgen import LoadPlan, is_valid_index, publish, sample_orders, sample_stock
+from cartloom.redis_keys import RedisKeys
 from cartloom.settings import Settings, load_settings
 from cartloom.sinks.dynamodb import dynamodb_client_config
 from cartloom.sinks.redis import redis_client
@@ -106,7 +107,7 @@ async def _publish_and_follow(settings: Settings, port: int, count: int, console
         kafka = kafka_connection(settings)
         await publish(
             kafka,
-            "inventory",
+            settings.topic_name("inventory"),
             sample_stock(plan, on_hand),
             lambda n: progress.advance(stocked, n),
         )
@@ -115,7 +116,7 @@ async def _publish_and_follow(settings: Settings, port: int, count: int, console
         in_redis = progress.add_task("in Redis (cartloom:order:*)", total=valid)
         await publish(
             kafka,
-            "orders",
+            settings.topic_name("orders"),
             sample_orders(plan),
             lambda n: progress.advance(sent, n),
         )
@@ -165,7 +166,8 @@ async def _status_counts(settings: Settings, prefix: str) -> dict[str, int]:
 async def _count_redis(settings: Settings, prefix: str) -> int:
     client = redis_client(settings)
     try:
-        return sum([1 async for _ in client.scan_iter(f"cartloom:order:{prefix}-*", count=1000)])
+        pattern = RedisKeys(settings.namespace).view("orders", f"{prefix}-*")
+        return sum([1 async for _ in client.scan_iter(pattern, count=1000)])
     finally:
         await client.aclose()
 
@@ -173,7 +175,7 @@ async def _count_redis(settings: Settings, prefix: str) -> int:
 async def _show_sample(settings: Settings, port: int, order_id: str, console: Console) -> None:
     client = redis_client(settings)
     try:
-        cached = await client.hget(f"cartloom:order:{order_id}", "doc")
+        cached = await client.hget(RedisKeys(settings.namespace).view("orders", order_id), "doc")
     finally:
         await client.aclose()
     async with (

@@ -217,7 +217,7 @@ async def _provision(env: dict[str, str]) -> None:
         redis_url=env["CARTLOOM_REDIS_URL"],
         dynamodb_endpoint=env["CARTLOOM_DYNAMODB_ENDPOINT"],
     )
-    topology = load_topology(settings.topics_file)
+    topology = load_topology(settings.topics_file, settings.topic_prefix)
     kafka = KafkaConnection.plaintext(settings.bootstrap_servers)  # the embedded broker's
     await apply_topics(kafka, topology.all_topics(settings.app_id))
     try:

@@ -21,6 +21,7 @@ import orjson
 from redis.asyncio import Redis
 
 from cartloom import metrics
+from cartloom.redis_keys import RedisKeys
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,17 @@ return 1
 class RedisRateBudget:
     """A token bucket in Redis, one per shop, shared by every replica (Redis's clock)."""
 
-    def __init__(self, redis: Redis, shop: str, capacity: float, restore_rate: float) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        shop: str,
+        capacity: float,
+        restore_rate: float,
+        *,
+        key: str | None = None,
+    ) -> None:
         self._redis = redis
-        self._key = f"cartloom:shopify:budget:{shop}"
+        self._key = key or RedisKeys().api_budget(shop)  # a namespace passes its own
         self._capacity = capacity
         self._rate = restore_rate
         self._take = redis.register_script(_TAKE)

@@ -21,13 +21,17 @@ from cartloom import metrics
 from cartloom.app import app, settings, topology
 from cartloom.deadletter import DEAD_LETTER_MAX_REQUEST_BYTES
 from cartloom.kafka_clients import kafka_connection
+from cartloom.redis_keys import RedisKeys
 from cartloom.shopify.admin_client import AdminClient, RedisRateBudget
 from cartloom.shopify.reconcile import reconcile
-from cartloom.shopify.writeback import InventoryWriteback, WritebackRunner
+from cartloom.shopify.writeback import (
+    WRITEBACK_DEAD_LETTER_TOPIC,
+    InventoryWriteback,
+    WritebackRunner,
+)
 from cartloom.sinks.redis import redis_client
 
 log = logging.getLogger(__name__)
-LEASE_KEY = "cartloom:shopify:reconcile:lease"
 
 
 def enabled_api() -> bool:
@@ -54,7 +58,8 @@ class PeriodicReconciliation(mode.Service):
         try:
             while not self.should_stop:
                 await self.sleep(interval)
-                if await redis.set(LEASE_KEY, owner, nx=True, ex=max(1, int(interval))):
+                lease = RedisKeys(settings.namespace).reconcile_lease()
+                if await redis.set(lease, owner, nx=True, ex=max(1, int(interval))):
                     await self._run_once(redis)
         finally:
             await redis.aclose()
@@ -108,8 +113,13 @@ class ShopifyWriteback(mode.Service):
         assert settings.shopify_api_url and settings.shopify_access_token
         shop = settings.shopify_api_url.split("://", 1)[-1].split("/", 1)[0]
         redis = redis_client(settings)
+        names = RedisKeys(settings.namespace)
         budget = RedisRateBudget(
-            redis, shop, settings.shopify_api_bucket_size, settings.shopify_api_restore_rate
+            redis,
+            shop,
+            settings.shopify_api_bucket_size,
+            settings.shopify_api_restore_rate,
+            key=names.api_budget(shop),
         )
         kafka = kafka_connection(settings)
         consumer = kafka.consumer(
@@ -128,13 +138,14 @@ class ShopifyWriteback(mode.Service):
                 settings.shopify_api_url, token, settings.shopify_api_version, budget
             ) as client:
                 writeback = InventoryWriteback(
-                    client, redis, settings.shopify_writeback_location_id
+                    client, redis, settings.shopify_writeback_location_id, names
                 )
                 self._runner = WritebackRunner(
                     writeback,
                     consumer,
                     producer,
                     max_attempts=settings.shopify_writeback_max_attempts,
+                    dead_letter_topic=settings.topic_name(WRITEBACK_DEAD_LETTER_TOPIC),
                 )
                 if not self.should_stop:
                     await self._runner.run()

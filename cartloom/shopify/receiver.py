@@ -101,8 +101,11 @@ class KafkaEnqueuer:
     default partitioner (murmur2 of the key), as any client would.
     """
 
-    def __init__(self, kafka: KafkaConnection, linger_ms: int, timeout: float) -> None:
+    def __init__(
+        self, kafka: KafkaConnection, linger_ms: int, timeout: float, topic: str = TOPIC
+    ) -> None:
         self._kafka = kafka
+        self._topic = topic  # the broker name (a namespace prefixes it)
         self._linger = linger_ms / 1000
         self._timeout = timeout
         self._producer: AIOKafkaProducer | None = None
@@ -133,7 +136,7 @@ class KafkaEnqueuer:
         )
         try:
             await producer.start()
-            self._partitions = len(await producer.partitions_for(TOPIC))
+            self._partitions = len(await producer.partitions_for(self._topic))
         except BaseException:
             await producer.stop()
             raise
@@ -219,7 +222,7 @@ class KafkaEnqueuer:
                         continue
                     try:
                         delivery = await producer.send_batch(
-                            batch.builder, TOPIC, partition=partition
+                            batch.builder, self._topic, partition=partition
                         )
                     except KafkaError as exc:
                         batch.settle(exc)
@@ -337,5 +340,6 @@ def build_receiver(settings: Settings) -> WebhookReceiver:
         kafka_connection(settings),
         settings.shopify_producer_linger_ms,
         settings.shopify_webhook_enqueue_timeout,
+        settings.topic_name(TOPIC),
     )
     return WebhookReceiver(verifier, enqueuer, settings.shopify_webhook_max_bytes)

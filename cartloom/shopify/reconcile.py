@@ -27,6 +27,7 @@ from cartloom.domain.shopify_reconcile import (
     order_corrections,
 )
 from cartloom.kafka_clients import KafkaConnection, kafka_connection
+from cartloom.redis_keys import RedisKeys
 from cartloom.settings import Settings
 from cartloom.shopify.admin_client import AdminClient, RedisRateBudget
 
@@ -73,12 +74,13 @@ class Report:
 class RedisViews:
     """CartLoom's materialised views as readers see them (``doc`` of the Redis hashes)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, names: RedisKeys) -> None:
         self._redis = redis
+        self._names = names
 
-    async def get(self, key: str) -> dict[str, Any] | None:
-        """The view under ``key`` or None."""
-        raw = await self._redis.hget(key, "doc")
+    async def get(self, entity: str, key: str) -> dict[str, Any] | None:
+        """The view of ``entity`` ``key`` or None."""
+        raw = await self._redis.hget(self._names.view(entity, key), "doc")
         value = orjson.loads(raw) if raw else None
         return value if isinstance(value, dict) else None
 
@@ -108,7 +110,7 @@ async def find_drift(
     search = {"query": f"updated_at:>='{since}'"} if since else {}
     async for node in pages(client, ORDERS_QUERY, "CartLoomOrders", "orders", search, 2 + PAGE * 3):
         drift.orders_checked += 1
-        view = await views.get(f"cartloom:order:{cartloom_order_id(node)}")
+        view = await views.get("orders", cartloom_order_id(node))
         corrections = order_corrections(shop, node, view)
         if corrections:
             drift.orders_missing += view is None
@@ -119,7 +121,7 @@ async def find_drift(
     async for node in items:
         drift.skus_checked += 1
         sku = node.get("sku")
-        view = await views.get(f"cartloom:inventory:{sku}") if sku else None
+        view = await views.get("inventory", sku) if sku else None
         corrections, units = inventory_corrections(node, view)
         if corrections:
             drift.skus_drifted += 1
@@ -128,24 +130,20 @@ async def find_drift(
     return drift, cursor
 
 
-async def publish(kafka: KafkaConnection, outputs: list[Output]) -> None:
-    """Send the corrections to their streams and wait until the broker has them all."""
+async def publish(kafka: KafkaConnection, outputs: list[Output], prefix: str = "") -> None:
+    """Send the corrections to their streams (``prefix``: the namespace's); wait for the broker."""
     if not outputs:
         return
     producer = kafka.producer(acks="all", linger_ms=5)
     await producer.start()
     try:
         for output in outputs:
-            await producer.send(output.stream, orjson.dumps(output.value), key=output.key.encode())
+            topic = f"{prefix}{output.stream}"
+            await producer.send(topic, orjson.dumps(output.value), key=output.key.encode())
             metrics.RECONCILE_CORRECTIONS.labels(stream=output.stream).inc()
         await producer.flush()
     finally:
         await producer.stop()
-
-
-def cursor_key(shop: str) -> str:
-    """Redis key of the reconciliation cursor of ``shop``."""
-    return f"cartloom:shopify:reconcile:cursor:{shop}"
 
 
 async def reconcile(settings: Settings, redis: Redis, since: str | None = None) -> Report:
@@ -153,24 +151,29 @@ async def reconcile(settings: Settings, redis: Redis, since: str | None = None) 
     if not settings.shopify_api_url or settings.shopify_access_token is None:
         raise ValueError("set CARTLOOM_SHOPIFY_API_URL and CARTLOOM_SHOPIFY_ACCESS_TOKEN")
     shop = settings.shopify_api_url.split("://", 1)[-1].split("/", 1)[0]
+    names = RedisKeys(settings.namespace)
     if since is None:
-        stored = await redis.get(cursor_key(shop))
+        stored = await redis.get(names.reconcile_cursor(shop))
         since = (stored.decode() if isinstance(stored, bytes) else stored) if stored else None
     budget = RedisRateBudget(
-        redis, shop, settings.shopify_api_bucket_size, settings.shopify_api_restore_rate
+        redis,
+        shop,
+        settings.shopify_api_bucket_size,
+        settings.shopify_api_restore_rate,
+        key=names.api_budget(shop),
     )
     token = settings.shopify_access_token.get_secret_value()
     try:
         async with AdminClient(
             settings.shopify_api_url, token, settings.shopify_api_version, budget
         ) as client:
-            drift, cursor = await find_drift(client, RedisViews(redis), shop, since)
-        await publish(kafka_connection(settings), drift.corrections)
+            drift, cursor = await find_drift(client, RedisViews(redis, names), shop, since)
+        await publish(kafka_connection(settings), drift.corrections, settings.topic_prefix)
     except Exception:
         metrics.RECONCILE_RUNS.labels(outcome="failed").inc()
         raise
     if cursor:
-        await redis.set(cursor_key(shop), cursor)
+        await redis.set(names.reconcile_cursor(shop), cursor)
     metrics.RECONCILE_RUNS.labels(outcome="ok").inc()
     metrics.RECONCILE_DRIFT_ITEMS.labels(entity="orders").set(
         drift.orders_missing + drift.orders_behind

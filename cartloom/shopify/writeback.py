@@ -41,6 +41,7 @@ from cartloom.deadletter import queue_dead_letter
 from cartloom.deliveries import Deliveries
 from cartloom.domain.errors import InvalidInput, RejectReason
 from cartloom.domain.shopify import ORDER_PREFIX
+from cartloom.redis_keys import RedisKeys
 from cartloom.shopify.admin_client import AdminApiError, AdminApiUnavailable, AdminClient
 from cartloom.sinks.redis import store_unavailable as redis_unavailable
 
@@ -112,13 +113,20 @@ def line_take(key: str, entry: Any) -> LineTake | None:
 class InventoryWriteback:
     """Pushes line takes to Shopify exactly once per change (see the module docstring)."""
 
-    def __init__(self, client: AdminClient, redis: Redis, location_id: str | None) -> None:
+    def __init__(
+        self,
+        client: AdminClient,
+        redis: Redis,
+        location_id: str | None,
+        names: RedisKeys = RedisKeys(),  # noqa: B008 - frozen, shared safely
+    ) -> None:
         self._client = client
         self._redis = redis
         self._location = location_id
+        self._names = names
 
     def _state_key(self, take: LineTake) -> str:
-        return f"cartloom:shopify:writeback:{take.key}"
+        return self._names.writeback(take.key)
 
     async def push(self, take: LineTake) -> str:
         """Bring Shopify in line with ``take``; the outcome (a metric label) is returned."""

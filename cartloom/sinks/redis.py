@@ -31,6 +31,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from cartloom.redis_keys import RedisKeys
 from cartloom.settings import Settings
 from cartloom.sinks.base import (
     PartialWrite,
@@ -40,11 +41,8 @@ from cartloom.sinks.base import (
     redis_ttl_seconds,
 )
 
-KEY_PREFIX: dict[str, str] = {
-    "orders": "cartloom:order:",
-    "inventory": "cartloom:inventory:",
-    "products": "cartloom:product:",
-}
+#: The default deployment's keys (no namespace).
+DEFAULT_KEYS = RedisKeys()
 
 # KEYS[1] = item key; ARGV[1] = version, ARGV[2] = document JSON, ARGV[3] = TTL (0 = none).
 # Returns 1 when written, 0 when the stored version is the same or newer.
@@ -86,11 +84,6 @@ def store_unavailable(error: BaseException) -> bool:
     return isinstance(error, ResponseError) and str(error).startswith(("BUSY", "NOSCRIPT"))
 
 
-def redis_key(entity: str, key: str) -> str:
-    """The Redis key holding ``entity`` ``key``."""
-    return f"{KEY_PREFIX[entity]}{key}"
-
-
 def redis_client(settings: Settings) -> Redis:
     """A client with redis-py's retry on connection errors; shared by sink, reader and audit."""
     retry = Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=3)
@@ -114,12 +107,14 @@ def parse_view(version: bytes | None, doc: bytes | None) -> StoredView | None:
     return StoredView(int(version), document if isinstance(document, dict) else None)
 
 
-async def read_views(client: Redis, entity: str, keys: Iterable[str]) -> dict[str, StoredView]:
+async def read_views(
+    client: Redis, entity: str, keys: Iterable[str], names: RedisKeys = DEFAULT_KEYS
+) -> dict[str, StoredView]:
     """The stored views of ``keys`` (absent keys are left out), in one pipeline."""
     wanted = list(keys)
     async with client.pipeline(transaction=False) as pipe:
         for key in wanted:
-            pipe.hmget(redis_key(entity, key), ["version", "doc"])
+            pipe.hmget(names.view(entity, key), ["version", "doc"])
         rows = await pipe.execute()
     views = {}
     for key, (version, doc) in zip(wanted, rows, strict=True):
@@ -129,9 +124,11 @@ async def read_views(client: Redis, entity: str, keys: Iterable[str]) -> dict[st
     return views
 
 
-async def scan_keys(client: Redis, entity: str) -> AsyncIterator[str]:
+async def scan_keys(
+    client: Redis, entity: str, names: RedisKeys = DEFAULT_KEYS
+) -> AsyncIterator[str]:
     """Every key of ``entity`` in Redis (ids, without the prefix), by ``SCAN``."""
-    prefix = KEY_PREFIX[entity]
+    prefix = names.view_prefix(entity)
     async for raw in client.scan_iter(match=f"{prefix}*", count=1000):
         yield raw.decode()[len(prefix) :]
 
@@ -153,6 +150,7 @@ class RedisSink:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._names = RedisKeys(settings.namespace)
         self._client: Redis | None = None
         self._script: Any = None
 
@@ -178,7 +176,7 @@ class RedisSink:
         ttl = self._settings.redis_closed_order_ttl_seconds
         async with self._client.pipeline(transaction=False) as pipe:
             for change in changes:
-                key = redis_key(change.entity, change.key)
+                key = self._names.view(change.entity, change.key)
                 if change.document is None:
                     pipe.delete(key)
                 else:

@@ -51,8 +51,8 @@ def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def stack(stack_dir: Path) -> Iterator[StackState]:
-    """A broker of this module's own: the saga's internal topics carry no app id yet, so the
-    session's shared worker (another app) would answer these apps' reserve commands."""
+    """A broker of this module's own: its apps share the plain topic names (no namespace),
+    which the session's shared worker also reads, and it counts every nudge on them."""
     with local_stack(stack_dir) as state:
         yield state
 

@@ -15,8 +15,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from cartloom.devstack.stack import StackState
+from cartloom.redis_keys import RedisKeys
 from cartloom.sinks.dynamodb import read_items
-from cartloom.sinks.redis import read_views, redis_client, redis_key
+from cartloom.sinks.redis import read_views, redis_client
 from tests.harness import eventually
 from tests.integration.saga_helpers import read_topic
 from tests.integration.sink_helpers import (
@@ -59,7 +60,7 @@ async def test_a_poison_key_is_set_aside_and_later_keys_reach_both_stores(
     ns = await make_namespace(stack.env, redis_db=10, CARTLOOM_SINK_MAX_ATTEMPTS="3")
     redis = redis_client(ns.settings)
     try:
-        await redis.set(redis_key("orders", POISON), "written by someone else")
+        await redis.set(RedisKeys().view("orders", POISON), "written by someone else")
     finally:
         await redis.aclose()
     poison = order_document(POISON, 1) | {"note": "x" * 450_000}

@@ -590,7 +590,7 @@ def _entry_points(settings: Settings) -> dict[str, Callable[[], Awaitable[Any]]]
 
     return {
         "cartloom/agents/intake.py": lambda: intake.OrderIntake._run(
-            SimpleNamespace(should_stop=False)
+            SimpleNamespace(should_stop=False, _source="orders")
         ),
         "cartloom/agents/materialise.py": lambda: materialise.build_materialiser(
             MemorySink()
