@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds a partition's commit may stand behind a handed-out record before it is looked at.
 STALL_PATIENCE_SECONDS = 5.0
+#: The same while Faust still counts a record of the partition as being processed: a record
+#: dropped at a rebalance can stay in Faust's unacknowledged set, and waiting on it forever
+#: left partitions unprocessed for good (short RocksDB SIGKILL runs, see docs/crash-safety.md).
+IN_FLIGHT_PATIENCE_SECONDS = 30.0
 
 
 class RawKeyTable(faust.Table):  # type: ignore[type-arg]
@@ -209,18 +213,14 @@ class TunedConsumer(aiokafka_driver.Consumer):
                 or committed < 0  # not known yet: learnt from the broker next round
                 or tp in self._paused_partitions
                 or not self.app.topics.acks_enabled_for(tp.topic)
-                or not missed(
-                    committed,
-                    self._fetched.get(tp),
-                    committed in self._acked_index[tp],
-                    tp in in_flight,
-                )
+                or not missed(committed, self._fetched.get(tp), committed in self._acked_index[tp])
             ):
                 self._stalls.forget(tp)
                 continue
-            if self._stalls.stalled(tp, committed, now):
+            patience = IN_FLIGHT_PATIENCE_SECONDS if tp in in_flight else None
+            if self._stalls.stalled(tp, committed, now, patience):
                 self._stalls.forget(tp)
-                await self._look_again(tp, committed)
+                await self._look_again(tp, committed, still_in_flight=tp in in_flight)
 
     async def _learn_committed_offsets(self, partitions: list[TP]) -> None:
         """Ask the broker for the committed offsets Faust does not know (None or -1).
@@ -262,17 +262,20 @@ class TunedConsumer(aiokafka_driver.Consumer):
             if tp in assigned and not known(self._committed_offset.get(tp)):
                 self._committed_offset[tp] = offset
 
-    async def _look_again(self, tp: TP, committed: int) -> None:
+    async def _look_again(self, tp: TP, committed: int, still_in_flight: bool = False) -> None:
         found = await self._first_offset_from(tp, committed)
         if found is None or self._committed_offset.get(tp) != committed:
             return
         if found == committed:
             log.warning(
-                "%s[%d]: the record at offset %d was handed out and never processed; "
+                "%s[%d]: the record at offset %d was handed out and never processed%s; "
                 "reading it again",
                 tp.topic,
                 tp.partition,
                 committed,
+                f" ({IN_FLIGHT_PATIENCE_SECONDS:.0f} s counted in flight)"
+                if still_in_flight
+                else "",
             )
             INPUT_REREADS.labels(tp.topic, "reread").inc()
             await self.seek(tp, committed)

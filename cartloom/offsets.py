@@ -61,13 +61,19 @@ class StallWatch:
     patience: float
     _since: dict[Hashable, tuple[int, float]] = field(default_factory=dict)
 
-    def stalled(self, key: Hashable, committed: int, now: float) -> bool:
-        """Whether ``key`` has been at ``committed`` for ``patience`` seconds (seen now)."""
+    def stalled(
+        self, key: Hashable, committed: int, now: float, patience: float | None = None
+    ) -> bool:
+        """Whether ``key`` has been at ``committed`` for ``patience`` seconds (seen now).
+
+        ``patience`` overrides the watch's own for this look (a longer one while a record
+        of the partition is still being processed).
+        """
         seen = self._since.get(key)
         if seen is None or seen[0] != committed:
             self._since[key] = (committed, now)
             return False
-        return now - seen[1] >= self.patience
+        return now - seen[1] >= (self.patience if patience is None else patience)
 
     def forget(self, key: Hashable) -> None:
         """Start over for ``key`` (it moved, was looked at, or is no longer ours)."""
@@ -79,12 +85,12 @@ class StallWatch:
             del self._since[key]
 
 
-def missed(committed: int, read: int | None, acked: bool, in_flight: bool) -> bool:
-    """Whether the record at ``committed`` looks handed out but never processed.
+def missed(committed: int, read: int | None, acked: bool) -> bool:
+    """Whether the record at ``committed`` looks handed out but not (yet) processed.
 
     ``read`` is the highest offset the fetcher handed out since the last seek (not Faust's
-    read offset, which a seek sets to the offset to read next). True when something at or past the
-    committed offset was handed out, the committed one is not acknowledged and no record of
-    the partition is still being processed.
+    read offset, which a seek sets to the offset to read next). True when something at or
+    past the committed offset was handed out and the committed one is not acknowledged.
+    How long that may last before the partition is read again is the caller's patience.
     """
-    return read is not None and read >= committed and not acked and not in_flight
+    return read is not None and read >= committed and not acked
