@@ -86,6 +86,14 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,
+        # Faust's own pages answer any caller with raw table rows (customer data, the
+        # ledger) and the partition map: off. The routes a worker serves, and who may
+        # call each, are in docs/access.md.
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        web_metrics_enabled=False,
         table_standby_replicas=1,
         # Table keys are the producers' key bytes (so partition routing agrees); values JSON.
         key_serializer="raw",

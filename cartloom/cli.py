@@ -83,7 +83,7 @@ def dev_up(
     ] = False,
 ) -> None:
     """Start the local stack on free loopback ports (no-op if it already runs)."""
-    from cartloom.devstack.stack import ENV_FILE, up
+    from cartloom.devstack.stack import API_TOKEN_ENV, ENV_FILE, up
 
     state, started = asyncio.run(up(state_dir, with_prometheus=with_prometheus))
     console.print("started" if started else "already running", style="bold")
@@ -92,6 +92,11 @@ def dev_up(
     console.print(f"settings written to {state_dir / ENV_FILE}:")
     for name, value in state.env.items():
         console.print(f"  {name}={value}")
+    if API_TOKEN_ENV in state.env:
+        console.print(
+            "the query API wants the token: curl -H "
+            f"'Authorization: Bearer {state.env[API_TOKEN_ENV]}' 127.0.0.1:6066/orders/<id>"
+        )
 
 
 @dev_cli.command("down")

@@ -71,7 +71,9 @@ async def start_local_stack(state_dir: Path, with_prometheus: bool = False) -> S
     Its local AWS credentials go into this process's environment too (without overriding
     real ones), so test clients reach moto_server. Stop it with :func:`stop_local_stack`.
     """
-    state, _ = await up(state_dir, with_prometheus=with_prometheus)
+    # No API token: the tests' workers answer queries without one, except where a test
+    # sets its own (tests/integration/test_live_queries.py checks the refusals).
+    state, _ = await up(state_dir, with_prometheus=with_prometheus, api_token=False)
     for name, value in state.env.items():
         if name.startswith("AWS_"):
             os.environ.setdefault(name, value)
@@ -100,10 +102,16 @@ class WorkerProcess:
     process: subprocess.Popen[bytes]
     port: int
     log: Path
+    api_token: str | None = None  #: the worker's CARTLOOM_API_TOKEN, if it was given one
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The headers a query to this worker needs (its bearer token, when it has one)."""
+        return {} if self.api_token is None else {"Authorization": f"Bearer {self.api_token}"}
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -153,7 +161,7 @@ def start_worker(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    return WorkerProcess(process, port, log)
+    return WorkerProcess(process, port, log, env.get("CARTLOOM_API_TOKEN"))
 
 
 def start_ingress(

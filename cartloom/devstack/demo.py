@@ -173,6 +173,8 @@ async def _count_redis(settings: Settings, prefix: str) -> int:
 
 
 async def _show_sample(settings: Settings, port: int, order_id: str, console: Console) -> None:
+    token = settings.api_token
+    auth = {} if token is None else {"Authorization": f"Bearer {token.get_secret_value()}"}
     client = redis_client(settings)
     try:
         cached = await client.hget(RedisKeys(settings.namespace).view("orders", order_id), "doc")
@@ -180,7 +182,7 @@ async def _show_sample(settings: Settings, port: int, order_id: str, console: Co
         await client.aclose()
     async with (
         aiohttp.ClientSession() as http,
-        http.get(f"http://127.0.0.1:{port}/orders/{order_id}") as response,
+        http.get(f"http://127.0.0.1:{port}/orders/{order_id}", headers=auth) as response,
     ):
         live = await response.json()
     table = Table(title=f"order {order_id}")

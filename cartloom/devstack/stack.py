@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import sys
 from collections.abc import Awaitable, Callable
@@ -37,6 +38,7 @@ from cartloom.topology import load_topology
 
 STATE_FILE = "stack.json"
 ENV_FILE = "dev.env"
+API_TOKEN_ENV = "CARTLOOM_API_TOKEN"  # noqa: S105 - the name of the variable, not a token
 
 #: Credentials and region moto accepts; only ever used against the local endpoint.
 LOCAL_AWS_ENV = {
@@ -101,15 +103,18 @@ def moto_argv(port: int) -> list[str]:
     return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
 
 
-def stack_env(ports: dict[str, int]) -> dict[str, str]:
-    """Settings that point CartLoom at the local stack."""
-    return {
+def stack_env(ports: dict[str, int], api_token: str | None = None) -> dict[str, str]:
+    """Settings that point CartLoom at the local stack (and the query API's token, if any)."""
+    env = {
         "CARTLOOM_BROKER_URL": f"kafka://127.0.0.1:{ports['broker']}",
         "CARTLOOM_REDIS_URL": f"redis://127.0.0.1:{ports['redis']}/0",
         "CARTLOOM_DYNAMODB_ENDPOINT": f"http://127.0.0.1:{ports['dynamodb']}",
         **LOCAL_TUNING_ENV,
         **LOCAL_AWS_ENV,
     }
+    if api_token is not None:
+        env[API_TOKEN_ENV] = api_token
+    return env
 
 
 async def _broker_ready(port: int) -> bool:
@@ -165,13 +170,17 @@ def _save_state(state_dir: Path, state: StackState) -> None:
     (state_dir / ENV_FILE).write_text("\n".join(lines) + "\n")
 
 
-async def up(state_dir: Path, with_prometheus: bool = False) -> tuple[StackState, bool]:
+async def up(
+    state_dir: Path, with_prometheus: bool = False, api_token: bool = True
+) -> tuple[StackState, bool]:
     """Start the stack unless it already runs; return it and whether anything started now.
 
     ``with_prometheus`` adds Debian's Prometheus (see :mod:`cartloom.devstack.prometheus`),
-    also to a stack that already runs without it.
+    also to a stack that already runs without it. ``api_token`` puts a fresh random
+    ``CARTLOOM_API_TOKEN`` into the stack's settings, so the local query API is closed
+    as a deployed one is (docs/access.md); ``dev up`` prints it.
     """
-    state, started = await _up_servers(state_dir)
+    state, started = await _up_servers(state_dir, api_token)
     if with_prometheus and "prometheus" not in state.servers:
         from cartloom.devstack.prometheus import start_prometheus
 
@@ -182,7 +191,7 @@ async def up(state_dir: Path, with_prometheus: bool = False) -> tuple[StackState
     return state, started
 
 
-async def _up_servers(state_dir: Path) -> tuple[StackState, bool]:
+async def _up_servers(state_dir: Path, api_token: bool) -> tuple[StackState, bool]:
     """Start broker, redis-server and moto_server unless they already run."""
     current = load_state(state_dir)
     if current is not None and current.running():
@@ -197,7 +206,7 @@ async def _up_servers(state_dir: Path) -> tuple[StackState, bool]:
         await asyncio.gather(
             *(wait_until(started[n], lambda n=n: _SERVERS[n][1](ports[n])) for n in _SERVERS)  # type: ignore[misc]
         )
-        env = stack_env(ports)
+        env = stack_env(ports, secrets.token_urlsafe(24) if api_token else None)
         await _provision(env)
     except BaseException:
         for server in started.values():

@@ -312,6 +312,8 @@ async def read_body(request: web.BaseRequest, limit: int) -> bytes | None:
     if declared is not None:
         if declared > limit:
             return None
+        if declared == 0:  # aiohttp's readexactly(0) on an ended stream raises
+            return b""
         return await request.content.readexactly(declared)
     chunks, size = [], 0
     async for chunk in request.content.iter_any():

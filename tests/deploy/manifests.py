@@ -44,8 +44,15 @@ def tool(name: str) -> str:
     return path
 
 
-def _run(args: list[str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+#: The API token the compose file is rendered with (it refuses to render without one).
+COMPOSE_TEST_TOKEN = "compose-test-token"
+
+
+def _run(
+    args: list[str], cwd: Path = ROOT, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARTLOOM_")}
+    env.update(extra_env or {})
     return subprocess.run(
         args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
     )
@@ -137,13 +144,20 @@ def unset_on_purpose(overlay: str) -> set[str]:
     return names
 
 
+def compose_config_without_token() -> subprocess.CompletedProcess[str]:
+    """``docker-compose config`` with no API token anywhere (it should refuse)."""
+    return _run([tool("docker-compose"), "-f", str(ROOT / "docker-compose.yml"), "config"])
+
+
 @cache
 def compose_config(env_file: Path | None = None) -> Doc:
     """``docker-compose config`` of docker-compose.yml (optionally with an env file)."""
     args = [tool("docker-compose")]
     if env_file is not None:
         args += ["--env-file", str(env_file)]
-    result = _run([*args, "-f", str(ROOT / "docker-compose.yml"), "config"])
+    # The file requires an API token (a user's .env has one; the shell's wins over it).
+    token = {"CARTLOOM_API_TOKEN": COMPOSE_TEST_TOKEN}
+    result = _run([*args, "-f", str(ROOT / "docker-compose.yml"), "config"], extra_env=token)
     assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
     return typing.cast(Doc, yaml.safe_load(result.stdout))
 

@@ -12,7 +12,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.manifests import ROOT, broker_hosts, compose_config, tool, topology
+from tests.deploy.manifests import (
+    COMPOSE_TEST_TOKEN,
+    ROOT,
+    broker_hosts,
+    compose_config,
+    compose_config_without_token,
+    tool,
+    topology,
+)
 
 
 def kafka_services() -> dict[str, dict[str, str]]:
@@ -234,3 +242,11 @@ def test_one_off_commands_run_the_cli_with_the_stacks_settings() -> None:
     assert cli["profiles"] == ["tools"], "not started by `up`"
     assert "entrypoint" not in cli, "the image's entry point: `cartloom`"
     assert cli["environment"] == services["worker"]["environment"]
+
+
+def test_compose_refuses_to_start_without_an_api_token() -> None:
+    result = compose_config_without_token()
+    assert result.returncode != 0
+    assert "set CARTLOOM_API_TOKEN in .env" in result.stderr
+    env = compose_config()["services"]["worker"]["environment"]
+    assert env["CARTLOOM_API_TOKEN"] == COMPOSE_TEST_TOKEN

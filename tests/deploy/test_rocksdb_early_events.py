@@ -42,9 +42,12 @@ async def status(worker: WorkerProcess, order_id: str) -> str | None:
         raise AssertionError(f"the worker failed events:\n{worker.log_tail(60)}")
     async with (
         aiohttp.ClientSession() as http,
-        http.get(f"{worker.url}/orders/{order_id}") as response,
+        http.get(f"{worker.url}/orders/{order_id}", headers=worker.auth) as response,
     ):
-        return str((await response.json())["status"]) if response.status == 200 else None
+        if response.status in (404, 503):  # not there (yet), or its owner is recovering
+            return None
+        assert response.status == 200, (response.status, await response.text())
+        return str((await response.json())["status"])
 
 
 async def test_held_events_are_applied_and_expired_on_rocksdb(

@@ -51,8 +51,11 @@ async def order_status(worker: WorkerProcess, order_id: str) -> str | None:
     if FAILED_EVENT in worker.log.read_text(errors="replace"):
         raise AssertionError(f"the worker failed events:\n{worker.log_tail(60)}")
     url = f"{worker.url}/orders/{order_id}"
-    async with aiohttp.ClientSession() as http, http.get(url) as response:
-        return str((await response.json())["status"]) if response.status == 200 else None
+    async with aiohttp.ClientSession() as http, http.get(url, headers=worker.auth) as response:
+        if response.status in (404, 503):  # not there (yet), or its owner is recovering
+            return None
+        assert response.status == 200, (response.status, await response.text())
+        return str((await response.json())["status"])
 
 
 async def restarted_pod_keeps_its_orders(

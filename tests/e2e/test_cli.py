@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,9 @@ def test_dev_up_and_down_twice_in_a_row(tmp_path: Path) -> None:
         assert all(is_running(s) for s in servers)
         env_file = (state_dir / "dev.env").read_text()
         assert f"CARTLOOM_BROKER_URL=kafka://127.0.0.1:{servers[0].port}" in env_file
+        # The local query API is closed as a deployed one is; dev up says how to call it.
+        (token,) = re.findall(r"^CARTLOOM_API_TOKEN=(\S{24,})$", env_file, re.M)
+        assert f"Authorization: Bearer {token}" in first.stdout.replace("\n", "")
 
         again = cartloom("dev", "up", "--state-dir", str(state_dir))
         assert again.returncode == 0, again.stderr

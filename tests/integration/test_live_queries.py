@@ -9,6 +9,7 @@ a stale value here.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -240,6 +241,74 @@ async def test_queries_need_the_bearer_token_but_probes_do_not(pair: list[Worker
             for path in ("/healthz", "/readyz", "/metrics"):
                 async with http.get(f"{worker.url}{path}") as resp:
                     assert resp.status == 200, path
+
+
+async def test_faust_built_in_pages_serve_no_table_rows(
+    pair: list[WorkerProcess], producer: AIOKafkaProducer
+) -> None:
+    """Faust's /table/ and /router/ pages gave any caller raw rows and the partition map."""
+    order_id = f"lq-faust-{uuid.uuid4().hex[:8]}"
+    await producer.send_and_wait("orders", order(order_id, "SKU-LQ-FAUST"), key=order_id.encode())
+    await eventually(lambda: _found(pair[0], f"/orders/{order_id}"), timeout=90, what="order")
+    paths = (
+        "/table/",
+        f"/table/order_by_id/{order_id}/",
+        f"/table/order_by_id/{order_id}",
+        "/table/order_by_id/",
+        "/router/",
+        f"/router/order_by_id/{order_id}/",
+        "/graph/",
+        "/stats/",
+        "/assignment/",
+        "/performance/",
+    )
+    async with aiohttp.ClientSession() as http:
+        for worker in pair:
+            for path in paths:
+                for headers in ({}, AUTH):
+                    async with http.get(f"{worker.url}{path}", headers=headers) as resp:
+                        body = await resp.read()
+                        assert resp.status == 404, (path, resp.status, body[:200])
+                        assert order_id.encode() not in body
+
+
+def documented_worker_surfaces() -> list[tuple[str, str, int]]:
+    """(path, method, status without credentials) per row of docs/access.md's worker table."""
+    text = (Path(__file__).parents[2] / "docs" / "access.md").read_text()
+    section = text.split("## The worker", 1)[1].split("\n## ", 1)[0]
+    examples = {
+        "{order_id}": "lq-acc-none",
+        "{sku}": "SKU-LQ-ACC",
+        "{product_id}": "9999",
+        "{topic}": "orders",
+        "{name}": "order_by_id",
+        "{key}": "lq-acc-none",
+    }
+    rows = []
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not cells[0].startswith("`"):
+            continue
+        status = int(cells[3].split()[0])
+        for path in re.findall(r"`([^`]+)`", cells[0]):
+            for name, example in examples.items():
+                path = path.replace(name, example)
+            rows.append((path, cells[1], status))
+    return rows
+
+
+async def test_every_documented_surface_answers_as_docs_access_says(
+    pair: list[WorkerProcess],
+) -> None:
+    rows = documented_worker_surfaces()
+    assert len(rows) >= 15
+    async with aiohttp.ClientSession() as http:
+        for path, method, status in rows:
+            async with http.request(method, f"{pair[0].url}{path}") as resp:
+                assert resp.status == status, (method, path, resp.status, await resp.text())
+            if status == 401 and method == "GET":  # the token opens it
+                async with http.request(method, f"{pair[0].url}{path}", headers=AUTH) as resp:
+                    assert resp.status in (200, 404), (path, resp.status)
 
 
 async def test_a_forwarded_request_is_never_forwarded_again(
