@@ -239,7 +239,8 @@ EVENT_DELAY_SECONDS = Histogram(
 SHOPIFY_WEBHOOKS_RECEIVED = Counter(
     "cartloom_shopify_webhooks_received_total",
     "Webhook requests answered by the receiver, by Shopify topic (known topics, else 'other')"
-    " and outcome (accepted, unauthorized, malformed, oversized, unavailable).",
+    " and outcome (accepted, unauthorized, foreign_shop, malformed, mismatched: a signed body"
+    " that is not of its X-Shopify-Topic or shop, oversized, unavailable).",
     ["topic", "outcome"],
 )
 SHOPIFY_WEBHOOK_SECONDS = Histogram(

@@ -197,6 +197,11 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Per-shop webhook secrets: shop.myshopify.com=secret, comma-separated.",
     )
+    shopify_shop_domains: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Shops served (shop.myshopify.com, comma-separated); others get 401."
+        " Empty: any shop signed with the shared secret, and those of the per-shop secrets.",
+    )
     shopify_webhook_max_bytes: int = Field(1_048_576, ge=1024, description="Larger bodies: 413.")
     shopify_webhook_enqueue_timeout: float = Field(
         4.0, gt=0, le=4.5, description="Seconds to get a delivery into Kafka before 503."
@@ -297,6 +302,13 @@ class Settings(BaseSettings):
     def _split_secrets(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("shopify_shop_domains", mode="before")
+    @classmethod
+    def _split_shop_domains(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("shopify_shop_secrets", mode="before")

@@ -129,6 +129,83 @@ def resource_key(topic: str, shop: str, payload: dict[str, Any]) -> str:
     return f"{shop}/{topic}/{resource}" if resource is not None else f"{shop}/{topic}"
 
 
+#: Fields a body must carry under each topic, beyond the id :func:`resource_key` reads.
+#: Shopify signs only the body, so a captured signed body could be re-posted under
+#: another ``X-Shopify-Topic``: these tell the bodies of different topics apart (an order
+#: has line items, a product variants, a level a location, a redaction its shop).
+_BODY_FIELDS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(ORDER_TOPICS, ("line_items", "created_at")),
+    "refunds/create": ("refund_line_items",),
+    "products/create": ("title", "variants"),
+    "products/update": ("title", "variants"),
+    "products/delete": (),
+    "inventory_items/create": ("sku",),
+    "inventory_items/update": ("sku",),
+    "inventory_items/delete": (),
+    "inventory_levels/update": ("location_id", "available"),
+    "inventory_levels/connect": ("location_id", "available"),
+    "inventory_levels/disconnect": ("location_id",),
+    "customers/redact": ("shop_id", "shop_domain", "orders_to_redact"),
+    "customers/data_request": ("shop_id", "shop_domain", "orders_requested"),
+    "shop/redact": ("shop_id", "shop_domain"),
+}
+#: Fields that only a body of another kind carries: their presence gives the body away.
+_FOREIGN_FIELDS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(ORDER_TOPICS, ("refund_line_items", "variants", "shop_domain")),
+    **dict.fromkeys(PRODUCT_TOPICS, ("line_items", "shop_domain", "location_id")),
+    **dict.fromkeys(ITEM_TOPICS, ("line_items", "variants", "shop_domain", "location_id")),
+    **dict.fromkeys(LEVEL_TOPICS, ("line_items", "variants", "shop_domain")),
+    "inventory_levels/disconnect": ("line_items", "variants", "shop_domain", "available"),
+    **dict.fromkeys(PRIVACY_TOPICS, ("line_items", "variants", "location_id")),
+    "shop/redact": ("customer", "orders_to_redact", "orders_requested", "line_items"),
+    "refunds/create": ("variants", "shop_domain", "location_id"),
+}
+#: A delete carries little more than the id: what a created or updated resource has.
+_DELETE_FOREIGN_FIELDS = (
+    "title",
+    "variants",
+    "sku",
+    "line_items",
+    "refund_line_items",
+    "order_id",
+    "location_id",
+    "available",
+)
+
+
+def check_fits_topic(topic: str, shop: str, payload: dict[str, Any]) -> None:
+    """Raise :class:`InvalidInput` unless ``payload`` is a body of ``topic`` from ``shop``.
+
+    The signature covers the body, not the ``X-Shopify-Topic`` and ``-Shop-Domain``
+    headers; this binds the two to what was signed as far as the body allows: the fields
+    the topic's body always has, none that only another topic's body has, and a privacy
+    body's ``shop_domain`` equal to the header. Topics whose bodies have one shape
+    (``inventory_levels/update`` and ``/connect``) cannot be told apart this way.
+    """
+    if topic not in _BODY_FIELDS:
+        return  # unknown topics are enqueued and dead-lettered by the normaliser
+    missing = [name for name in _BODY_FIELDS[topic] if name not in payload]
+    if missing:
+        raise InvalidInput(
+            RejectReason.INVALID_SCHEMA,
+            f"a {topic} body has {', '.join(missing)}; this one has not",
+        )
+    foreign = [name for name in _FOREIGN_FIELDS.get(topic, ()) if name in payload]
+    if topic.endswith("/delete"):
+        foreign += [name for name in _DELETE_FOREIGN_FIELDS if name in payload]
+    foreign = list(dict.fromkeys(foreign))
+    if foreign:
+        raise InvalidInput(
+            RejectReason.INVALID_SCHEMA,
+            f"a {topic} body has no {', '.join(foreign)}: this body is of another topic",
+        )
+    if topic in PRIVACY_TOPICS and str(payload["shop_domain"]).lower() != shop:
+        raise InvalidInput(
+            RejectReason.INVALID_SCHEMA,
+            f"the body names shop {payload['shop_domain']!r}, the header {shop!r}",
+        )
+
+
 def parse_time(value: object) -> datetime | None:
     """An aware datetime from an ISO-8601 string, or None."""
     if not isinstance(value, str):

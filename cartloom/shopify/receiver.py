@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 
 from cartloom import metrics
 from cartloom.domain.errors import InvalidInput
-from cartloom.domain.shopify import KNOWN_TOPICS, resource_key
+from cartloom.domain.shopify import KNOWN_TOPICS, check_fits_topic, resource_key
 from cartloom.kafka_clients import KafkaConnection, kafka_connection
 from cartloom.partitioning import key_partition
 from cartloom.settings import Settings
@@ -53,10 +53,11 @@ FORWARDED_HEADERS = (
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """The HTTP answer to one delivery."""
+    """The HTTP answer to one delivery, and its outcome label (default: by status)."""
 
     status: int
     body: dict[str, Any]
+    outcome: str | None = None
 
     @property
     def json(self) -> bytes:
@@ -250,10 +251,18 @@ class KafkaUnavailable(RuntimeError):  # noqa: N818 - names the condition the ca
 class WebhookReceiver:
     """Turns one HTTP request into an :class:`Answer`; keeps no per-request state."""
 
-    def __init__(self, verifier: SignatureVerifier, enqueuer: KafkaEnqueuer, max_bytes: int):
+    def __init__(
+        self,
+        verifier: SignatureVerifier,
+        enqueuer: KafkaEnqueuer,
+        max_bytes: int,
+        shops: frozenset[str] = frozenset(),
+    ):
         self.verifier = verifier
         self.enqueuer = enqueuer
         self.max_bytes = max_bytes
+        #: The shops this deployment serves (lower case); empty: any shop that verifies.
+        self.shops = shops
 
     async def handle(self, request: web.BaseRequest) -> Answer:
         """Answer a delivery: 200, 400, 401, 413 or 503 (see the module docstring)."""
@@ -262,7 +271,8 @@ class WebhookReceiver:
         topic = headers.get(TOPIC_HEADER, "")
         label = topic if topic in KNOWN_TOPICS else "other"
         answer = await self._answer(request, headers, topic)
-        metrics.labelled(metrics.SHOPIFY_WEBHOOKS_RECEIVED, label, _OUTCOMES[answer.status]).inc()
+        outcome = answer.outcome or _OUTCOMES[answer.status]
+        metrics.labelled(metrics.SHOPIFY_WEBHOOKS_RECEIVED, label, outcome).inc()
         metrics.SHOPIFY_WEBHOOK_SECONDS.observe(time.perf_counter() - started)
         return answer
 
@@ -281,6 +291,8 @@ class WebhookReceiver:
         webhook_id = headers.get(WEBHOOK_ID_HEADER)
         if not topic or not shop or not webhook_id:
             return Answer(400, {"error": "missing X-Shopify-Topic, -Shop-Domain or -Webhook-Id"})
+        if self.shops and shop.lower() not in self.shops:
+            return Answer(401, {"error": "shop not served by this deployment"}, "foreign_shop")
         try:
             payload = orjson.loads(body)
             if not isinstance(payload, dict):
@@ -290,6 +302,10 @@ class WebhookReceiver:
             return Answer(400, {"error": "body is not JSON"})
         except InvalidInput as exc:
             return Answer(400, {"error": exc.detail})
+        try:
+            check_fits_topic(topic, shop.lower(), payload)
+        except InvalidInput as exc:  # a signed body re-posted under another topic or shop
+            return Answer(400, {"error": exc.detail}, "mismatched")
         record_headers = [
             (name.lower(), headers[name].encode()) for name in FORWARDED_HEADERS if name in headers
         ]
@@ -344,4 +360,7 @@ def build_receiver(settings: Settings) -> WebhookReceiver:
         settings.shopify_webhook_enqueue_timeout,
         settings.topic_name(TOPIC),
     )
-    return WebhookReceiver(verifier, enqueuer, settings.shopify_webhook_max_bytes)
+    shops = frozenset(settings.shopify_shop_domains)
+    if shops:
+        shops |= frozenset(settings.shopify_shop_secrets)
+    return WebhookReceiver(verifier, enqueuer, settings.shopify_webhook_max_bytes, shops)

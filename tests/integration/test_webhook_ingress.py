@@ -19,9 +19,10 @@ from cartloom.devstack.stack import StackState, _broker_ready, broker_argv
 from cartloom.domain.shopify import resource_key
 from cartloom.kafka_admin import apply_topics
 from cartloom.kafka_clients import KafkaConnection
-from cartloom.shopify.delivery import DeliveryPlan, post, signed
+from cartloom.shopify.delivery import DeliveryPlan, SignedDelivery, post, signed
+from cartloom.shopify.store import WebhookEvent
 from cartloom.topology import load_topology
-from tests.harness import WorkerProcess, eventually, start_ingress, wait_ready
+from tests.harness import WorkerProcess, eventually, serving, start_ingress, wait_ready
 from tests.integration.conftest import SHOPIFY_RECEIVER_ENV, SHOPIFY_SECRET
 from tests.integration.shopify_helpers import TopicReader
 from tests.integration.test_shopify_webhooks import EXPECTED_EVENTS, new_store, run_history
@@ -154,3 +155,72 @@ async def test_connects_once_the_broker_comes_up(stack: StackState, tmp_path: Pa
 
 async def _equals(status: Awaitable[int | None], expected: int) -> bool:
     return await status == expected
+
+
+async def test_a_signed_body_re_posted_under_another_topic_or_shop_is_refused(
+    stack: StackState, tmp_path: Path, bootstrap: str
+) -> None:
+    """Shopify signs the body only: the topic and shop headers must fit what was signed."""
+    store, _ = new_store("bind")
+    other, _ = new_store("other")
+    env = {**SHOPIFY_RECEIVER_ENV, "CARTLOOM_SHOPIFY_SHOP_DOMAINS": store.domain.upper()}
+    async with serving(start_ingress(stack.env, tmp_path, "bound", env)) as bound:
+        store.add_product("Bound Tee", ["BIND-1"])
+        order_id = store.place_order([("BIND-1", 1)])
+        store.redact_customer([order_id])
+        order = next(e for e in store.history if e.topic == "orders/create")
+        redact = next(e for e in store.history if e.topic == "customers/redact")
+        shop_redact = WebhookEvent(
+            "shop/redact", {"shop_id": 1, "shop_domain": store.domain}, "ev-sr", order.triggered_at
+        )
+
+        def as_topic(event: WebhookEvent, topic: str) -> SignedDelivery:
+            """The signed body of ``event``, its headers saying ``topic``."""
+            good = signed(event, store.domain, SHOPIFY_SECRET)
+            return SignedDelivery(good.body, {**good.headers, "X-Shopify-Topic": topic})
+
+        def as_shop(event: WebhookEvent, shop: str) -> SignedDelivery:
+            good = signed(event, store.domain, SHOPIFY_SECRET)
+            return SignedDelivery(good.body, {**good.headers, "X-Shopify-Shop-Domain": shop})
+
+        cases = [
+            (as_topic(order, "shop/redact"), 400),  # an order's body as the shop's erasure
+            (as_topic(order, "customers/redact"), 400),
+            (as_topic(redact, "shop/redact"), 400),  # one customer's erasure as the shop's
+            (as_topic(order, "products/delete"), 400),
+            (as_shop(order, other.domain), 401),  # a shop this deployment does not serve
+            (as_shop(shop_redact, other.domain), 401),
+            (signed(shop_redact, store.domain, SHOPIFY_SECRET), 200),  # the real one
+            (signed(order, store.domain, SHOPIFY_SECRET), 200),
+        ]
+        async with aiohttp.ClientSession() as http:
+            answers = [await post(http, f"{bound.url}/webhooks/shopify", d) for d, _ in cases]
+            async with http.get(f"{bound.url}/metrics") as scrape:
+                text = await scrape.text()
+    assert answers == [status for _, status in cases]
+    counted = {
+        outcome: sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("cartloom_shopify_webhooks_received_total{")
+            and f'outcome="{outcome}"' in line
+        )
+        for outcome in ("mismatched", "foreign_shop", "accepted")
+    }
+    assert counted == {"mismatched": 4, "foreign_shop": 2, "accepted": 2}
+    # Only the two real deliveries reached Kafka: nothing for the other shop, and the
+    # shop's key got the real erasure alone.
+    shop_key = f"{store.domain}/shop".encode()
+    order_key = resource_key("orders/create", store.domain, order.payload).encode()
+    foreign = {
+        f"{other.domain}/shop".encode(),
+        resource_key("orders/create", other.domain, order.payload).encode(),
+    }
+    async with TopicReader(
+        bootstrap, "shopify.webhooks", {shop_key, order_key, *foreign}
+    ) as reader:
+        records = await reader.until(lambda r: len(r) >= 2, "the two real deliveries")
+        await reader.poll()
+    assert sorted((r.key, dict(r.headers)["x-shopify-topic"]) for r in records) == sorted(
+        [(shop_key, b"shop/redact"), (order_key, b"orders/create")]
+    )
