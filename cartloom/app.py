@@ -16,6 +16,7 @@ from cartloom.faust_types import RawKeyTable, TunedTransport
 from cartloom.kafka_clients import KafkaConnection, kafka_connection
 from cartloom.settings import Settings, get_settings
 from cartloom.topology import Topology, load_topology
+from cartloom.web.guards import ConnectionLimits, GuardedWeb
 
 #: Modules whose decorators register agents, tables, services and web views.
 AUTODISCOVER = [
@@ -38,6 +39,13 @@ class CartloomApp(faust.App):
     fetch_max_wait_ms = 500
     #: The brokers and their security, for the consumer's own probes (set by create_app).
     kafka: KafkaConnection | None = None
+
+    #: Deadlines and a cap for the web server's connections (set by create_app).
+    connection_limits: ConnectionLimits | None = None
+
+    def _new_web(self) -> Any:
+        """The web server with CartLoom's connection limits (``cartloom.web.guards``)."""
+        return GuardedWeb(self)
 
     def _new_transport(self) -> Any:
         url = self.conf.broker_consumer[0]
@@ -102,6 +110,7 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         Table=RawKeyTable,
     )
     app.fetch_max_wait_ms = settings.broker_fetch_max_wait_ms
+    app.connection_limits = ConnectionLimits.from_settings(settings)
     app.kafka = kafka_connection(settings)
     return app
 

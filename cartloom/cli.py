@@ -311,6 +311,7 @@ def shopify_ingress() -> None:
     from cartloom.settings import load_settings
     from cartloom.shopify.ingress import serve
     from cartloom.shopify.receiver import build_receiver
+    from cartloom.web.guards import ConnectionLimits
 
     settings = load_settings()
     logging.basicConfig(
@@ -319,7 +320,8 @@ def shopify_ingress() -> None:
     receiver = build_receiver(settings)
     receiver.enqueuer.autostart = True  # a broker that is not up yet is tried again per delivery
     tune_garbage_collector(settings.gc_young_threshold)
-    uvloop.run(serve(receiver, settings.web_bind, settings.webhook_ingress_port))
+    limits = ConnectionLimits.from_settings(settings)
+    uvloop.run(serve(receiver, settings.web_bind, settings.webhook_ingress_port, limits))
 
 
 @shopify_cli.command("simulate")

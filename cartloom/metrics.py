@@ -236,11 +236,18 @@ EVENT_DELAY_SECONDS = Histogram(
 )
 
 # --- Shopify (cartloom.shopify, cartloom.agents.shopify) ---
+HTTP_CONNECTIONS_REFUSED = Counter(
+    "cartloom_http_connections_refused_total",
+    "Connections answered 503 and closed at once: the process held CARTLOOM_WEB_MAX_CONNECTIONS"
+    " already, by server (worker, ingress).",
+    ["server"],
+)
 SHOPIFY_WEBHOOKS_RECEIVED = Counter(
     "cartloom_shopify_webhooks_received_total",
     "Webhook requests answered by the receiver, by Shopify topic (known topics, else 'other')"
     " and outcome (accepted, unauthorized, foreign_shop, malformed, mismatched: a signed body"
-    " that is not of its X-Shopify-Topic or shop, oversized, unavailable).",
+    " that is not of its X-Shopify-Topic or shop, oversized, slow: body not read in time,"
+    " unavailable).",
     ["topic", "outcome"],
 )
 SHOPIFY_WEBHOOK_SECONDS = Histogram(

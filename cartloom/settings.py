@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="Host name other workers use to reach this one.")
     web_bind: str = Field("0.0.0.0", description="Address the web server listens on.")  # noqa: S104
     web_port: int = Field(6066, ge=1, le=65535, description="Port of the web views.")
+    web_header_timeout_seconds: float = Field(
+        10.0, gt=0, description="A connection's request head must arrive within this; else closed."
+    )
+    web_max_connections: int = Field(
+        1024, ge=1, description="Open connections per process (worker, ingress); more get 503."
+    )
     webhook_ingress_port: int = Field(
         6067, ge=1, le=65535, description="Port of `cartloom shopify ingress` (webhooks only)."
     )
@@ -203,6 +209,9 @@ class Settings(BaseSettings):
         " Empty: any shop signed with the shared secret, and those of the per-shop secrets.",
     )
     shopify_webhook_max_bytes: int = Field(1_048_576, ge=1024, description="Larger bodies: 413.")
+    shopify_webhook_body_timeout_seconds: float = Field(
+        10.0, gt=0, description="A webhook body must arrive within this after its head; else 408."
+    )
     shopify_webhook_enqueue_timeout: float = Field(
         4.0, gt=0, le=4.5, description="Seconds to get a delivery into Kafka before 503."
     )

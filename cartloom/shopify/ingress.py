@@ -30,6 +30,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from cartloom.shopify.receiver import WebhookReceiver
+from cartloom.web.guards import ConnectionLimits, cap_connections
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,12 @@ class Ingress:
 
     async def _webhook(self, request: web.BaseRequest) -> web.StreamResponse:
         answer = await self.receiver.handle(request)
-        return web.Response(body=answer.json, status=answer.status, content_type="application/json")
+        response = web.Response(
+            body=answer.json, status=answer.status, content_type="application/json"
+        )
+        if answer.closes_connection:
+            response.force_close()
+        return response
 
     async def _healthz(self, _: web.BaseRequest) -> web.StreamResponse:
         return _json(200, {"status": "ok"})
@@ -85,7 +91,12 @@ class Ingress:
         return response
 
 
-async def serve(receiver: WebhookReceiver, host: str, port: int) -> None:
+async def serve(
+    receiver: WebhookReceiver,
+    host: str,
+    port: int,
+    limits: ConnectionLimits,
+) -> None:
     """Serve until SIGTERM or SIGINT, then drain: stop listening, flush, disconnect."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -93,8 +104,10 @@ async def serve(receiver: WebhookReceiver, host: str, port: int) -> None:
         loop.add_signal_handler(sig, stopping.set)
     # No access log: at thousands of deliveries a second it would be the largest cost per
     # request; the receiver's counters and histogram say what happened to each delivery.
-    runner = web.ServerRunner(web.Server(Ingress(receiver), access_log=None), handle_signals=False)
+    server = web.Server(Ingress(receiver), access_log=None, **limits.server_options)
+    runner = web.ServerRunner(server, handle_signals=False)
     await runner.setup()
+    cap_connections(server, limits.max_connections, "ingress")
     site = web.TCPSite(runner, host, port, backlog=1024)
     try:
         await site.start()

@@ -60,6 +60,11 @@ class Answer:
     outcome: str | None = None
 
     @property
+    def closes_connection(self) -> bool:
+        """Whether the connection is closed after this answer (a body left half-read)."""
+        return self.status == 408
+
+    @property
     def json(self) -> bytes:
         """The body as the JSON bytes of the HTTP answer."""
         return orjson.dumps(self.body)
@@ -257,15 +262,18 @@ class WebhookReceiver:
         enqueuer: KafkaEnqueuer,
         max_bytes: int,
         shops: frozenset[str] = frozenset(),
+        body_timeout: float = 10.0,
     ):
         self.verifier = verifier
         self.enqueuer = enqueuer
         self.max_bytes = max_bytes
+        #: Seconds the body may take once the head is in: a slow sender gets 408.
+        self.body_timeout = body_timeout
         #: The shops this deployment serves (lower case); empty: any shop that verifies.
         self.shops = shops
 
     async def handle(self, request: web.BaseRequest) -> Answer:
-        """Answer a delivery: 200, 400, 401, 413 or 503 (see the module docstring)."""
+        """Answer a delivery: 200, 400, 401, 408, 413 or 503 (see docs/shopify.md)."""
         started = time.perf_counter()
         headers = request.headers
         topic = headers.get(TOPIC_HEADER, "")
@@ -280,9 +288,12 @@ class WebhookReceiver:
         self, request: web.BaseRequest, headers: Mapping[str, str], topic: str
     ) -> Answer:
         try:
-            body = await read_body(request, self.max_bytes)
+            async with asyncio.timeout(self.body_timeout):
+                body = await read_body(request, self.max_bytes)
         except asyncio.IncompleteReadError:
             return Answer(400, {"error": "body shorter than its Content-Length"})
+        except TimeoutError:
+            return Answer(408, {"error": f"body not received within {self.body_timeout:g} s"})
         if body is None:
             return Answer(413, {"error": f"body larger than {self.max_bytes} bytes"})
         shop = headers.get(SHOP_HEADER)
@@ -344,6 +355,7 @@ _OUTCOMES = {
     200: "accepted",
     400: "malformed",
     401: "unauthorized",
+    408: "slow",
     413: "oversized",
     503: "unavailable",
 }
@@ -363,4 +375,10 @@ def build_receiver(settings: Settings) -> WebhookReceiver:
     shops = frozenset(settings.shopify_shop_domains)
     if shops:
         shops |= frozenset(settings.shopify_shop_secrets)
-    return WebhookReceiver(verifier, enqueuer, settings.shopify_webhook_max_bytes, shops)
+    return WebhookReceiver(
+        verifier,
+        enqueuer,
+        settings.shopify_webhook_max_bytes,
+        shops,
+        settings.shopify_webhook_body_timeout_seconds,
+    )

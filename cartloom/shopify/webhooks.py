@@ -28,7 +28,10 @@ class ShopifyWebhooks(View):
     async def post(self, request: Request) -> Response:
         """Verify and enqueue one delivery (the request is aiohttp's under Faust's driver)."""
         answer = await receiver.handle(cast(Any, request))
-        return self.bytes(answer.json, content_type="application/json", status=answer.status)
+        response = self.bytes(answer.json, content_type="application/json", status=answer.status)
+        if answer.closes_connection:
+            cast(Any, response).force_close()  # aiohttp's Response under Faust's driver
+        return response
 
 
 @app.service

@@ -8,6 +8,7 @@ a stale value here.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -39,6 +40,8 @@ LQ_ENV = {
     "CARTLOOM_SINKS_ENABLED": "false",
     "CARTLOOM_API_TOKEN": TOKEN,
     "CARTLOOM_QUERY_WAIT_MAX_SECONDS": "2",
+    "CARTLOOM_WEB_HEADER_TIMEOUT_SECONDS": "3",
+    "CARTLOOM_WEB_MAX_CONNECTIONS": "30",
 }
 ORDER_PARTITIONS = load_topology(None).table_partitions("order_by_id")
 
@@ -309,6 +312,50 @@ async def test_every_documented_surface_answers_as_docs_access_says(
             if status == 401 and method == "GET":  # the token opens it
                 async with http.request(method, f"{pair[0].url}{path}", headers=AUTH) as resp:
                     assert resp.status in (200, 404), (path, resp.status)
+
+
+async def test_silent_and_surplus_connections_do_not_hold_a_worker(
+    pair: list[WorkerProcess],
+) -> None:
+    """Faust's web server, as CartLoom runs it: a silent connection is closed at the head
+    deadline, one over the cap is answered 503 at once, queries are answered meanwhile."""
+    worker = pair[0]
+    silent = [await asyncio.open_connection("127.0.0.1", worker.port) for _ in range(35)]
+
+    async def first_bytes(reader: asyncio.StreamReader) -> bytes | None:
+        try:
+            return await asyncio.wait_for(reader.read(200), timeout=1.0)
+        except TimeoutError:
+            return None
+
+    firsts = await asyncio.gather(*(first_bytes(reader) for reader, _ in silent))
+    answered = [first for first in firsts if first is not None]
+    assert len(answered) >= 5  # 35 opened, at most 30 kept
+    assert all(first.startswith(b"HTTP/1.1 503") for first in answered), answered
+    admitted = [conn for conn, first in zip(silent, firsts, strict=True) if first is None]
+    kept, released = admitted[:3], admitted[3:]
+    try:
+        for _, writer in released:  # room again: the worker answers queries
+            writer.close()
+
+        async def answered_by_the_app() -> bool:
+            status, body, _ = await query(worker, "/orders/lq-guard-none")
+            return status == 404 and "error" in body
+
+        await eventually(answered_by_the_app, timeout=30, what="a query answered")
+        for reader, _ in kept:  # closed by the worker at the head deadline, unanswered
+            assert await asyncio.wait_for(reader.read(), timeout=10) == b""
+    finally:
+        for _, writer in silent:
+            writer.close()
+    async with aiohttp.ClientSession() as http, http.get(f"{worker.url}/metrics") as scrape:
+        text = await scrape.text()
+    (counted,) = [
+        line
+        for line in text.splitlines()
+        if line.startswith('cartloom_http_connections_refused_total{server="worker"}')
+    ]
+    assert float(counted.rsplit(" ", 1)[1]) >= len(answered)
 
 
 async def test_a_forwarded_request_is_never_forwarded_again(

@@ -224,3 +224,71 @@ async def test_a_signed_body_re_posted_under_another_topic_or_shop_is_refused(
     assert sorted((r.key, dict(r.headers)["x-shopify-topic"]) for r in records) == sorted(
         [(shop_key, b"shop/redact"), (order_key, b"orders/create")]
     )
+
+
+async def _open(port: int, first_bytes: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw client connection that sends ``first_bytes`` and then nothing more."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    if first_bytes:
+        writer.write(first_bytes)
+        await writer.drain()
+    return reader, writer
+
+
+async def test_slow_and_surplus_clients_do_not_hold_the_receiver(
+    stack: StackState, tmp_path: Path
+) -> None:
+    """Slow senders are cut at their deadline, a flood past the cap is refused at once,
+    and every delivery from a well-behaved sender is answered meanwhile."""
+    env = {
+        **SHOPIFY_RECEIVER_ENV,
+        "CARTLOOM_WEB_HEADER_TIMEOUT_SECONDS": "2",
+        "CARTLOOM_SHOPIFY_WEBHOOK_BODY_TIMEOUT_SECONDS": "2",
+        "CARTLOOM_WEB_MAX_CONNECTIONS": "40",
+    }
+    store, _ = new_store("slow")
+    store.add_product("Slow Tee", ["SLOW-1"])
+    async with serving(start_ingress(stack.env, tmp_path, "guarded", env)) as guarded:
+        # 20 clients stop half-way through their request head, 5 half-way through a body.
+        head = b"POST /webhooks/shopify HTTP/1.1\r\nHost: cartloom\r\nX-Shopify-Top"
+        body_head = (
+            b"POST /webhooks/shopify HTTP/1.1\r\nHost: cartloom\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{"id": 1'
+        )
+        slow_heads = [await _open(guarded.port, head) for _ in range(20)]
+        slow_bodies = [await _open(guarded.port, body_head) for _ in range(5)]
+        async with aiohttp.ClientSession() as http:
+            # Well-behaved deliveries are answered while the slow clients hold their sockets.
+            delivery = signed(store.history[0], store.domain, SHOPIFY_SECRET)
+            answers = [
+                await post(http, f"{guarded.url}/webhooks/shopify", delivery) for _ in range(5)
+            ]
+            assert answers == [200] * 5
+            # 25 slow + the session's 1 = 26 open; 20 more pass the cap of 40 by 6.
+            flood = [await _open(guarded.port, b"") for _ in range(20)]
+
+            async def first_bytes(reader: asyncio.StreamReader) -> bytes | None:
+                try:  # a refused connection is answered at once; an admitted one waits
+                    return await asyncio.wait_for(reader.read(200), timeout=1.0)
+                except TimeoutError:
+                    return None
+
+            firsts = await asyncio.gather(*(first_bytes(reader) for reader, _ in flood))
+            answered = [first for first in firsts if first is not None]
+            assert all(first.startswith(b"HTTP/1.1 503") for first in answered), answered
+            refused = len(answered)
+            assert refused >= 5
+            # Past the deadline the server has closed the silent heads (EOF, no answer)
+            # and answered the slow bodies 408.
+            for reader, _ in slow_heads:
+                assert await asyncio.wait_for(reader.read(), timeout=10) == b""
+            for reader, _ in slow_bodies:
+                answer = await asyncio.wait_for(reader.read(), timeout=10)
+                assert answer.startswith(b"HTTP/1.1 408"), answer
+            assert await post(http, f"{guarded.url}/webhooks/shopify", delivery) == 200
+            async with http.get(f"{guarded.url}/metrics") as scrape:
+                text = await scrape.text()
+        for _, writer in [*slow_heads, *slow_bodies, *flood]:
+            writer.close()
+    assert f'cartloom_http_connections_refused_total{{server="ingress"}} {float(refused)}' in text
+    assert 'outcome="slow",topic="other"} 5.0' in text
