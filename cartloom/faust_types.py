@@ -17,7 +17,7 @@ from mode import Service
 
 from cartloom.kafka_clients import KafkaConnection
 from cartloom.metrics import CHANGELOG_STALE_RECORDS, INPUT_REREADS
-from cartloom.offsets import StallWatch, advance, missed
+from cartloom.offsets import StallWatch, advance, missed, waiting_for_records
 from cartloom.sinks.base import document_version
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,9 @@ STALL_PATIENCE_SECONDS = 5.0
 #: dropped at a rebalance can stay in Faust's unacknowledged set, and waiting on it forever
 #: left partitions unprocessed for good (short RocksDB SIGKILL runs, see docs/crash-safety.md).
 IN_FLIGHT_PATIENCE_SECONDS = 30.0
+#: Seconds a partition may go without a record handed out while the broker holds records
+#: past its committed offset, before the fetcher is made to ask for it again.
+IDLE_PATIENCE_SECONDS = 30.0
 
 
 class RawKeyTable(faust.Table):  # type: ignore[type-arg]
@@ -131,6 +134,7 @@ class TunedConsumer(aiokafka_driver.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._stalls = StallWatch(STALL_PATIENCE_SECONDS)
+        self._idle = StallWatch(IDLE_PATIENCE_SECONDS)
         #: Per partition, the highest offset the fetcher handed to Faust since the last
         #: seek. Not Faust's ``_read_offset``: a seek sets that to the offset to read
         #: *next*, so every idle partition looked as if its committed record had been
@@ -197,6 +201,7 @@ class TunedConsumer(aiokafka_driver.Consumer):
         except Exception:  # not started or closing
             return
         self._stalls.keep_only(set(assigned))
+        self._idle.keep_only(set(assigned))
         unknown = [
             tp
             for tp in assigned
@@ -206,6 +211,7 @@ class TunedConsumer(aiokafka_driver.Consumer):
         if unknown:
             await self._learn_committed_offsets(unknown)
         in_flight = {m.tp for m in list(self._unacked_messages) if not m.acked}
+        idle: dict[TP, int] = {}
         for tp in assigned:
             committed = self._committed_offset.get(tp)
             if (
@@ -213,14 +219,87 @@ class TunedConsumer(aiokafka_driver.Consumer):
                 or committed < 0  # not known yet: learnt from the broker next round
                 or tp in self._paused_partitions
                 or not self.app.topics.acks_enabled_for(tp.topic)
-                or not missed(committed, self._fetched.get(tp), committed in self._acked_index[tp])
             ):
+                self._stalls.forget(tp)
+                self._idle.forget(tp)
+                continue
+            if tp not in in_flight and waiting_for_records(committed, self._fetched.get(tp)):
+                self._stalls.forget(tp)
+                if self._idle.stalled(tp, committed, now):
+                    idle[tp] = committed
+                continue
+            self._idle.forget(tp)
+            if not missed(committed, self._fetched.get(tp), committed in self._acked_index[tp]):
                 self._stalls.forget(tp)
                 continue
             patience = IN_FLIGHT_PATIENCE_SECONDS if tp in in_flight else None
             if self._stalls.stalled(tp, committed, now, patience):
                 self._stalls.forget(tp)
                 await self._look_again(tp, committed, still_in_flight=tp in in_flight)
+        if idle:
+            await self._fetch_again_if_behind(idle)
+
+    async def _fetch_again_if_behind(self, idle: dict[TP, int]) -> None:
+        """Make the fetcher ask again for idle partitions the broker holds records for.
+
+        Seen in the zombie scenario: after a rebalance a partition of ``orders.accepted``
+        was assigned, not paused, nothing of it in flight, and its fetcher handed out
+        nothing for minutes while 200 records waited (Faust leaves a partition out of the
+        partitions it fetches after ``on_buffer_full`` until a pressure drop that a
+        cleared buffer never signals). The partition is put back among those fetched
+        (Faust's public ``resume_partitions``) and read from its committed offset.
+        """
+        for tp in idle:
+            self._idle.forget(tp)
+        ends = await aiokafka_driver.Consumer.highwaters(self, *idle)
+        for tp, committed in idle.items():
+            end = ends.get(tp)
+            if (
+                end is None
+                or end <= committed
+                or self._committed_offset.get(tp) != committed
+                or tp in self._paused_partitions
+                or not waiting_for_records(committed, self._fetched.get(tp))
+            ):
+                continue
+            log.warning(
+                "%s[%d]: nothing handed out for %.0f s though the broker holds records "
+                "%d..%d past the committed offset; fetching from %d again",
+                tp.topic,
+                tp.partition,
+                IDLE_PATIENCE_SECONDS,
+                committed,
+                end - 1,
+                committed,
+            )
+            INPUT_REREADS.labels(tp.topic, "idle").inc()
+            self._buffered_partitions.discard(tp)
+            self.resume_partitions([tp])
+            await self.seek(tp, await self._reading_start(tp, committed))
+
+    async def _reading_start(self, tp: TP, committed: int) -> int:
+        """Where to read an idle partition again: the lower of Faust's and the broker's commit.
+
+        In the zombie scenario Faust held 14 as committed where the broker held nothing:
+        the commit had failed at the rebalance. Reading from the broker's offset
+        processes again what may not have been (each step is idempotent); the partition's
+        acknowledgements start over with it.
+        """
+        broker = (await self._broker_committed([tp])).get(tp)
+        if broker is None or broker >= committed:
+            return committed
+        log.warning(
+            "%s[%d]: the broker's committed offset is %d, not %d; reading from %d",
+            tp.topic,
+            tp.partition,
+            broker,
+            committed,
+            broker,
+        )
+        self._committed_offset[tp] = broker
+        self._acked[tp].clear()
+        self._acked_index[tp].clear()
+        return broker
 
     async def _learn_committed_offsets(self, partitions: list[TP]) -> None:
         """Ask the broker for the committed offsets Faust does not know (None or -1).
@@ -231,9 +310,17 @@ class TunedConsumer(aiokafka_driver.Consumer):
         (:func:`cartloom.offsets.advance`): a partition the group never committed starts
         at the first offset the broker holds.
         """
+        learnt = await self._broker_committed(partitions)
+        assigned = self.assignment()
+        for tp, offset in learnt.items():
+            if tp in assigned and not known(self._committed_offset.get(tp)):
+                self._committed_offset[tp] = offset
+
+    async def _broker_committed(self, partitions: list[TP]) -> dict[TP, int]:
+        """The group's committed offsets at the broker; the first offset held where none."""
         connection: KafkaConnection | None = getattr(self.app, "kafka", None)
         if connection is None:
-            return
+            return {}
         wanted = {TopicPartition(tp.topic, tp.partition): tp for tp in partitions}
         admin = connection.admin()
         await admin.start()
@@ -257,10 +344,7 @@ class TunedConsumer(aiokafka_driver.Consumer):
             finally:
                 await probe.stop()
             learnt.update({wanted[p]: offset for p, offset in starts.items()})
-        assigned = self.assignment()
-        for tp, offset in learnt.items():
-            if tp in assigned and not known(self._committed_offset.get(tp)):
-                self._committed_offset[tp] = offset
+        return learnt
 
     async def _look_again(self, tp: TP, committed: int, still_in_flight: bool = False) -> None:
         found = await self._first_offset_from(tp, committed)

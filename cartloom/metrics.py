@@ -203,7 +203,9 @@ INPUT_REREADS = Counter(
     "cartloom_input_rereads_total",
     "Input partitions whose commit stood still behind a record that was handed out, by"
     " outcome: reread (the broker holds the record: Faust dropped it, it is read again) or"
-    " no_record (a transaction marker or removed record: the offset is skipped).",
+    " no_record (a transaction marker or removed record: the offset is skipped); idle: nothing"
+    " handed out for 30 s though the broker held records past the committed offset (the"
+    " partition is fetched again).",
     ["topic", "outcome"],
 )
 INPUTS_FORWARDED = Counter(

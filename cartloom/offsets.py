@@ -94,3 +94,12 @@ def missed(committed: int, read: int | None, acked: bool) -> bool:
     How long that may last before the partition is read again is the caller's patience.
     """
     return read is not None and read >= committed and not acked
+
+
+def waiting_for_records(committed: int, read: int | None) -> bool:
+    """Whether everything handed out of a partition since the last seek is committed.
+
+    Such a partition waits for new records; if the broker holds some past ``committed``
+    and none is handed out for long, the fetcher has stopped asking for the partition.
+    """
+    return read is None or read < committed

@@ -25,7 +25,8 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import TP
 
-from cartloom.faust_types import TunedConsumer
+from cartloom.faust_types import IDLE_PATIENCE_SECONDS, TunedConsumer
+from cartloom.metrics import INPUT_REREADS
 from tests.harness import eventually, in_process_app
 
 pytestmark = pytest.mark.integration
@@ -154,3 +155,49 @@ def pinned_private_faust_attributes(consumer: TunedConsumer, tp: TopicPartition)
     assert faust.transport.consumer.Consumer._new_offset is not TunedConsumer._new_offset
     assert faust.transport.consumer.Consumer._add_gap is not TunedConsumer._add_gap
     assert consumer._committed_offset[tp] == RECORDS
+
+
+async def test_a_partition_the_fetcher_stopped_asking_for_is_fetched_again(
+    bootstrap: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient, tmp_path: Any
+) -> None:
+    """Faust takes a partition out of those it fetches when its stream buffer fills, and puts
+    it back when the buffer drains; a buffer cleared at a rebalance never says it drained.
+    The partition is then never read again (seen in the zombie scenario: 200-odd orders on
+    a partition nobody read). Faust's own ``on_buffer_full`` puts the partition in that state."""
+    run = uuid.uuid4().hex[:8]
+    topic, group = f"idle-{run}", f"idle-app-{run}"
+    await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    tp = TopicPartition(topic, 0)
+    app = in_process_app(group, bootstrap, tmp_path, store="memory://", broker_commit_interval=0.2)
+    processed: list[int] = []
+
+    @app.agent(app.topic(topic, key_serializer="raw", value_serializer="raw"))
+    async def record_offsets(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            processed.append(event.message.offset)
+
+    consumer = app.consumer
+    assert isinstance(consumer, TunedConsumer)
+    for n in range(5):
+        await producer.send_and_wait(topic, key=b"k", value=f"r{n}".encode(), partition=0)
+    await app.start()
+    try:
+
+        async def committed_to(offset: int) -> bool:
+            return await committed(admin, group, tp) == offset
+
+        await eventually(lambda: committed_to(5), timeout=60, what="the first five committed")
+        faust_tp = TP(topic, 0)
+        consumer.on_buffer_full(faust_tp)  # ...and the buffer's drain is never signalled
+        assert faust_tp not in consumer._get_active_partitions()
+        for n in range(5, 10):
+            await producer.send_and_wait(topic, key=b"k", value=f"r{n}".encode(), partition=0)
+        started = time.monotonic()
+        await consumer.look_again_at_stalled_partitions(now=started)
+        await consumer.look_again_at_stalled_partitions(now=started + IDLE_PATIENCE_SECONDS + 1)
+        await eventually(lambda: committed_to(10), timeout=60, what="the five after fetched")
+        assert sorted(set(processed)) == list(range(10))
+        assert INPUT_REREADS.labels(topic, "idle")._value.get() == 1
+        assert "_buffered_partitions" in vars(consumer)  # the private set the fix clears
+    finally:
+        await app.stop()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cartloom.offsets import StallWatch, advance, missed
+from cartloom.offsets import StallWatch, advance, missed, waiting_for_records
 
 
 def test_a_run_from_the_committed_offset_is_committed() -> None:
@@ -93,3 +94,16 @@ def test_a_record_still_in_flight_gets_the_longer_patience_not_forever() -> None
     assert not watch.stalled("p0", 10, now=100.0, patience=30.0)
     assert not watch.stalled("p0", 10, now=110.0, patience=30.0)
     assert watch.stalled("p0", 10, now=130.0, patience=30.0)
+
+
+@pytest.mark.parametrize(
+    ("committed", "read", "waiting"),
+    [
+        (0, None, True),  # nothing handed out since the last seek
+        (15, 14, True),  # everything handed out is committed
+        (14, 14, False),  # the record at the committed offset is out: the stall check's
+        (14, 20, False),
+    ],
+)
+def test_waiting_for_records(committed: int, read: int | None, waiting: bool) -> None:
+    assert waiting_for_records(committed, read) is waiting
