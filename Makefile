@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-stamp
 ORDERS  ?= 2000
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock lint typecheck test test-unit test-integration chaos demo dev-up dev-down bench bench-orders clean
+.PHONY: help install lock lint typecheck test test-unit test-integration fuzz chaos demo dev-up dev-down bench bench-orders clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -42,6 +42,10 @@ test: lint typecheck ## Everything CI runs: lint, types, unit, integration, e2e,
 
 # Not part of `make test` yet: about 8 min even short; it joins once repeated runs show no flake.
 CHAOS_SCALE ?= full
+FUZZ_CASES ?= 10000
+fuzz: install ## Fuzz the webhook receiver, the live queries and every input decoder (10,000 cases each; make test runs 300)
+	FUZZ_CASES=$(FUZZ_CASES) $(BIN)/pytest -q -p no:cacheprovider tests/unit/test_fuzz_inputs.py tests/integration/test_fuzz_http.py
+
 chaos: install ## Fault scenarios, full form (SIGKILL x5, RocksDB, zombie, churn, poison); tests/chaos/results/
 	$(BIN)/pytest tests/chaos -m chaos -q --chaos-scale=$(CHAOS_SCALE)
 

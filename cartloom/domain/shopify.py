@@ -475,7 +475,8 @@ def normalise_privacy(delivery: Delivery) -> list[Output]:
         job = {"kind": "redact_shop", "shop": delivery.shop, "requested_at": requested_at}
         return [Output("redactions", "*", job)]
     customer = payload.get("customer")
-    assert isinstance(customer, dict)  # resource_key checked it
+    if not isinstance(customer, dict):  # the receiver's resource_key refuses it; others may not
+        raise InvalidInput(RejectReason.INVALID_SCHEMA, "customer must be an object")
     kind = "redact" if delivery.topic == "customers/redact" else "export"
     field_name = "orders_to_redact" if kind == "redact" else "orders_requested"
     orders = payload.get(field_name) or []

@@ -63,6 +63,10 @@ def check_token(settings: Settings, authorization: str | None) -> None:
         raise QueryError(401, {"error": "missing or wrong bearer token"}, "unauthorized")
 
 
+#: The largest version a query may wait for (a signed 64-bit integer, as JSON carries it).
+MAX_VERSION = 2**63 - 1
+
+
 def parse_min_version(raw: str | None) -> int | None:
     """``?min_version=`` as a positive int, None when absent; 400 for anything else."""
     if raw is None:
@@ -71,8 +75,10 @@ def parse_min_version(raw: str | None) -> int | None:
         value = int(raw)
     except ValueError:
         value = 0
-    if value < 1:
-        raise QueryError(400, {"error": "min_version must be an integer >= 1"}, "bad_request")
+    if not 1 <= value <= MAX_VERSION:  # JSON encoders stop at 64 bits: a larger one was a 500
+        raise QueryError(
+            400, {"error": f"min_version must be an integer from 1 to {MAX_VERSION}"}, "bad_request"
+        )
     return value
 
 
