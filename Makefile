@@ -44,7 +44,7 @@ test: lint typecheck ## Everything CI runs: lint, types, unit, integration, e2e,
 CHAOS_SCALE ?= full
 FUZZ_CASES ?= 10000
 fuzz: install ## Fuzz the webhook receiver, the live queries and every input decoder (10,000 cases each; make test runs 300)
-	FUZZ_CASES=$(FUZZ_CASES) $(BIN)/pytest -q -p no:cacheprovider tests/unit/test_fuzz_inputs.py tests/integration/test_fuzz_http.py
+	FUZZ_CASES=$(FUZZ_CASES) $(BIN)/pytest -q -p no:cacheprovider --hypothesis-show-statistics tests/unit/test_fuzz_inputs.py tests/integration/test_fuzz_http.py
 
 chaos: install ## Fault scenarios, full form (SIGKILL x5, RocksDB, zombie, churn, poison); tests/chaos/results/
 	$(BIN)/pytest tests/chaos -m chaos -q --chaos-scale=$(CHAOS_SCALE)

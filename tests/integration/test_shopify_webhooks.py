@@ -215,7 +215,7 @@ async def test_shuffled_duplicated_history_ends_like_the_ordered_one(
 
 
 async def test_customers_redact_removes_personal_data_everywhere(
-    shopify_worker: WorkerProcess, redis: Redis, dynamodb: Any
+    shopify_worker: WorkerProcess, redis: Redis, dynamodb: Any, bootstrap: str
 ) -> None:
     store, _ = new_store("redact")
     store.add_product("Private Tee", ["PRIV-1"])
@@ -252,6 +252,20 @@ async def test_customers_redact_removes_personal_data_everywhere(
         view = await response.json()
     assert view["customer"] is None
     assert "grace@example.com" not in orjson.dumps(view).decode()
+
+    # The table's changelog: its current record for the order (the highest version, the
+    # one compaction keeps) holds no personal data; compaction removes the older ones.
+    changelog = "cartloom-shopify-order_by_id-changelog"
+    async with TopicReader(bootstrap, changelog, {order_id.encode()}) as reader:
+
+        def redacted_record_there(records: list[Any]) -> bool:
+            return any(b"grace@example.com" not in r.value for r in records)
+
+        records = await reader.until(redacted_record_there, "the redacted view in the changelog")
+        await reader.poll()
+    current = max(records, key=lambda r: orjson.loads(r.value)["version"])
+    assert b"grace@example.com" not in current.value
+    assert orjson.loads(current.value)["customer"] is None
 
 
 async def _dynamodb_item(dynamodb: Any, table: str, key: str, value: str) -> Any:
