@@ -252,16 +252,18 @@ class TunedConsumer(aiokafka_driver.Consumer):
         for tp in idle:
             self._idle.forget(tp)
         ends = await aiokafka_driver.Consumer.highwaters(self, *idle)
-        for tp, committed in idle.items():
-            end = ends.get(tp)
-            if (
-                end is None
-                or end <= committed
-                or self._committed_offset.get(tp) != committed
-                or tp in self._paused_partitions
-                or not waiting_for_records(committed, self._fetched.get(tp))
-            ):
-                continue
+        behind = {
+            tp: committed
+            for tp, committed in idle.items()
+            if (ends.get(tp) or 0) > committed
+            and self._committed_offset.get(tp) == committed
+            and tp not in self._paused_partitions
+            and waiting_for_records(committed, self._fetched.get(tp))
+        }
+        if not behind:
+            return
+        broker = await self._broker_committed(list(behind))  # one lookup for them all
+        for tp, committed in behind.items():
             log.warning(
                 "%s[%d]: nothing handed out for %.0f s though the broker holds records "
                 "%d..%d past the committed offset; fetching from %d again",
@@ -269,15 +271,15 @@ class TunedConsumer(aiokafka_driver.Consumer):
                 tp.partition,
                 IDLE_PATIENCE_SECONDS,
                 committed,
-                end - 1,
+                ends[tp] - 1,
                 committed,
             )
             INPUT_REREADS.labels(tp.topic, "idle").inc()
             self._buffered_partitions.discard(tp)
             self.resume_partitions([tp])
-            await self.seek(tp, await self._reading_start(tp, committed))
+            await self.seek(tp, self._reading_start(tp, committed, broker.get(tp)))
 
-    async def _reading_start(self, tp: TP, committed: int) -> int:
+    def _reading_start(self, tp: TP, committed: int, broker: int | None) -> int:
         """Where to read an idle partition again: the lower of Faust's and the broker's commit.
 
         In the zombie scenario Faust held 14 as committed where the broker held nothing:
@@ -285,7 +287,6 @@ class TunedConsumer(aiokafka_driver.Consumer):
         processes again what may not have been (each step is idempotent); the partition's
         acknowledgements start over with it.
         """
-        broker = (await self._broker_committed([tp])).get(tp)
         if broker is None or broker >= committed:
             return committed
         log.warning(

@@ -207,3 +207,36 @@ async def wait_ready(worker: WorkerProcess, timeout: float = 120.0) -> None:
         await eventually(probe, timeout=timeout, what="worker ready")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{worker.log_tail()}") from None
+
+
+def run_cartloom(
+    state_dir: Path, env: dict[str, str], *args: str, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """``cartloom ARGS`` as an operator runs it: the settings in ``env`` and nothing else.
+
+    The test process's own ``CARTLOOM_*`` variables are left out, and ``--env-file`` names
+    a file that does not exist, so no ``.cartloom/dev.env`` is read either.
+    """
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CARTLOOM_")}
+    return subprocess.run(
+        [sys.executable, "-m", "cartloom", "--env-file", str(state_dir / "none.env"), *args],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+async def first_answers(
+    connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]], wait: float = 1.0
+) -> list[bytes | None]:
+    """What each raw connection was sent within ``wait`` seconds (None: nothing yet)."""
+
+    async def first(reader: asyncio.StreamReader) -> bytes | None:
+        try:  # a refused connection is answered at once; an admitted one waits
+            return await asyncio.wait_for(reader.read(200), timeout=wait)
+        except TimeoutError:
+            return None
+
+    return list(await asyncio.gather(*(first(reader) for reader, _ in connections)))

@@ -124,29 +124,28 @@ async def forward(view: View, placement: Placement, request: Request, wait_max: 
     if "Authorization" in request.headers:
         headers["Authorization"] = request.headers["Authorization"]
     timeout = aiohttp.ClientTimeout(total=wait_max + 5.0)
-    for attempt in range(2):
+
+    async def relay() -> Response:
+        async with app.http_client.get(target, headers=headers, timeout=timeout) as answer:
+            body = await answer.read()
+            relayed = {k: v for k, v in answer.headers.items() if k.startswith("X-CartLoom-")}
+            if "Retry-After" in answer.headers:
+                relayed["Retry-After"] = answer.headers["Retry-After"]
+            return view.bytes(
+                body, status=answer.status, content_type=answer.content_type, headers=relayed
+            )
+
+    try:
         try:
-            async with app.http_client.get(target, headers=headers, timeout=timeout) as answer:
-                body = await answer.read()
-                relay = {k: v for k, v in answer.headers.items() if k.startswith("X-CartLoom-")}
-                if "Retry-After" in answer.headers:
-                    relay["Retry-After"] = answer.headers["Retry-After"]
-                return view.bytes(
-                    body, status=answer.status, content_type=answer.content_type, headers=relay
-                )
+            return await relay()
         except aiohttp.ServerDisconnectedError:
             # A pooled connection the owner closed as idle (its head deadline) just as this
-            # request went out: a GET is safe to send once more on a fresh connection.
-            if attempt == 0:
-                continue
-            raise _unavailable(
-                "owner unreachable", "owner_unreachable", owner=placement.owner_url
-            ) from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _unavailable(
-                "owner unreachable", "owner_unreachable", owner=placement.owner_url, detail=str(exc)
-            ) from None
-    raise AssertionError("unreachable")  # the loop returns or raises
+            # request went out: a GET is safe to send once more, on a fresh connection.
+            return await relay()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _unavailable(
+            "owner unreachable", "owner_unreachable", owner=placement.owner_url, detail=str(exc)
+        ) from None
 
 
 async def answer(view: View, request: Request, query: LiveQuery, settings: Settings) -> Response:

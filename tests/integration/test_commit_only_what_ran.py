@@ -49,14 +49,10 @@ async def admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
     await client.close()
 
 
-async def test_a_dropped_record_is_read_again_and_never_committed_over(
-    bootstrap: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient, tmp_path: Any
-) -> None:
-    run = uuid.uuid4().hex[:8]
-    topic, group = f"commit-{run}", f"commit-app-{run}"
-    await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    tp = TopicPartition(topic, 0)
-
+def recording_app(
+    bootstrap: str, tmp_path: Any, topic: str, group: str
+) -> tuple[Any, TunedConsumer, list[int]]:
+    """A real Faust app on CartLoom's consumer whose one agent records each offset it runs."""
     app = in_process_app(group, bootstrap, tmp_path, store="memory://", broker_commit_interval=0.2)
     processed: list[int] = []
 
@@ -67,6 +63,18 @@ async def test_a_dropped_record_is_read_again_and_never_committed_over(
 
     consumer = app.consumer
     assert isinstance(consumer, TunedConsumer)
+    return app, consumer, processed
+
+
+async def test_a_dropped_record_is_read_again_and_never_committed_over(
+    bootstrap: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient, tmp_path: Any
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    topic, group = f"commit-{run}", f"commit-app-{run}"
+    await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    tp = TopicPartition(topic, 0)
+
+    app, consumer, processed = recording_app(bootstrap, tmp_path, topic, group)
     deliver = consumer.callback
     dropped: list[int] = []
 
@@ -168,16 +176,7 @@ async def test_a_partition_the_fetcher_stopped_asking_for_is_fetched_again(
     topic, group = f"idle-{run}", f"idle-app-{run}"
     await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
     tp = TopicPartition(topic, 0)
-    app = in_process_app(group, bootstrap, tmp_path, store="memory://", broker_commit_interval=0.2)
-    processed: list[int] = []
-
-    @app.agent(app.topic(topic, key_serializer="raw", value_serializer="raw"))
-    async def record_offsets(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            processed.append(event.message.offset)
-
-    consumer = app.consumer
-    assert isinstance(consumer, TunedConsumer)
+    app, consumer, processed = recording_app(bootstrap, tmp_path, topic, group)
     for n in range(5):
         await producer.send_and_wait(topic, key=b"k", value=f"r{n}".encode(), partition=0)
     await app.start()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from cartloom.devstack.stack import StackState
 from cartloom.kafka_admin import apply_topics
 from cartloom.kafka_clients import KafkaConnection
 from cartloom.topology import load_topology
-from tests.harness import eventually, serving, start_worker
+from tests.harness import eventually, run_cartloom, serving, start_worker
 from tests.integration.kafka_proxy import SizedBroker, sized_broker
 from tests.integration.saga_helpers import read_topic
 
@@ -51,14 +50,7 @@ async def committed(bootstrap: str, group: str, topic: str) -> dict[int, int | N
 
 
 def cartloom(stack_dir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cartloom", "--env-file", str(stack_dir / "none.env"), *args],
-        env={**env, "PATH": str(Path(sys.executable).parent)},
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    return run_cartloom(stack_dir, env, *args)
 
 
 async def test_dlq_replay_commits_nothing_and_fails_when_a_record_is_refused(

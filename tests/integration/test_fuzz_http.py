@@ -91,7 +91,11 @@ def deliveries(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
     return body, headers
 
 
-def no_unhandled_errors(process: WorkerProcess) -> None:
+async def still_whole(process: WorkerProcess, http: aiohttp.ClientSession) -> None:
+    """The process runs, answers its health check and logged nothing unhandled."""
+    async with http.get(f"{process.url}/healthz") as resp:
+        assert resp.status == 200
+    assert process.process.poll() is None
     log = process.log.read_text(errors="replace")
     found = [line for line in log.splitlines() if any(mark in line for mark in UNHANDLED)]
     assert not found, "\n".join(found[:10])
@@ -119,10 +123,7 @@ async def test_the_webhook_receiver_answers_every_request_as_documented(
 async def test_the_receiver_is_whole_after_the_fuzzing(
     ingress: WorkerProcess, http: aiohttp.ClientSession
 ) -> None:
-    async with http.get(f"{ingress.url}/healthz") as resp:
-        assert resp.status == 200
-    assert ingress.process.poll() is None
-    no_unhandled_errors(ingress)
+    await still_whole(ingress, http)
 
 
 IDS = st.text(max_size=40) | st.sampled_from(["", ".", "..", "%00", "a/b", "ü", "1" * 300])
@@ -162,7 +163,4 @@ async def test_live_queries_answer_every_id_as_documented(
 async def test_the_query_worker_is_whole_after_the_fuzzing(
     query_worker: WorkerProcess, http: aiohttp.ClientSession
 ) -> None:
-    async with http.get(f"{query_worker.url}/healthz") as resp:
-        assert resp.status == 200
-    assert query_worker.process.poll() is None
-    no_unhandled_errors(query_worker)
+    await still_whole(query_worker, http)

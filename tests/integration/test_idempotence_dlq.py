@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from cartloom.devstack.stack import StackState
 from cartloom.dlq import REPLAYED_FROM_HEADER, replay_dead_letters
 from cartloom.kafka_clients import KafkaConnection
-from tests.harness import WorkerProcess, eventually
+from tests.harness import WorkerProcess, eventually, run_cartloom
 from tests.integration.saga_helpers import (
     now_iso,
     order_message,
@@ -105,17 +104,8 @@ async def test_replay_applies_an_event_that_came_before_its_order_once(
 def test_dlq_replay_command_reports_and_refuses_unknown_topics(
     stack: StackState, stack_dir: Path
 ) -> None:
-    env = {**stack.env, "PATH": str(Path(sys.executable).parent)}
-
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "cartloom", "--env-file", str(stack_dir / "none.env"), *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return run_cartloom(stack_dir, stack.env, *args, timeout=120)
 
     done = run("dlq", "replay", "inventory")
     assert done.returncode == 0, done.stderr

@@ -29,7 +29,7 @@ from cartloom.schema_files import CHECKOUT_DIR, file_name
 from cartloom.topology import load_topology
 from cartloom.web.queries import FORWARDED_HEADER, PARTITION_HEADER, SERVED_BY_HEADER
 from cartloom.web.routing import key_partition
-from tests.harness import WorkerProcess, eventually, start_worker, wait_ready
+from tests.harness import WorkerProcess, eventually, first_answers, start_worker, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -322,13 +322,7 @@ async def test_silent_and_surplus_connections_do_not_hold_a_worker(
     worker = pair[0]
     silent = [await asyncio.open_connection("127.0.0.1", worker.port) for _ in range(35)]
 
-    async def first_bytes(reader: asyncio.StreamReader) -> bytes | None:
-        try:
-            return await asyncio.wait_for(reader.read(200), timeout=1.0)
-        except TimeoutError:
-            return None
-
-    firsts = await asyncio.gather(*(first_bytes(reader) for reader, _ in silent))
+    firsts = await first_answers(silent)
     answered = [first for first in firsts if first is not None]
     assert len(answered) >= 5  # 35 opened, at most 30 kept
     assert all(first.startswith(b"HTTP/1.1 503") for first in answered), answered

@@ -13,9 +13,6 @@ beside them must not see any of it either.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,7 +25,7 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from cartloom.devstack.stack import StackState
-from tests.harness import WorkerProcess, eventually, start_worker, wait_ready
+from tests.harness import WorkerProcess, eventually, run_cartloom, start_worker, wait_ready
 from tests.integration.saga_helpers import now_iso, order_message, read_topic
 
 pytestmark = pytest.mark.integration
@@ -45,16 +42,7 @@ def namespaces() -> dict[str, str]:
 
 def cli(stack: StackState, stack_dir: Path, namespace: str, *args: str) -> str:
     """``cartloom ARGS`` as an operator runs it for ``namespace``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CARTLOOM_")}
-    env.update({**stack.env, "CARTLOOM_NAMESPACE": namespace})
-    done = subprocess.run(
-        [sys.executable, "-m", "cartloom", "--env-file", str(stack_dir / "none.env"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = run_cartloom(stack_dir, {**stack.env, "CARTLOOM_NAMESPACE": namespace}, *args)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 

@@ -22,7 +22,14 @@ from cartloom.kafka_clients import KafkaConnection
 from cartloom.shopify.delivery import DeliveryPlan, SignedDelivery, post, signed
 from cartloom.shopify.store import WebhookEvent
 from cartloom.topology import load_topology
-from tests.harness import WorkerProcess, eventually, serving, start_ingress, wait_ready
+from tests.harness import (
+    WorkerProcess,
+    eventually,
+    first_answers,
+    serving,
+    start_ingress,
+    wait_ready,
+)
 from tests.integration.conftest import SHOPIFY_RECEIVER_ENV, SHOPIFY_SECRET
 from tests.integration.shopify_helpers import TopicReader
 from tests.integration.test_shopify_webhooks import EXPECTED_EVENTS, new_store, run_history
@@ -267,13 +274,7 @@ async def test_slow_and_surplus_clients_do_not_hold_the_receiver(
             # 25 slow + the session's 1 = 26 open; 20 more pass the cap of 40 by 6.
             flood = [await _open(guarded.port, b"") for _ in range(20)]
 
-            async def first_bytes(reader: asyncio.StreamReader) -> bytes | None:
-                try:  # a refused connection is answered at once; an admitted one waits
-                    return await asyncio.wait_for(reader.read(200), timeout=1.0)
-                except TimeoutError:
-                    return None
-
-            firsts = await asyncio.gather(*(first_bytes(reader) for reader, _ in flood))
+            firsts = await first_answers(flood)
             answered = [first for first in firsts if first is not None]
             assert all(first.startswith(b"HTTP/1.1 503") for first in answered), answered
             refused = len(answered)
