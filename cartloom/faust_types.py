@@ -10,6 +10,7 @@ from typing import Any
 import faust
 from aiokafka import TopicPartition
 from faust.stores.memory import Store as MemoryStore
+from faust.tables.recovery import RebalanceAgain
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP, EventT
@@ -164,6 +165,32 @@ class TunedConsumer(aiokafka_driver.Consumer):
         """Seek every partition to its committed offset (recovery's end), forgetting the rest."""
         self._fetched.clear()
         await super().perform_seek()
+
+    async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
+        """Recovery's seek of its changelog partitions; a round a rebalance replaced restarts.
+
+        Faust's recovery builds each partition's start offset, then seeks. A rebalance can
+        land between the two: its ``on_rebalance`` adds the partitions it assigns to the
+        very sets the round is working on, with no offset yet (None), and signals a new
+        round. When the seek's task and that signal finish in the same turn of the event
+        loop, Faust's ``Recovery._wait`` raises the seek's error before it looks at the
+        signal, and aiokafka's ``ValueError("Offset must be a positive integer")`` stopped
+        an unkilled worker (full-form SIGKILL series, 2026-12-04). Such a seek belongs to a
+        round that is over: it is refused with Faust's ``RebalanceAgain``, which the
+        recovery loop answers by starting the new round (pinned by
+        tests/integration/test_recovery_seek_race.py).
+        """
+        unknown = sorted(tp for tp, offset in partitions.items() if offset is None)
+        recovery = self.app.tables.recovery  # type: ignore[attr-defined]  # TableManager's
+        if unknown and recovery.signal_recovery_start.is_set():
+            log.info(
+                "recovery: %d changelog partition(s) arrived with a new rebalance before "
+                "their offsets were read (%s); starting the new round",
+                len(unknown),
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in unknown[:4]),
+            )
+            raise RebalanceAgain()
+        await super().seek_wait(partitions)
 
     def _new_consumer_thread(self) -> TunedConsumerThread:
         return TunedConsumerThread(self, loop=self.loop, beacon=self.beacon)
