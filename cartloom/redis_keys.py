@@ -1,9 +1,9 @@
 """Every Redis key CartLoom reads or writes, in one place, under the deployment's namespace.
 
 Two CartLoom deployments may share one Redis (``CARTLOOM_NAMESPACE``): each key of a
-namespaced deployment starts with ``{namespace}:``, so their views, leases, cursors,
-budgets and write-back progress never meet. The default deployment (no namespace) keeps
-the plain ``cartloom:...`` keys.
+namespaced deployment starts with ``{namespace}:``, so their views, leases, cursors and
+budgets never meet (write-back progress lives in Kafka, under the topic prefix). The
+default deployment (no namespace) keeps the plain ``cartloom:...`` keys.
 """
 
 from __future__ import annotations
@@ -47,7 +47,3 @@ class RedisKeys:
     def api_budget(self, shop: str) -> str:
         """The token bucket of ``shop``'s Admin API cost, shared by every replica."""
         return f"{self._prefix}cartloom:shopify:budget:{shop}"
-
-    def writeback(self, take_key: str) -> str:
-        """How far inventory write-back got with one ledger line."""
-        return f"{self._prefix}cartloom:shopify:writeback:{take_key}"

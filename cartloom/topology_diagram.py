@@ -34,7 +34,7 @@ NODES: dict[str, tuple[str, str]] = {
     "reserve_stock": ("agent", "reserve_stock<br/>stock, ledger"),
     "nudge_overdue_orders": ("svc", "nudge_overdue_orders<br/>timer"),
     "nudge_held_events": ("svc", "nudge_held_events<br/>timer"),
-    "reconcile": ("svc", "reconciliation<br/>Shopify vs Redis views"),
+    "reconcile": ("svc", "reconciliation<br/>Shopify vs the views"),
     "writeback": ("svc", "inventory write-back"),
     "materialisers": ("svc", "materialisers, a group per store<br/>version-checked writes"),
     "shopify_stock": ("ext", "Shopify Admin API<br/>stock levels"),
@@ -69,7 +69,10 @@ FLOWS: dict[str, tuple[str, str]] = {
     "nudge_overdue_orders": ("table:order_by_id", "order.timeouts"),
     "nudge_held_events": ("table:early_events_by_order", "order.timeouts"),
     "reconcile": ("shopify", "orders order.events inventory"),
-    "writeback": ("changelog:reservation_by_line", "shopify_stock"),
+    "writeback": (
+        "changelog:reservation_by_line shopify.writeback.progress",
+        "shopify_stock shopify.writeback.progress",
+    ),
     "materialisers": ("", "dynamodb redis"),
     "web_views": ("table:order_by_id table:inventory_by_sku table:product_by_id", ""),
 }

@@ -65,6 +65,18 @@ async def eventually(
     raise AssertionError(f"{what} not reached within {timeout:.0f}s (last value {last!r})")
 
 
+def settings_from_env(env: dict[str, str], **overrides: Any) -> Any:
+    """The ``Settings`` a process started with ``env`` (``CARTLOOM_*`` variables) reads."""
+    from cartloom.settings import Settings
+
+    fields = {
+        name.removeprefix("CARTLOOM_").lower(): value
+        for name, value in env.items()
+        if name.startswith("CARTLOOM_")
+    }
+    return Settings(**{**fields, **overrides})
+
+
 async def start_local_stack(state_dir: Path, with_prometheus: bool = False) -> StackState:
     """Start the embedded stack (broker, redis-server, moto_server) on free ports.
 

@@ -26,9 +26,11 @@ from cartloom.shopify.admin_client import AdminClient, RedisRateBudget
 from cartloom.shopify.reconcile import reconcile
 from cartloom.shopify.writeback import (
     WRITEBACK_DEAD_LETTER_TOPIC,
+    WRITEBACK_PROGRESS_TOPIC,
     InventoryWriteback,
     WritebackRunner,
 )
+from cartloom.shopify.writeback_progress import WritebackProgress
 from cartloom.sinks.redis import redis_client
 
 log = logging.getLogger(__name__)
@@ -137,8 +139,11 @@ class ShopifyWriteback(mode.Service):
             async with AdminClient(
                 settings.shopify_api_url, token, settings.shopify_api_version, budget
             ) as client:
+                progress = WritebackProgress(
+                    kafka, producer, settings.topic_name(WRITEBACK_PROGRESS_TOPIC)
+                )
                 writeback = InventoryWriteback(
-                    client, redis, settings.shopify_writeback_location_id, names
+                    client, progress, settings.shopify_writeback_location_id
                 )
                 self._runner = WritebackRunner(
                     writeback,

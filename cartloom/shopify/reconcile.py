@@ -2,7 +2,11 @@
 
 Orders updated since a cursor kept in Redis (``cartloom:shopify:reconcile:cursor:{shop}``)
 and every inventory item's levels are read through the throttled Admin API client;
-CartLoom's side is read from the materialised views in Redis. What differs is corrected by
+CartLoom's side is read from the materialised views as any reader does
+(:class:`cartloom.read.ViewReader`: Redis, and DynamoDB where Redis has nothing). Redis is a
+cache: after it lost its data every view read from it alone looked missing, and every order
+was republished and Shopify's ``available`` published as every SKU's level. Losing the
+cursor only makes the next run read every order again. What differs is corrected by
 publishing to ``orders``, ``order.events`` and ``inventory`` (the normal streams, so the
 usual idempotent agents apply it), and the drift is exported as metrics. Run on demand
 (``cartloom reconcile``) or periodically by one worker at a time (a Redis lease).
@@ -13,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from redis.asyncio import Redis
@@ -27,6 +31,7 @@ from cartloom.domain.shopify_reconcile import (
     order_corrections,
 )
 from cartloom.kafka_clients import KafkaConnection, kafka_connection
+from cartloom.read import ViewReader
 from cartloom.redis_keys import RedisKeys
 from cartloom.settings import Settings
 from cartloom.shopify.admin_client import AdminClient, RedisRateBudget
@@ -71,18 +76,11 @@ class Report:
     cursor: str | None
 
 
-class RedisViews:
-    """CartLoom's materialised views as readers see them (``doc`` of the Redis hashes)."""
-
-    def __init__(self, redis: Redis, names: RedisKeys) -> None:
-        self._redis = redis
-        self._names = names
+class Views(Protocol):
+    """Where reconciliation reads CartLoom's views (:class:`cartloom.read.ViewReader`)."""
 
     async def get(self, entity: str, key: str) -> dict[str, Any] | None:
         """The view of ``entity`` ``key`` or None."""
-        raw = await self._redis.hget(self._names.view(entity, key), "doc")
-        value = orjson.loads(raw) if raw else None
-        return value if isinstance(value, dict) else None
 
 
 async def pages(
@@ -102,7 +100,7 @@ async def pages(
 
 
 async def find_drift(
-    client: AdminClient, views: RedisViews, shop: str, since: str | None
+    client: AdminClient, views: Views, shop: str, since: str | None
 ) -> tuple[Drift, str | None]:
     """Compare orders updated since ``since`` and every SKU's levels; nothing is published."""
     drift = Drift()
@@ -164,10 +162,13 @@ async def reconcile(settings: Settings, redis: Redis, since: str | None = None) 
     )
     token = settings.shopify_access_token.get_secret_value()
     try:
-        async with AdminClient(
-            settings.shopify_api_url, token, settings.shopify_api_version, budget
-        ) as client:
-            drift, cursor = await find_drift(client, RedisViews(redis, names), shop, since)
+        async with (
+            AdminClient(
+                settings.shopify_api_url, token, settings.shopify_api_version, budget
+            ) as client,
+            ViewReader(settings, consistent=True) as views,
+        ):
+            drift, cursor = await find_drift(client, views, shop, since)
         await publish(kafka_connection(settings), drift.corrections, settings.topic_prefix)
     except Exception:
         metrics.RECONCILE_RUNS.labels(outcome="failed").inc()

@@ -3,24 +3,25 @@
 Source: the reservation ledger's changelog (one entry per order line, with ``granted``,
 ``committed`` and ``released`` units). For each line of an order that did not come from
 Shopify, the units Shopify must not sell again are ``granted - released`` (reserved or
-committed). What was already pushed is kept per line in Redis
-(``cartloom:shopify:writeback:{order}#{line}``), so a redelivered or replayed entry pushes
-only the difference, and nothing when there is none.
+committed). What was already pushed is kept per line in the compacted topic
+``shopify.writeback.progress`` (:mod:`cartloom.shopify.writeback_progress`; in Kafka, so it
+survives a cache that loses its data), so a redelivered or replayed entry pushes only the
+difference, and nothing when there is none.
 
 Each push is a compare-and-swap: read the item's ``available``, then
 ``inventorySetQuantities`` to ``available - delta`` with ``compareQuantity = available``;
 a ``COMPARE_QUANTITY_STALE`` answer (someone else changed it) re-reads and tries again.
-The intent is written to Redis before the mutation: if the outcome of a request is
-unknown (timeout, crash), the retry finds Shopify already at the intended quantity and
-records it as applied instead of taking the units twice.
+The intent is written to the progress topic (and acknowledged) before the mutation: if the
+outcome of a request is unknown (timeout, crash), the retry finds Shopify already at the
+intended quantity and records it as applied instead of taking the units twice.
 
-One line never holds up the others (:class:`WritebackRunner`): while the Admin API or
-Redis is unavailable the batch waits and retries without bound; a line that fails on its
-own (a SKU Shopify does not know, conflicts that do not settle) is retried a bounded
-number of times (``CARTLOOM_SHOPIFY_WRITEBACK_MAX_ATTEMPTS``) while the other lines go
-ahead; then it, like an entry Shopify refuses, an unusable entry or one that hit a bug,
-is set aside to ``shopify.writeback.dlq`` with the reason in headers, counted, and the
-stream moves on.
+One line never holds up the others (:class:`WritebackRunner`): while the Admin API, the
+broker or Redis (the API rate budget) is unavailable the batch waits and retries without
+bound; a line that fails on its own (a SKU Shopify does not know, conflicts that do not
+settle) is retried a bounded number of times (``CARTLOOM_SHOPIFY_WRITEBACK_MAX_ATTEMPTS``)
+while the other lines go ahead; then it, like an entry Shopify refuses, an unusable entry
+or one that hit a bug, is set aside to ``shopify.writeback.dlq`` with the reason in
+headers, counted, and the stream moves on.
 """
 
 from __future__ import annotations
@@ -33,22 +34,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
-from redis.asyncio import Redis
 
 from cartloom import metrics
 from cartloom.deadletter import queue_dead_letter
 from cartloom.deliveries import Deliveries
 from cartloom.domain.errors import InvalidInput, RejectReason
 from cartloom.domain.shopify import ORDER_PREFIX
-from cartloom.redis_keys import RedisKeys
 from cartloom.shopify.admin_client import AdminApiError, AdminApiUnavailable, AdminClient
+from cartloom.shopify.writeback_progress import LineProgress, ProgressListener, WritebackProgress
 from cartloom.sinks.redis import store_unavailable as redis_unavailable
 
 log = logging.getLogger(__name__)
 MAX_CAS_ATTEMPTS = 10
 #: Where write-back sets aside the ledger entries it could not push (``topics.yaml``).
 WRITEBACK_DEAD_LETTER_TOPIC = "shopify.writeback.dlq"
+#: Where write-back keeps each line's progress (``topics.yaml``, compacted).
+WRITEBACK_PROGRESS_TOPIC = "shopify.writeback.progress"
 
 
 class UnknownSku(AdminApiError):  # noqa: N818 - Shopify's verdict on a SKU
@@ -114,51 +117,40 @@ class InventoryWriteback:
     """Pushes line takes to Shopify exactly once per change (see the module docstring)."""
 
     def __init__(
-        self,
-        client: AdminClient,
-        redis: Redis,
-        location_id: str | None,
-        names: RedisKeys = RedisKeys(),  # noqa: B008 - frozen, shared safely
+        self, client: AdminClient, progress: WritebackProgress, location_id: str | None
     ) -> None:
         self._client = client
-        self._redis = redis
+        self.progress = progress
         self._location = location_id
-        self._names = names
 
-    def _state_key(self, take: LineTake) -> str:
-        return self._names.writeback(take.key)
+    async def push(self, take: LineTake, ledger_partition: int) -> str:
+        """Bring Shopify in line with ``take``; the outcome (a metric label) is returned.
 
-    async def push(self, take: LineTake) -> str:
-        """Bring Shopify in line with ``take``; the outcome (a metric label) is returned."""
-        state = await self._redis.hgetall(self._state_key(take))
-        pushed = int(state.get(b"pushed", 0))
-        pending = orjson.loads(state[b"pending"]) if b"pending" in state else None
+        ``ledger_partition``: the ledger changelog partition the take was read from, whose
+        progress partition keeps the line's progress.
+        """
+        state = self.progress.get(take.key)
+        pushed, pending = state.pushed, state.pending
         if pushed == take.taken:
             metrics.SHOPIFY_WRITEBACKS.labels(outcome="already_applied").inc()
             return "already_applied"
         for _ in range(MAX_CAS_ATTEMPTS):
             item_id, location, available = await self._read(take.sku)
             if pending and pending["target"] == take.taken and available == pending["quantity"]:
-                await self._done(take)  # the earlier request did land: do not take twice
+                # the earlier request did land: do not take twice
+                await self.progress.record(take.key, ledger_partition, LineProgress(take.taken))
                 metrics.SHOPIFY_WRITEBACKS.labels(outcome="already_applied").inc()
                 return "already_applied"
             delta = take.taken - pushed
             pending = {"target": take.taken, "compare": available, "quantity": available - delta}
-            await self._redis.hset(self._state_key(take), "pending", orjson.dumps(pending))
+            await self.progress.record(take.key, ledger_partition, LineProgress(pushed, pending))
             if await self._set(take, item_id, location, pending):
-                await self._done(take)
+                await self.progress.record(take.key, ledger_partition, LineProgress(take.taken))
                 metrics.SHOPIFY_WRITEBACKS.labels(outcome="applied").inc()
                 return "applied"
             metrics.SHOPIFY_WRITEBACKS.labels(outcome="conflict").inc()
         metrics.SHOPIFY_WRITEBACKS.labels(outcome="failed").inc()
         raise AdminApiError(f"write-back of {take.key}: still conflicting after retries")
-
-    async def _done(self, take: LineTake) -> None:
-        key = self._state_key(take)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, "pushed", take.taken)
-            pipe.hdel(key, "pending")
-            await pipe.execute()
 
     async def _read(self, sku: str) -> tuple[str, str, int]:
         variables = {"first": 1, "query": f"sku:'{sku}'"}
@@ -207,13 +199,20 @@ class _Line:
     record: Any
     attempts: int = 0
 
+    @property
+    def partition(self) -> TopicPartition:
+        """The ledger changelog partition the line was read from."""
+        return TopicPartition(self.record.topic, self.record.partition)
+
 
 DeadLetter = tuple[Any, RejectReason, str]
 
 
 def unavailable(error: BaseException) -> bool:
-    """Whether ``error`` means Shopify or Redis as a whole cannot be used now (not the line)."""
-    return isinstance(error, AdminApiUnavailable) or redis_unavailable(error)
+    """Whether ``error`` means Shopify, the broker or Redis cannot be used now (not the line)."""
+    return isinstance(error, AdminApiUnavailable | KafkaError | TimeoutError) or redis_unavailable(
+        error
+    )
 
 
 class WritebackRunner:
@@ -244,7 +243,12 @@ class WritebackRunner:
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
-        """Consume until :meth:`stop`."""
+        """Consume until :meth:`stop`; each assignment first reads its lines' progress."""
+        # Before the consumer starts: subscribing again once it runs breaks aiokafka's fetcher.
+        self._consumer.subscribe(
+            topics=sorted(self._consumer.subscription()),
+            listener=ProgressListener(self._writeback.progress),
+        )
         await self._producer.start()
         await self._consumer.start()
         try:
@@ -263,6 +267,7 @@ class WritebackRunner:
         pushed; while Shopify or Redis is unavailable the rounds go on without bound. If
         the runner is stopped meanwhile the batch is left uncommitted (re-read on start).
         """
+        await self._writeback.progress.ensure_loaded(tp.partition for tp in batch)
         lines, letters = self._decode(batch)
         rounds = 0
         while lines:
@@ -273,7 +278,10 @@ class WritebackRunner:
                     return
         await self._dead_letter(letters)
         try:
-            await self._consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs})
+            assigned = self._consumer.assignment()
+            offsets = {tp: rs[-1].offset + 1 for tp, rs in batch.items() if rs and tp in assigned}
+            if offsets:  # (an empty mapping would commit every position)
+                await self._consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
             # A rebalance took the partitions: the new owner re-reads them (pushes are idempotent).
             log.warning("inventory write-back could not commit: %s", exc)
@@ -302,8 +310,10 @@ class WritebackRunner:
         """Push each line once; return those to try again (a letter for the given-up ones)."""
         again: list[_Line] = []
         for index, line in enumerate(lines):
+            if line.partition not in self._consumer.assignment():
+                continue  # revoked meanwhile: its new owner pushes it (this batch is not committed)
             try:
-                await self._writeback.push(line.take)
+                await self._writeback.push(line.take, line.record.partition)
             except Exception as exc:
                 if unavailable(exc):
                     log.warning("inventory write-back waits: Shopify or Redis unavailable: %s", exc)

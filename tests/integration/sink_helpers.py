@@ -29,6 +29,7 @@ from cartloom.sinks.dynamodb_tables import ensure_tables
 from cartloom.sinks.materialiser import Materialiser, sink_group_id
 from cartloom.sinks.redis import RedisSink
 from cartloom.topology import Topology, load_topology
+from tests.harness import settings_from_env
 
 
 @dataclass
@@ -60,12 +61,7 @@ async def make_namespace(stack_env: dict[str, str], redis_db: int, **overrides: 
     for name, value in env.items():
         if name.startswith("AWS_"):
             os.environ.setdefault(name, value)
-    fields = {
-        name.removeprefix("CARTLOOM_").lower(): value
-        for name, value in env.items()
-        if name.startswith("CARTLOOM_")
-    }
-    settings = Settings(**fields)
+    settings = settings_from_env(env)
     topology = load_topology(settings.topics_file)
     app_topics = [
         spec

@@ -27,9 +27,8 @@ from redis.asyncio import Redis
 
 from cartloom.devstack.stack import StackState
 from cartloom.dlq import REPLAYED_FROM_HEADER
-from cartloom.settings import Settings
 from cartloom.sinks.dynamodb_tables import ensure_tables
-from tests.harness import WorkerProcess, eventually, serving, start_worker
+from tests.harness import WorkerProcess, eventually, serving, settings_from_env, start_worker
 from tests.integration.tls_broker import TlsBroker, tls_broker
 from tests.pki import client_ssl_context, make_pki
 
@@ -54,12 +53,7 @@ async def tls_env(stack: StackState, broker: TlsBroker) -> dict[str, str]:
         "CARTLOOM_TABLE_PREFIX": f"tls{tag}-",
         "CARTLOOM_REDIS_URL": stack.env["CARTLOOM_REDIS_URL"].rsplit("/", 1)[0] + f"/{REDIS_DB}",
     }
-    fields = {
-        name.removeprefix("CARTLOOM_").lower(): value
-        for name, value in env.items()
-        if name.startswith("CARTLOOM_")
-    }
-    await ensure_tables(Settings(**fields))
+    await ensure_tables(settings_from_env(env))
     return env
 
 

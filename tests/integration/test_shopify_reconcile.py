@@ -2,7 +2,8 @@
 
 Half of a store's webhooks are dropped on the way to a real worker; a reconciliation run
 against the simulator's Admin API (over HTTP, throttled, budget in the real Redis) then
-publishes the corrections through the normal streams.
+publishes the corrections through the normal streams. And once CartLoom is in step with
+the shop, a Redis that lost everything changes nothing reconciliation does.
 """
 
 from __future__ import annotations
@@ -16,18 +17,48 @@ from redis.asyncio import Redis
 
 from cartloom.devstack.stack import StackState
 from cartloom.domain.shopify import lifecycle_of
+from cartloom.read import ViewReader
 from cartloom.settings import Settings
+from cartloom.shopify.admin_client import AdminClient
 from cartloom.shopify.delivery import DeliveryPlan
-from cartloom.shopify.reconcile import reconcile
+from cartloom.shopify.reconcile import find_drift, reconcile
 from cartloom.shopify.simulator import ShopSimulator
 from cartloom.shopify.store import SimulatedStore, WebhookEvent, populate
-from tests.harness import WorkerProcess, eventually
+from tests.harness import WorkerProcess, eventually, settings_from_env
 from tests.integration.conftest import SHOPIFY_SECRET
 from tests.integration.shopify_helpers import TopicReader
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "shpat_reconcile"
+
+
+def populated_store(name: str, products: int, orders: int, seed: int) -> SimulatedStore:
+    """A simulated shop with products and orders whose SKU names are unique to this run."""
+    tag = uuid.uuid4().hex[:6]
+    store = SimulatedStore(domain=f"{name}-{tag}.myshopify.com", first_id=int(tag, 16) * 10_000)
+    populate(store, products=products, orders=orders, seed=seed)
+    for item in store.items.values():
+        item["sku"] = f"{item['sku']}-{tag}"
+    for product in store.products.values():
+        for variant in product["variants"]:
+            variant["sku"] = f"{variant['sku']}-{tag}"
+    for order in store.orders.values():
+        for line in order["line_items"]:
+            line["sku"] = f"{line['sku']}-{tag}"
+    return store
+
+
+def shop_settings(stack: StackState, api_url: str, **overrides: str) -> Settings:
+    """The Shopify worker's settings (its views), with the simulator as the Admin API."""
+    settings: Settings = settings_from_env(
+        stack.env,
+        app_id="cartloom-shopify",
+        shopify_api_url=api_url,
+        shopify_access_token=TOKEN,
+        **overrides,
+    )
+    return settings
 
 
 def expected_events(store: SimulatedStore) -> dict[bytes, set[str]]:
@@ -55,18 +86,7 @@ def events_seen(reader: TopicReader) -> dict[bytes, set[str]]:
 async def test_reconciliation_repairs_dropped_webhooks(
     shopify_worker: WorkerProcess, stack: StackState, bootstrap: str, redis: Redis
 ) -> None:
-    tag = uuid.uuid4().hex[:6]
-    store = SimulatedStore(domain=f"rec-{tag}.myshopify.com", first_id=int(tag, 16) * 10_000)
-    populate(store, products=4, orders=12, seed=5)
-    # every SKU name unique to this run
-    for item in store.items.values():
-        item["sku"] = f"{item['sku']}-{tag}"
-    for product in store.products.values():
-        for variant in product["variants"]:
-            variant["sku"] = f"{variant['sku']}-{tag}"
-    for order in store.orders.values():
-        for line in order["line_items"]:
-            line["sku"] = f"{line['sku']}-{tag}"
+    store = populated_store("rec", products=4, orders=12, seed=5)
     store.history.clear()  # deliver only the final snapshots below, half of them dropped
     for order_id in store.orders:
         store.history.append(_snapshot(store, order_id))
@@ -79,12 +99,7 @@ async def test_reconciliation_repairs_dropped_webhooks(
             f"{shopify_worker.url}/webhooks/shopify", DeliveryPlan(drop_share=0.5, seed=2)
         )
         assert 0 < len(statuses) < len(store.orders)
-        settings = Settings(
-            broker_url=stack.env["CARTLOOM_BROKER_URL"],
-            redis_url=stack.env["CARTLOOM_REDIS_URL"],
-            shopify_api_url=str(server.make_url("")).rstrip("/"),
-            shopify_access_token=TOKEN,  # type: ignore[arg-type]
-        )
+        settings = shop_settings(stack, str(server.make_url("")).rstrip("/"))
         report = await reconcile(settings, redis)
 
     drift = report.drift
@@ -116,3 +131,41 @@ def _snapshot(store: SimulatedStore, order_id: int) -> WebhookEvent:
     return WebhookEvent(
         "orders/updated", orjson.loads(orjson.dumps(order)), f"ev-{order_id}", order["updated_at"]
     )
+
+
+async def test_a_redis_that_lost_everything_changes_nothing_reconciliation_does(
+    shopify_worker: WorkerProcess, stack: StackState
+) -> None:
+    """Redis is a cache: reconciliation reading a Redis that lost everything (FLUSHDB of a
+    database of its own) reads the views from DynamoDB, finds CartLoom in step with the shop
+    and publishes nothing. Before, every order looked missing and every SKU's level was
+    published again from Shopify's ``available``."""
+    store = populated_store("recl", products=3, orders=8, seed=7)
+    sim = ShopSimulator(store, access_token=TOKEN, webhook_secret=SHOPIFY_SECRET)
+    async with TestServer(sim.app()) as server:
+        api = str(server.make_url("")).rstrip("/")
+        await sim.deliver(f"{shopify_worker.url}/webhooks/shopify", DeliveryPlan(seed=4))
+        settings = shop_settings(stack, api)
+        async with Redis.from_url(settings.redis_url) as redis:
+            await reconcile(settings, redis)
+
+        async def in_step() -> bool:
+            async with (
+                AdminClient(api, TOKEN, settings.shopify_api_version) as client,
+                ViewReader(settings, consistent=True) as views,
+            ):
+                drift, _ = await find_drift(client, views, api.split("://", 1)[-1], None)
+            return drift.orders_checked == len(store.orders) and not drift.corrections
+
+        await eventually(in_step, timeout=120, what="CartLoom's views in step with the shop")
+
+        lost = shop_settings(stack, api, redis_url=f"{settings.redis_url.rsplit('/', 1)[0]}/13")
+        async with Redis.from_url(lost.redis_url) as empty:
+            await empty.flushdb()
+            report = await reconcile(lost, empty)
+            refilled = await empty.exists(*[f"cartloom:order:shopify-{o}" for o in store.orders])
+    drift = report.drift
+    assert (drift.orders_checked, drift.skus_checked) == (len(store.orders), len(store.items))
+    assert (drift.orders_missing, drift.orders_behind, drift.skus_drifted) == (0, 0, 0)
+    assert drift.corrections == []
+    assert refilled == len(store.orders)  # the reads put the views back into the cache

@@ -242,29 +242,36 @@ async def test_customers_redact_removes_personal_data_everywhere(
     assert int(item["version"]["N"]) > before
     assert orjson.loads(item["doc"]["S"])["customer"] is None
 
+    await personal_data_gone(shopify_worker, redis, bootstrap, order_id, "grace@example.com")
+
+
+async def personal_data_gone(
+    worker: WorkerProcess, redis: Redis, bootstrap: str, order_id: str, email: str
+) -> None:
+    """``email`` is gone from the order's Redis view, its live query and the current record
+    of ``order_by_id``'s changelog (the one compaction keeps; it removes the older ones)."""
+
     async def redacted_in_redis() -> Any:
         doc = await redis.hget(f"cartloom:order:{order_id}", "doc")
-        return doc if doc and b"grace@example.com" not in doc else None
+        return doc if doc and email.encode() not in doc else None
 
-    await eventually(redacted_in_redis, what="redacted order in Redis")
-    query = f"{shopify_worker.url}/orders/{order_id}"
+    await eventually(redacted_in_redis, what=f"redacted order {order_id} in Redis")
+    query = f"{worker.url}/orders/{order_id}"
     async with aiohttp.ClientSession() as http, http.get(query) as response:
         view = await response.json()
     assert view["customer"] is None
-    assert "grace@example.com" not in orjson.dumps(view).decode()
+    assert email not in orjson.dumps(view).decode()
 
-    # The table's changelog: its current record for the order (the highest version, the
-    # one compaction keeps) holds no personal data; compaction removes the older ones.
     changelog = "cartloom-shopify-order_by_id-changelog"
     async with TopicReader(bootstrap, changelog, {order_id.encode()}) as reader:
 
         def redacted_record_there(records: list[Any]) -> bool:
-            return any(b"grace@example.com" not in r.value for r in records)
+            return any(email.encode() not in r.value for r in records)
 
         records = await reader.until(redacted_record_there, "the redacted view in the changelog")
         await reader.poll()
     current = max(records, key=lambda r: orjson.loads(r.value)["version"])
-    assert b"grace@example.com" not in current.value
+    assert email.encode() not in current.value
     assert orjson.loads(current.value)["customer"] is None
 
 
@@ -276,7 +283,7 @@ async def _dynamodb_item(dynamodb: Any, table: str, key: str, value: str) -> Any
 
 
 async def test_shop_redact_removes_the_shops_customer_data(
-    shopify_worker: WorkerProcess, dynamodb: Any
+    shopify_worker: WorkerProcess, dynamodb: Any, redis: Redis, bootstrap: str
 ) -> None:
     store, _ = new_store("shopredact")
     store.add_product("Shop Tee", ["SHOPR-1"])
@@ -306,6 +313,10 @@ async def test_shop_redact_removes_the_shops_customer_data(
         return all(item and "@example.com" not in item["doc"]["S"] for item in items)
 
     await eventually(all_redacted, timeout=90, what="every order of the shop redacted")
+    for n, order in enumerate(orders):
+        await personal_data_gone(
+            shopify_worker, redis, bootstrap, f"shopify-{order}", f"c{n}@example.com"
+        )
 
 
 async def test_customers_data_request_exports_what_cartloom_holds(

@@ -3,12 +3,15 @@ a line it cannot push is set aside to shopify.writeback.dlq and never holds up t
 
 Ledger entries are produced to a changelog topic of this test's own on the real broker;
 the write-back runner consumes it and pushes compare-and-swap mutations over HTTP to the
-simulator (which also fails a share of requests with 502); progress lives in real Redis.
+simulator (which also fails a share of requests with 502); progress lives in a compacted
+progress topic of the test's own, and a runner started later (a restarted worker) finds it
+there, whatever happened to Redis meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from typing import Any
 
@@ -24,6 +27,7 @@ from cartloom.shopify.admin_client import AdminClient
 from cartloom.shopify.simulator import ShopSimulator
 from cartloom.shopify.store import SimulatedStore
 from cartloom.shopify.writeback import InventoryWriteback, WritebackRunner
+from cartloom.shopify.writeback_progress import WritebackProgress
 from cartloom.topology import TopicSpec
 from tests.harness import eventually
 from tests.integration.saga_helpers import read_topic
@@ -48,17 +52,39 @@ def entry(order_id: str, sku: str, granted: int, released: int = 0) -> bytes:
     )
 
 
-async def run_once(
-    bootstrap: str, topic: str, group: str, writeback: InventoryWriteback, done: Any
-) -> None:
-    consumer = AIOKafkaConsumer(
+def new_runner(
+    bootstrap: str, consumer: AIOKafkaConsumer, client: AdminClient, progress: str, **options: Any
+) -> WritebackRunner:
+    """A runner as a freshly started worker has it: its progress known only to the topic."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    tracker = WritebackProgress(KafkaConnection.plaintext(bootstrap), producer, progress)
+    return WritebackRunner(InventoryWriteback(client, tracker, None), consumer, producer, **options)
+
+
+def ledger_consumer(bootstrap: str, topic: str, group: str) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    runner = WritebackRunner(writeback, consumer, AIOKafkaProducer(bootstrap_servers=bootstrap))
+
+
+async def changelog_and_progress(bootstrap: str, name: str, partitions: int) -> tuple[str, str]:
+    """A ledger changelog and a progress topic of this test's own (both compacted)."""
+    topic, progress = f"{name}-changelog", f"{name}-progress"
+    await apply_topics(
+        KafkaConnection.plaintext(bootstrap),
+        [TopicSpec(t, partitions, 1, "compact", None) for t in (topic, progress)],
+    )
+    return topic, progress
+
+
+async def run_once(
+    bootstrap: str, topic: str, group: str, client: AdminClient, progress: str, done: Any
+) -> None:
+    runner = new_runner(bootstrap, ledger_consumer(bootstrap, topic, group), client, progress)
     task = asyncio.create_task(runner.run())
     try:
         await eventually(done, timeout=60, what="write-back caught up")
@@ -70,14 +96,13 @@ async def run_once(
 async def test_each_change_reaches_shopify_exactly_once(
     bootstrap: str, producer: AIOKafkaProducer, redis: Redis
 ) -> None:
+    """Redeliveries, a release, a Redis that loses everything and a restarted runner replaying
+    the whole changelog: Shopify sees each change once."""
     tag = uuid.uuid4().hex[:8]
     store = SimulatedStore(domain=f"wb-{tag}.myshopify.com")
     store.add_product("Write-back Tee", [f"WB1-{tag}", f"WB2-{tag}"], stock=10)
     sim = ShopSimulator(store, access_token=TOKEN, webhook_secret="s", error_share=0.3, seed=9)
-    topic = f"test-writeback-{tag}-changelog"
-    await apply_topics(
-        KafkaConnection.plaintext(bootstrap), [TopicSpec(topic, 2, 1, "compact", None)]
-    )
+    topic, progress = await changelog_and_progress(bootstrap, f"test-writeback-{tag}", 2)
     wb1, wb2 = f"WB1-{tag}", f"WB2-{tag}"
     changes = [
         (f"pos-{tag}-1#0", entry(f"pos-{tag}-1", wb1, 2)),
@@ -95,13 +120,15 @@ async def test_each_change_reaches_shopify_exactly_once(
         TestServer(sim.app()) as server,
         AdminClient(str(server.make_url("")).rstrip("/"), TOKEN, "2025-10") as client,
     ):
-        writeback = InventoryWriteback(client, redis, None)
 
         async def two_pushed() -> bool:
             return len(sim.adjustments) == 2
 
-        await run_once(bootstrap, topic, f"wb-{tag}-a", writeback, two_pushed)
+        await run_once(bootstrap, topic, f"wb-{tag}-a", client, progress, two_pushed)
         assert (available(wb1), available(wb2)) == (8, 7)
+
+        # Redis loses everything (a restart without persistence): progress is not there.
+        await redis.flushall()
 
         # the first order is cancelled: its units go back to Shopify, once
         await producer.send_and_wait(
@@ -111,18 +138,13 @@ async def test_each_change_reaches_shopify_exactly_once(
         async def three_pushed() -> bool:
             return len(sim.adjustments) == 3
 
-        await run_once(bootstrap, topic, f"wb-{tag}-a", writeback, three_pushed)
+        await run_once(bootstrap, topic, f"wb-{tag}-a", client, progress, three_pushed)
         assert (available(wb1), available(wb2)) == (10, 7)
 
-        # a full replay of the changelog (new group, same Redis progress) changes nothing
-        replay = AIOKafkaConsumer(
-            topic,
-            bootstrap_servers=bootstrap,
-            group_id=f"wb-{tag}-replay",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
-        runner = WritebackRunner(writeback, replay, AIOKafkaProducer(bootstrap_servers=bootstrap))
+        # a full replay of the changelog by a new runner (new group, fresh memory) changes
+        # nothing: what was pushed is read back from the progress topic
+        replay = ledger_consumer(bootstrap, topic, f"wb-{tag}-replay")
+        runner = new_runner(bootstrap, replay, client, progress)
         task = asyncio.create_task(runner.run())
 
         async def replay_committed() -> bool:
@@ -139,6 +161,55 @@ async def test_each_change_reaches_shopify_exactly_once(
     assert (available(wb1), available(wb2)) == (10, 7)
 
 
+async def test_a_request_whose_answer_was_lost_is_not_taken_twice_after_a_restart(
+    bootstrap: str, producer: AIOKafkaProducer
+) -> None:
+    """The intent is in the progress topic before the mutation: a runner that died after
+    Shopify applied it (answer lost) is followed by one that finds Shopify already there."""
+    tag = uuid.uuid4().hex[:8]
+    store = SimulatedStore(domain=f"wbl-{tag}.myshopify.com")
+    store.add_product("Lost Answer Tee", [f"WBL-{tag}"], stock=10)
+    sim = ShopSimulator(store, access_token=TOKEN, webhook_secret="s", seed=4)
+    topic, progress = await changelog_and_progress(bootstrap, f"test-writeback-lost-{tag}", 1)
+    key = f"pos-{tag}-1#0"
+    await producer.send_and_wait(topic, entry(f"pos-{tag}-1", f"WBL-{tag}", 4), key=key.encode())
+    async with (
+        TestServer(sim.app()) as server,
+        AdminClient(str(server.make_url("")).rstrip("/"), TOKEN, "2025-10") as client,
+    ):
+        consumer = ledger_consumer(bootstrap, topic, f"wbl-{tag}")
+        first = new_runner(bootstrap, consumer, client, progress)
+        died = asyncio.Event()
+        real_set = first._writeback._set
+
+        async def set_then_die(*args: Any) -> bool:
+            await real_set(*args)  # Shopify applies it...
+            died.set()
+            raise asyncio.CancelledError  # ...and the worker dies before it hears so
+
+        first._writeback._set = set_then_die  # type: ignore[method-assign]
+        task = asyncio.create_task(first.run())
+        await asyncio.wait_for(died.wait(), timeout=60)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert len(sim.adjustments) == 1
+        again = ledger_consumer(bootstrap, topic, f"wbl-{tag}")
+        runner = new_runner(bootstrap, again, client, progress)
+        task = asyncio.create_task(runner.run())
+
+        async def settled() -> bool:
+            offsets = [await again.committed(tp) for tp in again.assignment()]
+            return offsets == [1]
+
+        try:
+            await eventually(settled, timeout=60, what="the entry settled")
+        finally:
+            runner.stop()
+            await task
+    assert len(sim.adjustments) == 1
+    assert store.items[store.item_for_sku(f"WBL-{tag}")]["available"] == 6
+
+
 async def writeback_letters(bootstrap: str, keys: set[bytes]) -> dict[bytes, dict[str, str]]:
     """The headers of the records of ``keys`` in shopify.writeback.dlq, by key."""
     return {
@@ -151,25 +222,16 @@ async def writeback_letters(bootstrap: str, keys: set[bytes]) -> dict[bytes, dic
 async def run_until_settled(
     bootstrap: str,
     topic: str,
-    writeback: InventoryWriteback,
+    progress: str,
+    client: AdminClient,
     sim: ShopSimulator,
     pushes: int,
     records: int,
 ) -> None:
     """Run a runner on ``topic`` until Shopify saw ``pushes`` and ``records`` are committed."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=f"wb-{topic}",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    runner = WritebackRunner(
-        writeback,
-        consumer,
-        AIOKafkaProducer(bootstrap_servers=bootstrap),
-        max_attempts=3,
-        retry_base_seconds=0.05,
+    consumer = ledger_consumer(bootstrap, topic, f"wb-{topic}")
+    runner = new_runner(
+        bootstrap, consumer, client, progress, max_attempts=3, retry_base_seconds=0.05
     )
     task = asyncio.create_task(runner.run())
     try:
@@ -191,35 +253,37 @@ async def run_until_settled(
 
 async def poisoned_shop(
     bootstrap: str, producer: AIOKafkaProducer, first: list[tuple[str, bytes]], tag: str
-) -> tuple[str, SimulatedStore, ShopSimulator, str, list[tuple[str, bytes]]]:
-    """A shop stocking one SKU, and a one-partition changelog: ``first``, then 3 good lines."""
+) -> tuple[str, SimulatedStore, ShopSimulator, tuple[str, str], list[tuple[str, bytes]]]:
+    """A shop stocking one SKU, and a one-partition changelog: ``first``, then 3 good lines.
+
+    Returns the SKU, the shop, its simulator, (changelog, progress topic) and the good lines.
+    """
     known = f"WBK-{tag}"
     store = SimulatedStore(domain=f"wb-{tag}.myshopify.com")
     store.add_product("Known Tee", [known], stock=10)
     sim = ShopSimulator(store, access_token=TOKEN, webhook_secret="s", seed=3)
-    topic = f"test-writeback-poison-{tag}-changelog"
-    await apply_topics(
-        KafkaConnection.plaintext(bootstrap), [TopicSpec(topic, 1, 1, "compact", None)]
-    )
+    topics = await changelog_and_progress(bootstrap, f"test-writeback-poison-{tag}", 1)
     later = [(f"pos-{tag}-{n}#0", entry(f"pos-{tag}-{n}", known, 2)) for n in range(3)]
     for key, value in [*first, *later]:
-        await producer.send_and_wait(topic, value, key=key.encode())
-    return known, store, sim, topic, later
+        await producer.send_and_wait(topics[0], value, key=key.encode())
+    return known, store, sim, topics, later
 
 
 async def test_an_unknown_sku_is_set_aside_after_its_attempts_and_later_lines_go_on(
-    bootstrap: str, producer: AIOKafkaProducer, redis: Redis
+    bootstrap: str, producer: AIOKafkaProducer
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     unknown_key = f"pos-{tag}-u#0"
     first = [(unknown_key, entry(f"pos-{tag}-u", f"NO-SUCH-SKU-{tag}", 1))]
-    known, store, sim, topic, later = await poisoned_shop(bootstrap, producer, first, tag)
+    known, store, sim, (topic, progress), later = await poisoned_shop(
+        bootstrap, producer, first, tag
+    )
     async with (
         TestServer(sim.app()) as server,
         AdminClient(str(server.make_url("")).rstrip("/"), TOKEN, "2025-10") as client,
     ):
-        writeback = InventoryWriteback(client, redis, None)
-        await run_until_settled(bootstrap, topic, writeback, sim, len(later), len(first + later))
+        settled = (sim, len(later), len(first + later))
+        await run_until_settled(bootstrap, topic, progress, client, *settled)
     assert store.items[store.item_for_sku(known)]["available"] == 10 - 2 * len(later)
     letters = await writeback_letters(bootstrap, {unknown_key.encode()})
     headers = letters[unknown_key.encode()]
@@ -228,24 +292,27 @@ async def test_an_unknown_sku_is_set_aside_after_its_attempts_and_later_lines_go
     assert headers["cartloom-origin-topic"] == topic
 
 
-async def test_an_unusable_record_and_a_crashing_push_are_set_aside_and_later_lines_go_on(
-    bootstrap: str, producer: AIOKafkaProducer, redis: Redis
+async def test_an_unusable_record_and_unreadable_progress_are_set_aside_and_later_lines_go_on(
+    bootstrap: str, producer: AIOKafkaProducer
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     garbage_key, crashing_key = f"pos-{tag}-g#0", f"pos-{tag}-c#0"
-    # The push of this line finds its progress in Redis unreadable: a bug-like failure.
-    await redis.hset(f"cartloom:shopify:writeback:{crashing_key}", "pushed", "not a number")
     first = [
         (garbage_key, b"{not json"),
         (crashing_key, entry(f"pos-{tag}-c", f"WBK-{tag}", 1)),
     ]
-    known, store, sim, topic, later = await poisoned_shop(bootstrap, producer, first, tag)
+    known, store, sim, (topic, progress), later = await poisoned_shop(
+        bootstrap, producer, first, tag
+    )
+    # The line's progress record cannot be read: guessing "nothing pushed" could take its
+    # units twice, so the line is set aside (a bug-like failure).
+    await producer.send_and_wait(progress, b"not progress", key=crashing_key.encode(), partition=0)
     async with (
         TestServer(sim.app()) as server,
         AdminClient(str(server.make_url("")).rstrip("/"), TOKEN, "2025-10") as client,
     ):
-        writeback = InventoryWriteback(client, redis, None)
-        await run_until_settled(bootstrap, topic, writeback, sim, len(later), len(first + later))
+        settled = (sim, len(later), len(first + later))
+        await run_until_settled(bootstrap, topic, progress, client, *settled)
     assert store.items[store.item_for_sku(known)]["available"] == 10 - 2 * len(later)
     letters = await writeback_letters(bootstrap, {garbage_key.encode(), crashing_key.encode()})
     assert {k.decode(): h["cartloom-reason"] for k, h in letters.items()} == {

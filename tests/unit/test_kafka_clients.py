@@ -539,6 +539,12 @@ class Recorder:
     def __init__(self, *topics: str, **kwargs: Any) -> None:
         self.built.append((type(self).__name__, kwargs))
 
+    def subscription(self) -> set[str]:
+        return set()
+
+    def subscribe(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
     async def start(self) -> None:
         raise RefusedError
 
@@ -567,6 +573,7 @@ def _entry_points(settings: Settings) -> dict[str, Callable[[], Awaitable[Any]]]
     from cartloom.kafka_admin import apply_topics, check_topics
     from cartloom.loadgen import publish
     from cartloom.shopify import jobs, receiver, reconcile
+    from cartloom.shopify.writeback_progress import WritebackProgress
     from cartloom.sinks.comparison import ChangelogState
     from cartloom.sinks.materialiser import Materialiser
     from cartloom.sinks.memory import MemorySink
@@ -604,6 +611,9 @@ def _entry_points(settings: Settings) -> dict[str, Callable[[], Awaitable[Any]]]
             retry_max_seconds=0.1,
         ).run(),
         "cartloom/shopify/jobs.py": writeback,
+        "cartloom/shopify/writeback_progress.py": lambda: WritebackProgress(
+            kafka, None, "shopify.writeback.progress"
+        ).load([0]),
         "cartloom/faust_types.py": faust_probe,
         "cartloom/shopify/receiver.py": lambda: receiver.build_receiver(settings).enqueuer.start(),
         "cartloom/shopify/reconcile.py": lambda: reconcile.publish(

@@ -1,14 +1,17 @@
-"""Write-back's pure rules: what a ledger entry asks of Shopify, and which failures wait."""
+"""Write-back's pure rules: what a ledger entry asks of Shopify, which failures wait, and
+which progress records can be trusted."""
 
 from __future__ import annotations
 
 import pytest
+from aiokafka.errors import KafkaTimeoutError, NotEnoughReplicasError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from cartloom.domain.errors import InvalidInput, RejectReason
 from cartloom.shopify.admin_client import AdminApiError, AdminApiUnavailable
 from cartloom.shopify.writeback import LineTake, UnknownSku, line_take, unavailable
+from cartloom.shopify.writeback_progress import LineProgress, parse_progress
 
 
 def entry(**fields: object) -> dict[str, object]:
@@ -44,13 +47,34 @@ def test_what_is_not_a_ledger_entry_is_refused_with_a_reason(value: object) -> N
         (AdminApiUnavailable("no answer after 8 tries"), True),
         (RedisConnectionError("refused"), True),
         (ConnectionResetError(), True),
+        (KafkaTimeoutError(), True),  # a progress write the broker did not acknowledge
+        (NotEnoughReplicasError(), True),
         (UnknownSku("no Shopify inventory item has SKU 'X'"), False),
         (AdminApiError("query failed: [...]"), False),
         (ResponseError("WRONGTYPE Operation against a key"), False),
         (ValueError("invalid literal for int()"), False),
     ],
 )
-def test_only_an_unavailable_shopify_or_redis_makes_the_whole_batch_wait(
+def test_only_an_unavailable_shopify_broker_or_redis_makes_the_whole_batch_wait(
     error: Exception, waits: bool
 ) -> None:
     assert unavailable(error) is waits
+
+
+@pytest.mark.parametrize(
+    ("raw", "progress"),
+    [
+        (b'{"pushed":3,"pending":null}', LineProgress(3)),
+        (
+            b'{"pushed":1,"pending":{"target":3,"compare":9,"quantity":7}}',
+            LineProgress(1, {"target": 3, "compare": 9, "quantity": 7}),
+        ),
+        (b"not json", None),
+        (b'{"pushed":"3"}', None),
+        (b"[3]", None),
+    ],
+)
+def test_a_progress_record_is_trusted_only_when_it_says_what_was_pushed(
+    raw: bytes, progress: LineProgress | None
+) -> None:
+    assert parse_progress(raw) == progress
