@@ -1,10 +1,11 @@
-"""The README's dataflow diagram (Mermaid), drawn from ``topics.yaml`` and a map of who reads what.
+"""The dataflow diagram of docs/architecture.md (Mermaid), from ``topics.yaml`` and FLOWS.
 
 ``topics.yaml`` does not say who reads and writes a topic, so :data:`FLOWS` lists it (as the
 code in ``cartloom/`` does it), checked against the topology: an undeclared name raises
 :class:`TopologyError`, and so does a declared topic or table left out of the diagram
 (dead-letter topics excepted). ``python -m cartloom.topology_diagram`` prints the diagram,
-``--write README.md`` replaces the block after :data:`MARKER`; a unit test compares the two.
+``--write docs/architecture.md`` replaces the block after :data:`MARKER`; a unit test
+compares the two.
 """
 
 from __future__ import annotations
@@ -149,9 +150,9 @@ def with_diagram(readme: str, diagram: str) -> str:
 
 
 def main() -> None:
-    """Print the diagram, or write it into a README (``--write PATH``)."""
-    parser = argparse.ArgumentParser(description="Print the README's dataflow diagram.")
-    parser.add_argument("--write", type=Path, help="README to update in place")
+    """Print the diagram, or write it into a Markdown file (``--write PATH``)."""
+    parser = argparse.ArgumentParser(description="Print CartLoom's dataflow diagram.")
+    parser.add_argument("--write", type=Path, help="Markdown file to update in place")
     args = parser.parse_args()
     diagram = mermaid(load_topology())
     if args.write is None:

@@ -90,7 +90,7 @@ class OrderStream:
 
 
 def order_bytes(order_id: str, lines: list[dict[str, Any]], **extra: Any) -> bytes:
-    """An order as the README's contract has it."""
+    """An order as the contract (docs/contract.md) has it."""
     body = {
         "order_id": order_id,
         "source": "chaos",

@@ -14,11 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,27 +26,18 @@ from cartloom.partitioning import key_partition
 from cartloom.schema_files import CHECKOUT_DOC
 from cartloom.topology import load_topology
 from tests.harness import WorkerProcess, eventually
+from tests.integration.examples import Example, marked_examples, run_example
 from tests.integration.saga_helpers import read_topic
 
 pytestmark = pytest.mark.integration
 
 PLACEHOLDER = "localhost:9092"
-MARKER = re.compile(r"<!-- producer-example: ([\w-]+)([^>]*)-->\n```(\w+)\n(.*?)```", re.S)
 TOPOLOGY = load_topology()
 SCHEMAS = input_schemas()
 
 
-@dataclass(frozen=True)
-class Example:
-    name: str
-    note: str
-    language: str
-    code: str
-
-
 def examples() -> dict[str, Example]:
-    found = MARKER.findall(CHECKOUT_DOC.read_text())
-    return {name: Example(name, note.strip(), lang, code) for name, note, lang, code in found}
+    return marked_examples(CHECKOUT_DOC.read_text(), "producer-example")
 
 
 #: What each tested example publishes: order id, SKU, units ordered.
@@ -72,40 +58,8 @@ def test_the_page_has_the_four_examples_and_says_java_is_not_tested() -> None:
         assert order_id in found[name].code and sku in found[name].code, name
 
 
-def kcat_environment(scratch: Path) -> dict[str, str]:
-    """kcat on the librdkafka the confluent-kafka wheel bundles.
-
-    Debian 12's librdkafka (2.0.2) cannot read the embedded broker's ApiVersions answer
-    ("Read underflow"); the wheel's newer one can. Against Kafka itself this is not needed.
-    """
-    import confluent_kafka
-
-    libs = Path(confluent_kafka.__file__).resolve().parent.parent / "confluent_kafka.libs"
-    bundled = sorted(libs.glob("librdkafka*.so*"))
-    env = dict(os.environ)
-    if bundled:
-        shim = scratch / "librdkafka"
-        shim.mkdir(exist_ok=True)
-        (shim / "librdkafka.so.1").symlink_to(bundled[0])
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            filter(None, [str(shim), os.environ.get("LD_LIBRARY_PATH")])
-        )
-    return env
-
-
-def run_example(example: Example, bootstrap: str, cwd: Path) -> None:
-    code = example.code.replace(PLACEHOLDER, bootstrap)
-    if example.language == "python":
-        argv, env = [sys.executable, "-c", code], dict(os.environ)
-    else:
-        assert example.language == "bash", example.language
-        if shutil.which("kcat") is None:
-            pytest.fail("kcat is not installed: run scripts/system-deps.sh (Debian package kcat)")
-        argv, env = ["bash", "-c", code], kcat_environment(cwd)
-    done = subprocess.run(
-        argv, capture_output=True, text=True, cwd=cwd, env=env, timeout=120, check=False
-    )
-    assert done.returncode == 0, f"{example.name} failed:\n{done.stdout}\n{done.stderr}"
+def run_producer_example(example: Example, bootstrap: str, cwd: Path) -> None:
+    run_example(example, cwd, dict(os.environ), example.code.replace(PLACEHOLDER, bootstrap))
 
 
 async def get_json(url: str) -> tuple[int, Any]:
@@ -127,7 +81,7 @@ async def test_the_example_publishes_what_cartloom_expects_where_it_expects_it(
     name: str, worker: WorkerProcess, bootstrap: str, tmp_path: Path
 ) -> None:
     order_id, sku, quantity = PUBLISHES[name]
-    run_example(examples()[name], bootstrap, tmp_path)
+    run_producer_example(examples()[name], bootstrap, tmp_path)
 
     keys = {"inventory": sku, "orders": order_id, "order.events": order_id}
     records = await published(bootstrap, keys)

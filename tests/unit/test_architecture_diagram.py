@@ -1,4 +1,4 @@
-"""The README's dataflow diagram is the one cartloom.topology_diagram draws from topics.yaml."""
+"""docs/architecture.md's dataflow diagram is the one topology_diagram draws from topics.yaml."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ def with_topic(topology: Topology, name: str) -> Topology:
     return dataclasses.replace(topology, topics={**topology.topics, name: extra})
 
 
-def test_readme_holds_the_generated_diagram(topology: Topology) -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_architecture_doc_holds_the_generated_diagram(topology: Topology) -> None:
+    readme = (ROOT / "docs" / "architecture.md").read_text()
     assert topology_diagram.readme_block(readme) == topology_diagram.mermaid(topology), (
-        "README.md's dataflow diagram is out of date: "
-        "run `python -m cartloom.topology_diagram --write README.md`"
+        "docs/architecture.md's dataflow diagram is out of date: "
+        "run `python -m cartloom.topology_diagram --write docs/architecture.md`"
     )
 
 
