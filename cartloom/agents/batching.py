@@ -1,6 +1,6 @@
 """The batched hot path shared by the orders and stock agents.
 
-Faust's per-event machinery is the ceiling (FACTS.md), so the agents take events in
+Faust's per-event machinery is the ceiling (docs/facts.md), so the agents take events in
 batches (``stream.take_events``) and do per-batch work once:
 
 - :class:`TableBatch` reads through to the table and coalesces writes: a key changed by
@@ -24,7 +24,7 @@ batches (``stream.take_events``) and do per-batch work once:
   to the partition Kafka's default partitioner gives their SKU (or order id). The agent
   on the other side handles them in one Faust event instead of hundreds, checks that
   each item belongs to the partition it arrived on, and dead-letters a bad item alone.
-  Faust's per-event cost, not the broker, is what limits a worker (FACTS.md), so this
+  Faust's per-event cost, not the broker, is what limits a worker (docs/facts.md), so this
   is where the time goes down. Each item is still idempotent on its own.
 - :func:`handle_batch` runs one handler per event and turns every failure into a dead
   letter with its reason, so no event of the batch is acknowledged silently.

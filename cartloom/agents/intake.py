@@ -1,7 +1,7 @@
 """Order intake: reads ``orders`` in raw batches and hands them on in envelopes.
 
-Faust's per-event machinery, not Kafka, caps a worker (FACTS.md: ~12-14k decoded events/s,
-whatever the batching), and before this every order cost at least one Faust event. The
+Faust's per-event machinery, not Kafka, caps a worker (docs/facts.md: a decode-only agent
+did 5-9k events/s on 2 cores), and before this every order cost at least one Faust event. The
 intake reads ``orders`` with a plain aiokafka consumer in its own group
 (``{app_id}-intake``, which spreads the partitions over the workers like any group),
 validates each record with the pure :func:`cartloom.domain.orders.parse_order`, copies

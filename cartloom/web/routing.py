@@ -2,7 +2,7 @@
 
 Faust's ``@app.table_route`` answers locally whenever its router names this worker, and
 that router hashes the key with the changelog topic's *declared* key codec and the
-producer's cached metadata. Two things went wrong with it in a two-worker run (FACTS.md):
+producer's cached metadata. Two things went wrong with it in a two-worker run (docs/facts.md):
 
 * the changelog topic of a ``str``-keyed table encoded keys as JSON (``'"o-1"'``) while
   the data lives on the partition of the producer's raw key bytes, so the hash pointed at
