@@ -10,7 +10,9 @@ answers 503 with ``Retry-After``, so two workers with different maps cannot boun
 ``?min_version=N`` waits (at most ``CARTLOOM_QUERY_WAIT_MAX_SECONDS``) until the owner's
 value reaches version ``N`` (read-your-writes); 503 with the current version if it does not.
 With ``CARTLOOM_API_TOKEN`` set, ``Authorization: Bearer <token>`` is required (401 else).
-Responses carry ``X-CartLoom-Served-By`` (the owner's URL) and ``X-CartLoom-Partition``.
+The owner answers the resource's public view (:mod:`cartloom.domain.public_views`), never
+the table's value: the saga's bookkeeping stays inside. Responses carry
+``X-CartLoom-Served-By`` (the owner's URL) and ``X-CartLoom-Partition``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import aiohttp
 from faust.web import Request, Response, View
 
+from cartloom.domain.public_shapes import View as PublicView
 from cartloom.metrics import LIVE_QUERIES, LIVE_QUERY_SECONDS
 from cartloom.settings import Settings
 from cartloom.web.routing import Placement, locate
@@ -36,12 +39,13 @@ _POLL_SECONDS = 0.05
 
 @dataclass(frozen=True)
 class LiveQuery:
-    """One queryable table: its path parameter, entity name and 404 message."""
+    """One queryable table: its path parameter, entity name, 404 message and public view."""
 
     table: Any
     param: str
     entity: str
     not_found: str
+    public: PublicView  #: what an answer holds: this allow-list of the value's fields
 
 
 class QueryError(Exception):
@@ -95,7 +99,10 @@ def _unavailable(error: str, outcome: str, **extra: Any) -> QueryError:
 async def read_local(
     app: Any, query: LiveQuery, key: str, min_version: int | None, wait_max: float
 ) -> Any:
-    """The owner's value of ``key``, waiting (bounded) for ``min_version``; None if absent."""
+    """The owner's value of ``key``, waiting (bounded) for ``min_version``; None if absent.
+
+    The table's whole value: the caller answers its public view.
+    """
     deadline = time.monotonic() + wait_max
     while True:
         placement = locate(app, query.table, key)
@@ -173,7 +180,7 @@ async def answer(view: View, request: Request, query: LiveQuery, settings: Setti
             body = {"error": query.not_found, query.param: key}
             return view.json(body, status=404, headers=headers)
         LIVE_QUERIES.labels(query.entity, "found").inc()
-        return view.json(value, headers=headers)
+        return view.json(query.public.project(value), headers=headers)
     except QueryError as exc:
         LIVE_QUERIES.labels(query.entity, exc.outcome).inc()
         headers = {"Retry-After": "1"} if exc.status == 503 else {}

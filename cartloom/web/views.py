@@ -1,8 +1,9 @@
-"""Every worker's web views: live queries per table, schemas, health, readiness and metrics.
+"""Every worker's web views: live queries per table, schemas, the API document, health, metrics.
 
 Importing this module (it is in ``cartloom.app.AUTODISCOVER``) registers the pages and
-installs Faust's Prometheus monitor. A live query is registered for each queryable table
-that :mod:`cartloom.tables` declares; see :mod:`cartloom.web.queries` for the routing.
+installs Faust's Prometheus monitor. A live query is registered for each queryable resource
+(:data:`cartloom.web.resources.RESOURCES`) whose table :mod:`cartloom.tables` declares; it
+answers the resource's public view (see :mod:`cartloom.web.queries` for the routing).
 """
 
 from __future__ import annotations
@@ -15,33 +16,21 @@ from cartloom.metrics import WORKER_INFO
 from cartloom.observability import install_prometheus_monitor
 from cartloom.web import discovery
 from cartloom.web.health import BrokerProbe, register_health
+from cartloom.web.openapi import register_openapi
 from cartloom.web.queries import LiveQuery, register_live_query
+from cartloom.web.resources import RESOURCES
 from cartloom.web.schemas import register_schemas
-
-#: (path, table name in cartloom.tables, path parameter, entity, 404 message). Any text:
-#: aiohttp's default parameter pattern refuses ``{``, ``}``, ``/`` and line breaks, which
-#: ids may hold (an order ``a{b`` was stored and could not be read; found by fuzzing,
-#: tests/integration/test_fuzz_http.py).
-QUERYABLE = [
-    (r"/orders/{order_id:[\s\S]+}", "order_by_id", "order_id", "order", "order not found"),
-    (r"/inventory/{sku:[\s\S]+}", "inventory_by_sku", "sku", "inventory", "sku not found"),
-    (
-        r"/products/{product_id:[\s\S]+}",
-        "product_by_id",
-        "product_id",
-        "product",
-        "product not found",
-    ),
-]
 
 
 def live_queries() -> dict[str, LiveQuery]:
-    """The live queries of the tables that exist, by path (a table not declared is skipped)."""
+    """The live queries of the tables that exist, by route (a table not declared is skipped)."""
     found: dict[str, LiveQuery] = {}
-    for path, table_name, param, entity, not_found in QUERYABLE:
-        table: Any = getattr(tables, table_name, None)
+    for resource in RESOURCES:
+        table: Any = getattr(tables, resource.table, None)
         if table is not None:
-            found[path] = LiveQuery(table, param, entity, not_found)
+            found[resource.route] = LiveQuery(
+                table, resource.param, resource.entity, resource.not_found, resource.view
+            )
     return found
 
 
@@ -54,3 +43,4 @@ register_health(app, BrokerProbe(settings.bootstrap_servers), REBALANCE_STUCK_AF
 TARGET_FILE_SERVICE = discovery.PrometheusTargetFile
 VIEWS = {path: register_live_query(app, path, q, settings) for path, q in live_queries().items()}
 register_schemas(app)  # public: no bearer token
+register_openapi(app)  # public: no bearer token

@@ -27,9 +27,11 @@ from cartloom.devstack.stack import StackState
 from cartloom.domain.schemas import INPUT_CONTRACTS
 from cartloom.schema_files import CHECKOUT_DIR, file_name
 from cartloom.topology import load_topology
+from cartloom.web.openapi import openapi_document
 from cartloom.web.queries import FORWARDED_HEADER, PARTITION_HEADER, SERVED_BY_HEADER
 from cartloom.web.routing import key_partition
 from tests.harness import WorkerProcess, eventually, first_answers, start_worker, wait_ready
+from tests.integration.openapi_check import ApiDocument
 
 pytestmark = pytest.mark.integration
 
@@ -246,6 +248,26 @@ async def test_queries_need_the_bearer_token_but_probes_do_not(pair: list[Worker
             for path in ("/healthz", "/readyz", "/metrics"):
                 async with http.get(f"{worker.url}{path}") as resp:
                     assert resp.status == 200, path
+
+
+async def test_refusals_and_forwarded_answers_are_as_the_api_document_says(
+    pair: list[WorkerProcess],
+) -> None:
+    """401 without the token, and 404 through both workers (one of them relays the owner's)."""
+    api = ApiDocument(openapi_document())
+    key = f"lq-doc-{uuid.uuid4().hex[:8]}"
+    async with aiohttp.ClientSession() as http:
+        for worker in pair:
+            for template, collection in (
+                ("/orders/{order_id}", "orders"),
+                ("/inventory/{sku}", "inventory"),
+                ("/products/{product_id}", "products"),
+            ):
+                url = f"{worker.url}/{collection}/{key}"
+                async with http.get(url, headers={"Authorization": "Bearer wrong"}) as resp:
+                    assert (await api.answer(template, resp))[0] == 401
+                async with http.get(url, headers=AUTH) as resp:
+                    assert (await api.answer(template, resp))[0] in (404, 503)
 
 
 async def test_faust_built_in_pages_serve_no_table_rows(
