@@ -74,22 +74,25 @@ dev-up: install ## Start the embedded local stack (broker, redis-server, moto_se
 dev-down: install ## Stop the local stack
 	$(BIN)/cartloom dev down
 
-# ---- Deployment (docs/deploy.md): docker-compose on Apache Kafka, then Kubernetes ----
+# ---- Deployment (docs/deploy.md): Docker Compose on Apache Kafka, then Kubernetes ----
 WORKERS ?= 3
 OVERLAY ?= dev
+# Compose v2 (the `docker compose` plugin) when the Docker CLI has it, else the standalone
+# `docker-compose` (v1 on Debian 12, v2 on Debian 13). Override: make compose-up COMPOSE=...
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 .PHONY: deploy-check compose-up compose-down kube-manifests
 
 deploy-check: install test-tools ## Check Dockerfile, docker-compose.yml and deploy/k8s (no Docker or cluster needed)
 	$(BIN)/pytest tests/deploy -q
 
-compose-up: ## docker-compose: 3 Kafka brokers, Redis, DynamoDB, Prometheus, Grafana, WORKERS workers
-	docker-compose up -d --build --scale worker=$(WORKERS)
+compose-up: ## Docker Compose: 3 Kafka brokers, Redis, DynamoDB, Prometheus, Grafana, WORKERS workers
+	$(COMPOSE) up -d --build --scale worker=$(WORKERS)
 
-compose-down: ## Stop the docker-compose stack (add -v by hand to drop its volumes)
-	docker-compose down
+compose-down: ## Stop the Compose stack (add -v by hand to drop its volumes)
+	$(COMPOSE) down
 
-kube-manifests: ## Print the Kubernetes manifests of OVERLAY (dev or prod)
-	kubectl kustomize deploy/k8s/overlays/$(OVERLAY)
+kube-manifests: ## Print the Kubernetes manifests of OVERLAY (dev, prod, or base: no Istio/KEDA/Prometheus Operator)
+	kubectl kustomize deploy/k8s/$(if $(filter base,$(OVERLAY)),base,overlays/$(OVERLAY))
 
 clean: dev-down ## Stop the stack and remove local state
 	rm -rf .cartloom

@@ -24,8 +24,16 @@ from tests.pki import CLIENT_KEY_PASSWORD, TlsFiles, make_pki
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
-#: Kubernetes version the built-in kinds are validated against.
-K8S_VERSION = "1.30"
+#: The optional kustomize components (Istio, KEDA, the Prometheus Operator).
+COMPONENTS = sorted(p.name for p in (K8S / "components").iterdir() if p.is_dir())
+#: Everything the checks render: the plain base, the base with each component alone, each overlay.
+RENDERS = ["base", *(f"base+{c}" for c in COMPONENTS), *OVERLAYS]
+#: Kubernetes versions the built-in kinds are validated against (schemas bundled with
+#: kubernetes-validate, pinned in constraints.txt: no network needed).
+K8S_VERSIONS = ("1.30", "1.35")
+K8S_VERSION = K8S_VERSIONS[0]
+#: The namespace the base's Istio policy names for the workers (overlays elsewhere patch it).
+BASE_NAMESPACE = "cartloom"
 INGRESS_PRINCIPAL = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
 #: Name of the webhook ingress Deployment, its Service, HPA, PDB and AuthorizationPolicy.
 INGRESS = "cartloom-webhooks"
@@ -58,14 +66,83 @@ def _run(
     )
 
 
+#: What `kubectl kustomize` needs to read the kustomizations (``components:``, ``patches:``).
+KUBECTL_HINT = (
+    "deploy/k8s needs kubectl >= 1.21 (its kustomize reads `components:`): "
+    "Debian 13's package kubectl, or Kubernetes' own release; Debian 12's kubernetes-client "
+    "(1.20) is too old"
+)
+
+
 @cache
-def render(overlay: str) -> tuple[Doc, ...]:
-    """``kubectl kustomize deploy/k8s/overlays/<overlay>`` as a tuple of documents."""
-    result = _run([tool("kubectl"), "kustomize", str(K8S / "overlays" / overlay)])
-    assert result.returncode == 0, f"kustomize failed for {overlay}:\n{result.stderr}"
-    docs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-    assert docs, f"overlay {overlay} rendered nothing"
+def _render_tree() -> Path:
+    """A copy of deploy/k8s with one kustomization per component over the base.
+
+    kustomize refuses absolute paths to a base, so the base-plus-component renders live in a
+    throwaway copy of the tree (``renders/<component>``), next to the same base and components.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="cartloom-k8s-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    tree = directory / "k8s"
+    shutil.copytree(K8S, tree)
+    for component in COMPONENTS:
+        target = tree / "renders" / component
+        target.mkdir(parents=True)
+        kustomization = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": ["../../base"],
+            "components": [f"../../components/{component}"],
+        }
+        (target / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return tree
+
+
+def render_dir(name: str) -> Path:
+    """The kustomization behind a name of :data:`RENDERS`."""
+    if name == "base":
+        return K8S / "base"
+    if name.startswith("base+"):
+        return _render_tree() / "renders" / name.removeprefix("base+")
+    assert name in OVERLAYS, f"unknown render {name!r}"
+    return K8S / "overlays" / name
+
+
+@cache
+def kustomize(name: str) -> subprocess.CompletedProcess[str]:
+    """``kubectl kustomize`` of a name of :data:`RENDERS`, as it ran."""
+    result = _run([tool("kubectl"), "kustomize", str(render_dir(name))])
+    assert result.returncode == 0, f"kustomize failed for {name} ({KUBECTL_HINT}):\n{result.stderr}"
+    return result
+
+
+@cache
+def render(name: str) -> tuple[Doc, ...]:
+    """The documents of ``kubectl kustomize`` of an overlay, the base or ``base+<component>``."""
+    docs = [doc for doc in yaml.safe_load_all(kustomize(name).stdout) if doc]
+    assert docs, f"{name} rendered nothing"
     return tuple(docs)
+
+
+def components_of(name: str) -> list[str]:
+    """The components a render includes, in the order kustomize applies them."""
+    if name == "base":
+        return []
+    if name.startswith("base+"):
+        return [name.removeprefix("base+")]
+    kustomization = yaml.safe_load((render_dir(name) / "kustomization.yaml").read_text())
+    return [Path(path).name for path in kustomization.get("components", [])]
+
+
+def renders_with(component: str) -> list[str]:
+    """The renders that include ``component``."""
+    assert component in COMPONENTS, component
+    return [name for name in RENDERS if component in components_of(name)]
+
+
+def namespace_of(docs: tuple[Doc, ...]) -> str:
+    """Where the workers run: the overlay's namespace, or the one the base is meant for."""
+    return str(one(docs, "StatefulSet")["metadata"].get("namespace", BASE_NAMESPACE))
 
 
 def kinds(docs: tuple[Doc, ...], kind: str) -> list[Doc]:
@@ -144,22 +221,54 @@ def unset_on_purpose(overlay: str) -> set[str]:
     return names
 
 
+@cache
+def compose_command() -> tuple[str, ...]:
+    """Compose v2 (``docker compose``) when the Docker CLI has it, else ``docker-compose``.
+
+    As the Makefile chooses. Debian 12's docker-compose package is v1 (1.29), Debian 13's is
+    v2 as a standalone ``docker-compose``: the checks read ``config``'s YAML, which both print
+    (:func:`volume_specs` and the port helpers read either form).
+    """
+    docker = shutil.which("docker")
+    if docker:
+        probe = _run([docker, "compose", "version"])
+        if probe.returncode == 0:
+            return (docker, "compose")
+    return (tool("docker-compose"),)
+
+
 def compose_config_without_token() -> subprocess.CompletedProcess[str]:
-    """``docker-compose config`` with no API token anywhere (it should refuse)."""
-    return _run([tool("docker-compose"), "-f", str(ROOT / "docker-compose.yml"), "config"])
+    """``docker compose config`` with no API token anywhere (it should refuse)."""
+    return _run([*compose_command(), "-f", str(ROOT / "docker-compose.yml"), "config"])
 
 
 @cache
 def compose_config(env_file: Path | None = None) -> Doc:
-    """``docker-compose config`` of docker-compose.yml (optionally with an env file)."""
-    args = [tool("docker-compose")]
+    """``docker compose config`` of docker-compose.yml (optionally with an env file)."""
+    # Every profile: Compose v2 leaves the services of an inactive profile (`cli`) out.
+    args = [*compose_command(), "--profile", "tools"]
     if env_file is not None:
         args += ["--env-file", str(env_file)]
     # The file requires an API token (a user's .env has one; the shell's wins over it).
     token = {"CARTLOOM_API_TOKEN": COMPOSE_TEST_TOKEN}
     result = _run([*args, "-f", str(ROOT / "docker-compose.yml"), "config"], extra_env=token)
-    assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
+    assert result.returncode == 0, f"{' '.join(args)} config failed:\n{result.stderr}"
     return typing.cast(Doc, yaml.safe_load(result.stdout))
+
+
+def volume_specs(service: Doc) -> list[str]:
+    """A service's volumes as ``source:target[:ro]``, from either form ``config`` prints.
+
+    Compose v1 prints the short form (a string), v2 the long form (a mapping).
+    """
+    specs = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            specs.append(volume)
+            continue
+        spec = f"{volume.get('source', '')}:{volume['target']}"
+        specs.append(spec + (":ro" if volume.get("read_only") else ""))
+    return specs
 
 
 def _is_secret(annotation: Any) -> bool:

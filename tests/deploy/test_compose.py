@@ -1,8 +1,9 @@
-"""docker-compose.yml: accepted by docker-compose, a 3-broker KRaft cluster, scalable workers and
-webhook ingress."""
+"""docker-compose.yml: accepted by Compose (v2, or v1 where only that is installed), a 3-broker
+KRaft cluster, scalable workers and webhook ingress; the Makefile picks v2 before v1."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import tempfile
@@ -16,10 +17,12 @@ from tests.deploy.manifests import (
     COMPOSE_TEST_TOKEN,
     ROOT,
     broker_hosts,
+    compose_command,
     compose_config,
     compose_config_without_token,
     tool,
     topology,
+    volume_specs,
 )
 
 
@@ -119,7 +122,9 @@ def test_workers_advertise_their_own_host() -> None:
     worker = compose_config()["services"]["worker"]
     # Each replica advertises its own host name for query forwarding, never a shared one.
     assert "CARTLOOM_WEB_HOST" not in worker["environment"]
-    assert 'CARTLOOM_WEB_HOST="$$(hostname)"' in " ".join(worker["entrypoint"])
+    # `config` prints `$` escaped as `$$` (the container sees one `$`).
+    entrypoint = " ".join(worker["entrypoint"]).replace("$$", "$")
+    assert 'CARTLOOM_WEB_HOST="$(hostname)"' in entrypoint
     assert "CARTLOOM_GROUP_INSTANCE_ID" not in worker["environment"]
 
 
@@ -183,8 +188,8 @@ def test_the_simulator_runs_the_cli_command() -> None:
 
 def test_prometheus_and_grafana_use_the_repositorys_config() -> None:
     services = compose_config()["services"]
-    prometheus_mounts = " ".join(services["prometheus"]["volumes"])
-    grafana_mounts = " ".join(services["grafana"]["volumes"])
+    prometheus_mounts = " ".join(volume_specs(services["prometheus"]))
+    grafana_mounts = " ".join(volume_specs(services["grafana"]))
     assert f"{ROOT}/deploy/prometheus:" in prometheus_mounts
     assert f"{ROOT}/deploy/compose/prometheus.yml:/etc/prometheus/prometheus.yml" in (
         prometheus_mounts
@@ -250,3 +255,43 @@ def test_compose_refuses_to_start_without_an_api_token() -> None:
     assert "set CARTLOOM_API_TOKEN in .env" in result.stderr
     env = compose_config()["services"]["worker"]["environment"]
     assert env["CARTLOOM_API_TOKEN"] == COMPOSE_TEST_TOKEN
+
+
+def _make_compose_commands(tmp_path: Path, plugin: bool) -> list[str]:
+    """The commands `make compose-up compose-down` would run, with a stand-in `docker` first on
+    PATH that has the Compose v2 plugin (``plugin``) or not."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    answer = "echo 'Docker Compose version v2.40.3'; exit 0" if plugin else "exit 1"
+    docker.write_text(f'#!/bin/sh\n[ "$1 $2" = "compose version" ] && {{ {answer}; }}\nexit 1\n')
+    docker.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in {"COMPOSE", "MAKEFLAGS", "MAKELEVEL"}}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', os.defpath)}"
+    result = subprocess.run(
+        [tool("make"), "-s", "-n", "-C", str(ROOT), "compose-up", "compose-down"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_make_uses_compose_v2_when_docker_has_it(tmp_path: Path) -> None:
+    up, down = _make_compose_commands(tmp_path, plugin=True)
+    assert up.startswith("docker compose up -d --build --scale worker=")
+    assert down == "docker compose down"
+
+
+def test_make_falls_back_to_docker_compose_v1(tmp_path: Path) -> None:
+    up, down = _make_compose_commands(tmp_path, plugin=False)
+    assert up.startswith("docker-compose up -d --build --scale worker=")
+    assert down == "docker-compose down"
+
+
+def test_the_checks_use_the_compose_the_makefile_would() -> None:
+    command = compose_command()
+    assert command[-1] in {"compose", "docker-compose"} or command[-1].endswith("docker-compose")

@@ -34,8 +34,8 @@ def test_the_catalog_sync_patch_applies_to_an_overlay(tmp_path: Path) -> None:
     (tmp_path / "kustomization.yaml").write_text(
         yaml.safe_dump(
             {
-                "bases": [os.path.relpath(K8S / "overlays" / "prod", tmp_path)],
-                "patchesStrategicMerge": ["service-sync-patch.yaml"],
+                "resources": [os.path.relpath(K8S / "overlays" / "prod", tmp_path)],
+                "patches": [{"path": "service-sync-patch.yaml"}],
             }
         )
     )
@@ -47,6 +47,7 @@ def test_the_catalog_sync_patch_applies_to_an_overlay(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    assert "deprecated" not in result.stderr, result.stderr
     services = [d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "Service"]
     (web,) = (s for s in services if s["metadata"]["name"] == "cartloom-web")
     assert web["metadata"]["annotations"]["consul.hashicorp.com/service-sync"] == "true"

@@ -33,7 +33,7 @@ def init_env(deploy_stack: dict[str, str]) -> dict[str, str]:
 def init_script() -> list[str]:
     """The init service's entry point and command, as the container would run them."""
     init = compose_config()["services"]["init"]
-    # `docker-compose config` escapes `$` as `$$`; the container sees a single `$`.
+    # `docker compose config` escapes `$` as `$$`; the container sees a single `$`.
     return [part.replace("$$", "$") for part in init["entrypoint"] + init["command"]]
 
 

@@ -31,6 +31,7 @@ from tests.deploy.manifests import (
     secret_key_of,
     secret_mount,
     stand_in_pki,
+    volume_specs,
     worker_container,
 )
 from tests.deploy.test_consistency import kubernetes_env, settings_from
@@ -204,7 +205,7 @@ def test_compose_mounts_the_kafka_files_read_only_into_every_cartloom_service() 
     services = compose_config()["services"]
     default = f"{ROOT}/deploy/compose/kafka-certs:/etc/cartloom/kafka:ro"
     for name in ("init", "worker", "webhooks", "simulator", "cli"):
-        assert default in services[name]["volumes"], name
+        assert default in volume_specs(services[name]), name
     assert (ROOT / "deploy/compose/kafka-certs/README.md").exists()
 
 
@@ -230,7 +231,7 @@ def test_compose_reaches_a_secured_cluster_of_your_own(
         env: dict[str, Any] = services[name]["environment"]
         assert env["CARTLOOM_BROKER_URL"] == "kafka://broker-1.example.com:9096"
         assert env["CARTLOOM_KAFKA_SASL_PASSWORD"] == "from-dot-env"
-        assert f"{certs}:/etc/cartloom/kafka:ro" in services[name]["volumes"]
+        assert f"{certs}:/etc/cartloom/kafka:ro" in volume_specs(services[name])
     # As a container would see it: the CA file at its mounted path.
     container_env = {k: v for k, v in services["worker"]["environment"].items() if v is not None}
     container_env["CARTLOOM_KAFKA_SSL_CAFILE"] = str(certs / pki.ca.name)

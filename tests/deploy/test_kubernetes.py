@@ -1,51 +1,163 @@
-"""deploy/k8s: every overlay renders, validates against the API schemas, runs safe workers and a
-stateless webhook ingress."""
+"""deploy/k8s: the plain base, each component over it and every overlay render with current
+kustomize fields, validate against the API schemas, run safe workers and a stateless webhook
+ingress."""
 
 from __future__ import annotations
 
 import json
 import re
 
+import jsonschema
 import kubernetes_validate
 import pytest
+import yaml
 
+from tests.deploy.crd_schemas import CRD_SCHEMAS, check_custom_resource
 from tests.deploy.manifests import (
+    COMPONENTS,
     INGRESS,
+    K8S,
     K8S_VERSION,
+    K8S_VERSIONS,
+    KUBECTL_HINT,
     OVERLAYS,
+    RENDERS,
     ROOT,
     Doc,
+    _run,
+    components_of,
     configmap_data,
     ingress_container,
     ingress_deployment,
     kinds,
+    kustomize,
     named,
     one,
     pod_labels,
     port_names,
     render,
     selected_workloads,
+    tool,
     worker_container,
     workloads,
 )
 
-BUILT_IN_GROUPS = {
-    "v1",
-    "apps/v1",
-    "policy/v1",
-    "batch/v1",
-    "autoscaling/v2",
-    "rbac.authorization.k8s.io/v1",
+#: The API groups each component brings (nothing else is custom).
+COMPONENT_GROUPS = {
+    "istio": {"security.istio.io"},
+    "keda": {"keda.sh"},
+    "prometheus-operator": {"monitoring.coreos.com"},
+}
+#: kustomization fields kustomize 5 warns about, and what replaced them.
+DEPRECATED_FIELDS = {
+    "bases": "resources",
+    "patchesStrategicMerge": "patches",
+    "patchesJson6902": "patches",
+    "commonLabels": "labels",
+    "vars": "replacements",
 }
 
 
-def test_there_are_dev_and_prod_overlays() -> None:
+def api_group(doc: Doc) -> str:
+    """``apps/v1`` -> ``apps``; the core group (``v1``) is ``""``."""
+    api_version = str(doc["apiVersion"])
+    return api_version.split("/", 1)[0] if "/" in api_version else ""
+
+
+def is_built_in(doc: Doc) -> bool:
+    """A kind every Kubernetes cluster serves (no CRD needed)."""
+    group = api_group(doc)
+    return "." not in group or group.endswith(".k8s.io")
+
+
+def test_there_are_dev_and_prod_overlays_and_three_components() -> None:
     assert {"dev", "prod"} <= set(OVERLAYS)
+    assert set(COMPONENTS) == set(COMPONENT_GROUPS)
+
+
+def test_kubectl_reads_components() -> None:
+    result = _run([tool("kubectl"), "version", "--client", "-o", "json"])
+    assert result.returncode == 0, result.stderr
+    client = json.loads(result.stdout)["clientVersion"]
+    minor = re.match(r"\d+", client["minor"])  # "32", or "32+" on some builds
+    assert minor, client
+    version = (int(client["major"]), int(minor.group()))
+    assert version >= (1, 21), f"kubectl {client['gitVersion']}: {KUBECTL_HINT}"
+
+
+def kustomization_files() -> list[tuple[str, Doc]]:
+    paths = sorted(K8S.glob("**/kustomization.yaml"))
+    assert len(paths) >= 1 + len(COMPONENTS) + len(OVERLAYS)
+    return [(str(p.relative_to(K8S)), yaml.safe_load(p.read_text())) for p in paths]
+
+
+@pytest.mark.parametrize(("path", "kustomization"), kustomization_files())
+def test_kustomizations_use_current_fields(path: str, kustomization: Doc) -> None:
+    for field, replacement in DEPRECATED_FIELDS.items():
+        assert field not in kustomization, f"{path}: `{field}` is deprecated, use `{replacement}`"
+    for generator in kustomization.get("configMapGenerator", []):
+        assert "env" not in generator, f"{path}: `env` is deprecated, use `envs`"
+    if path.startswith("components/"):
+        assert kustomization["apiVersion"] == "kustomize.config.k8s.io/v1alpha1", path
+        assert kustomization["kind"] == "Component", path
+    else:
+        assert kustomization["apiVersion"] == "kustomize.config.k8s.io/v1beta1", path
+        assert kustomization["kind"] == "Kustomization", path
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_kustomize_renders_without_warnings(name: str) -> None:
+    warnings = [line for line in kustomize(name).stderr.splitlines() if line.strip()]
+    assert not warnings, f"{name}: {warnings}"
+
+
+def test_the_base_is_what_a_plain_cluster_accepts() -> None:
+    custom = [f"{d['apiVersion']} {d['kind']}" for d in render("base") if not is_built_in(d)]
+    assert not custom, f"the base needs no CRD; move these to a component: {custom}"
+    assert {d["kind"] for d in render("base")} == {
+        "ServiceAccount",
+        "StatefulSet",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "ConfigMap",
+    }
+    # No Istio-only setting either: a plain cluster has no sidecar to configure.
+    for workload in workloads(render("base")):
+        annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
+        assert not [a for a in annotations if "istio.io" in a], workload["metadata"]["name"]
+
+
+def _identity(doc: Doc) -> tuple[str, str, str]:
+    return (doc["apiVersion"], doc["kind"], doc["metadata"]["name"])
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_each_component_adds_only_its_own_kinds(component: str) -> None:
+    base = {_identity(d) for d in render("base")}
+    added = [d for d in render(f"base+{component}") if _identity(d) not in base]
+    assert added, f"{component} adds nothing"
+    assert {api_group(d) for d in added} == COMPONENT_GROUPS[component]
+    # The base's own objects stay (a component adds or patches, it removes nothing).
+    assert base <= {_identity(d) for d in render(f"base+{component}")}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_built_in_kinds_pass_the_api_schemas(overlay: str) -> None:
-    built_in = [doc for doc in render(overlay) if doc["apiVersion"] in BUILT_IN_GROUPS]
+def test_overlays_choose_components_prometheus_operator_before_istio(overlay: str) -> None:
+    chosen = components_of(overlay)
+    assert set(chosen) <= set(COMPONENTS), chosen
+    if {"istio", "prometheus-operator"} <= set(chosen):
+        # Components apply in order: istio's patch turns the ServiceMonitor's scrapes to mTLS.
+        assert chosen.index("prometheus-operator") < chosen.index("istio")
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_every_object_passes_its_schema(name: str) -> None:
+    """Built-in kinds against Kubernetes' schemas (strict: no unknown field), the custom kinds
+    against their CRDs' required fields and types (tests/deploy/crd_schemas.py)."""
+    docs = render(name)
+    built_in = [doc for doc in docs if is_built_in(doc)]
     assert {
         "StatefulSet",
         "Deployment",
@@ -55,17 +167,43 @@ def test_built_in_kinds_pass_the_api_schemas(overlay: str) -> None:
         "HorizontalPodAutoscaler",
     } <= {doc["kind"] for doc in built_in}
     for doc in built_in:
-        try:
-            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
-        except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{overlay}: {doc['kind']}/{doc['metadata']['name']}: {exc}")
+        for version in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{name}: {doc['kind']}/{doc['metadata']['name']} ({version}): {exc}")
+            except kubernetes_validate.SchemaNotFoundError as exc:
+                pytest.fail(f"{name}: {exc.message}")
+    for doc in docs:
+        if not is_built_in(doc):
+            assert api_group(doc) in set().union(*COMPONENT_GROUPS.values()) | {
+                "networking.istio.io"
+            }, f"{name}: {doc['apiVersion']} {doc['kind']} comes from no component"
+            try:
+                check_custom_resource(doc)
+            except jsonschema.ValidationError as exc:
+                pytest.fail(f"{name}: {doc['kind']}/{doc['metadata']['name']}: {exc.message}")
 
 
-def test_the_validator_catches_a_broken_manifest() -> None:
+def test_the_validators_catch_a_broken_manifest() -> None:
     statefulset = dict(one(render("prod"), "StatefulSet"))
     statefulset["spec"] = {**statefulset["spec"], "replicaz": 3}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(statefulset, K8S_VERSION, strict=True)
+    scaled = json.loads(json.dumps(one(render("prod"), "ScaledObject")))
+    scaled["spec"]["triggers"][0]["metadata"]["lagThreshold"] = 5000  # KEDA wants a string
+    with pytest.raises(jsonschema.ValidationError):
+        check_custom_resource(scaled)
+    rule = json.loads(json.dumps(one(render("prod"), "PrometheusRule")))
+    del rule["spec"]["groups"][0]["rules"][0]["expr"]
+    with pytest.raises(jsonschema.ValidationError):
+        check_custom_resource(rule)
+
+
+def test_every_custom_kind_has_a_schema() -> None:
+    docs = [doc for name in RENDERS for doc in render(name)]
+    rendered = {(d["apiVersion"], d["kind"]) for d in docs if not is_built_in(d)}
+    assert rendered == set(CRD_SCHEMAS), "a schema for each custom kind rendered, none unused"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -74,10 +212,12 @@ def test_everything_lands_in_the_overlay_namespace(overlay: str) -> None:
     (namespace,) = (d["metadata"]["name"] for d in kinds(docs, "Namespace"))
     others = [d for d in docs if d["kind"] != "Namespace"]
     assert {d["metadata"].get("namespace") for d in others} == {namespace}
-    assert one(docs, "Namespace")["metadata"]["labels"]["istio-injection"] == "enabled"
+    labels = one(docs, "Namespace")["metadata"].get("labels", {})
+    injected = labels.get("istio-injection") == "enabled"
+    assert injected == ("istio" in components_of(overlay)), "the istio component labels it"
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERS)
 def test_workers_are_a_statefulset_with_a_rocksdb_volume(overlay: str) -> None:
     docs = render(overlay)
     statefulset = one(docs, "StatefulSet")
@@ -90,7 +230,7 @@ def test_workers_are_a_statefulset_with_a_rocksdb_volume(overlay: str) -> None:
     assert container["args"][0] == "worker"
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERS)
 def test_each_pod_has_a_stable_identity(overlay: str) -> None:
     docs = render(overlay)
     statefulset = one(docs, "StatefulSet")
@@ -105,7 +245,7 @@ def test_each_pod_has_a_stable_identity(overlay: str) -> None:
     assert headless["spec"]["publishNotReadyAddresses"] is True
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERS)
 def test_probes_use_healthz_and_readyz_on_the_web_port(overlay: str) -> None:
     docs = render(overlay)
     container = worker_container(docs)
@@ -118,7 +258,7 @@ def test_probes_use_healthz_and_readyz_on_the_web_port(overlay: str) -> None:
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERS)
 def test_the_webhook_ingress_is_a_stateless_deployment(overlay: str) -> None:
     docs = render(overlay)
     deployment = ingress_deployment(docs)
@@ -136,7 +276,7 @@ def test_the_webhook_ingress_is_a_stateless_deployment(overlay: str) -> None:
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERS)
 def test_ingress_probes_use_healthz_and_readyz_on_the_ingress_port(overlay: str) -> None:
     docs = render(overlay)
     container = ingress_container(docs)
@@ -155,7 +295,7 @@ def _seconds(duration: str) -> float:
     return float(duration[:-1])
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERS)
 def test_the_ingress_drains_within_its_grace_period(overlay: str) -> None:
     docs = render(overlay)
     template = ingress_deployment(docs)["spec"]["template"]
@@ -166,6 +306,8 @@ def test_the_ingress_drains_within_its_grace_period(overlay: str) -> None:
     timeout = float(configmap_data(docs)["CARTLOOM_SHOPIFY_WEBHOOK_ENQUEUE_TIMEOUT"])
     drain = float(command[1]) + 2 * timeout
     assert template["spec"]["terminationGracePeriodSeconds"] > drain
+    if "istio" not in components_of(overlay):
+        return
     # The sidecar carries the flush to Kafka: it must outlive the drain.
     proxy = json.loads(template["metadata"]["annotations"]["proxy.istio.io/config"])
     assert proxy["holdApplicationUntilProxyStarts"] is True
@@ -176,7 +318,7 @@ def cartloom_containers(docs: tuple[Doc, ...]) -> list[Doc]:
     return [worker_container(docs), ingress_container(docs)]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERS)
 def test_requests_and_limits_are_set(overlay: str) -> None:
     for container in cartloom_containers(render(overlay)):
         resources = container["resources"]
@@ -184,7 +326,7 @@ def test_requests_and_limits_are_set(overlay: str) -> None:
             assert {"cpu", "memory"} <= set(resources[kind]), (container["name"], kind)
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERS)
 def test_workers_run_as_the_images_non_root_user(overlay: str) -> None:
     docs = render(overlay)
     user = re.search(r"^USER (\d+)", (ROOT / "Dockerfile").read_text(), re.M)
@@ -204,7 +346,7 @@ def test_workers_run_as_the_images_non_root_user(overlay: str) -> None:
         assert context["capabilities"]["drop"] == ["ALL"]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERS)
 def test_pods_spread_over_zones_and_nodes(overlay: str) -> None:
     for workload in workloads(render(overlay)):
         constraints = workload["spec"]["template"]["spec"]["topologySpreadConstraints"]
@@ -215,7 +357,7 @@ def test_pods_spread_over_zones_and_nodes(overlay: str) -> None:
             assert constraint["labelSelector"]["matchLabels"] == own, workload["metadata"]["name"]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERS)
 def test_the_disruption_budgets_cover_each_workload_one_pod_at_a_time(overlay: str) -> None:
     docs = render(overlay)
     covered: list[str] = []
@@ -226,7 +368,7 @@ def test_the_disruption_budgets_cover_each_workload_one_pod_at_a_time(overlay: s
     assert sorted(covered) == sorted(w["metadata"]["name"] for w in workloads(docs))
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERS)
 def test_services_select_one_workload_by_named_port(overlay: str) -> None:
     docs = render(overlay)
     for service in kinds(docs, "Service"):
@@ -237,7 +379,7 @@ def test_services_select_one_workload_by_named_port(overlay: str) -> None:
         assert targets <= set(port_names(selected[0])), name
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERS)
 def test_the_ingress_service_sends_port_80_to_the_ingress_port(overlay: str) -> None:
     docs = render(overlay)
     service = named(docs, "Service", INGRESS)
@@ -249,7 +391,7 @@ def test_the_ingress_service_sends_port_80_to_the_ingress_port(overlay: str) -> 
     assert target == int(configmap_data(docs)["CARTLOOM_WEBHOOK_INGRESS_PORT"])
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERS)
 def test_secrets_come_from_the_secret_not_the_configmap(overlay: str) -> None:
     docs = render(overlay)
     refs = {
@@ -260,14 +402,28 @@ def test_secrets_come_from_the_secret_not_the_configmap(overlay: str) -> None:
     }
     assert len(refs) == 1, "the workers and the ingress read one Secret"
     generated = {s["metadata"]["name"] for s in kinds(docs, "Secret")}
-    if overlay == "prod":
-        assert not generated, "prod's Secret is created outside git"
-        assert refs == {"cartloom-secrets"}
+    if overlay == "dev":
+        assert refs <= generated, "dev generates throwaway values"
     else:
-        assert refs <= generated
+        assert not generated, "the Secret is created outside git"
+        assert refs == {"cartloom-secrets"}
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERS)
+def test_the_api_token_and_webhook_secret_are_required(overlay: str) -> None:
+    env = {e["name"]: e for e in worker_container(render(overlay))["env"]}
+    for name in ("CARTLOOM_API_TOKEN", "CARTLOOM_SHOPIFY_WEBHOOK_SECRET"):
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        # The generated name carries a content hash (dev); otherwise it is the name to create.
+        assert ref["name"].startswith("cartloom-secrets"), ref
+        assert ref["key"] == name
+        assert not ref.get("optional", False), f"{name}: no worker starts without it"
+        for secret in kinds(render(overlay), "Secret"):
+            if secret["metadata"]["name"] == ref["name"]:
+                assert name in secret["data"], f"the generated Secret lacks {name}"
+
+
+@pytest.mark.parametrize("overlay", RENDERS)
 def test_the_ingress_loads_the_workers_settings_and_only_webhook_and_kafka_secrets(
     overlay: str,
 ) -> None:

@@ -1,4 +1,5 @@
-"""Istio, KEDA and ServiceMonitor resources: the fields they need, and what they let through."""
+"""The istio, keda and prometheus-operator components: the fields their resources need and what
+they let through, over the base alone and in every overlay that chooses them."""
 
 from __future__ import annotations
 
@@ -14,16 +15,19 @@ from tests.deploy.manifests import (
     INGRESS,
     INGRESS_PRINCIPAL,
     K8S,
-    OVERLAYS,
+    RENDERS,
     Doc,
+    components_of,
     configmap_data,
     ingress_container,
     ingress_deployment,
     kinds,
     named,
+    namespace_of,
     one,
     port_names,
     render,
+    renders_with,
     selected_workloads,
     worker_container,
     workloads,
@@ -61,10 +65,6 @@ def allowed(policy: Doc, principal: str, method: str, path: str) -> bool:
     return any(_rule_allows(r, principal, method, path) for r in policy["spec"]["rules"])
 
 
-def namespace_of(docs: tuple[Doc, ...]) -> str:
-    return str(one(docs, "StatefulSet")["metadata"]["namespace"])
-
-
 def worker_principal(docs: tuple[Doc, ...]) -> str:
     account = one(docs, "StatefulSet")["spec"]["template"]["spec"]["serviceAccountName"]
     return f"cluster.local/ns/{namespace_of(docs)}/sa/{account}"
@@ -78,7 +78,7 @@ def ingress_policy(docs: tuple[Doc, ...]) -> Doc:
     return named(docs, "AuthorizationPolicy", INGRESS)
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", renders_with("istio"))
 def test_mtls_is_strict_for_the_whole_namespace(overlay: str) -> None:
     peer = one(render(overlay), "PeerAuthentication")
     assert peer["apiVersion"].startswith("security.istio.io/")
@@ -86,7 +86,7 @@ def test_mtls_is_strict_for_the_whole_namespace(overlay: str) -> None:
     assert "selector" not in peer["spec"]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", renders_with("istio"))
 def test_authorization_policies_guard_each_workload(overlay: str) -> None:
     docs = render(overlay)
     guarded: list[str] = []
@@ -100,7 +100,7 @@ def test_authorization_policies_guard_each_workload(overlay: str) -> None:
     assert sorted(guarded) == sorted(w["metadata"]["name"] for w in workloads(docs))
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", renders_with("istio"))
 def test_only_the_ingress_gateway_may_post_webhooks_to_the_webhook_ingress(overlay: str) -> None:
     docs = render(overlay)
     policy = ingress_policy(docs)
@@ -114,7 +114,7 @@ def test_only_the_ingress_gateway_may_post_webhooks_to_the_webhook_ingress(overl
     assert not allowed(policy, PROMETHEUS_PRINCIPAL, "POST", "/webhooks/shopify")
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", renders_with("istio"))
 def test_nothing_public_reaches_the_workers(overlay: str) -> None:
     docs = render(overlay)
     policy = worker_policy(docs)
@@ -126,7 +126,7 @@ def test_nothing_public_reaches_the_workers(overlay: str) -> None:
     assert allowed(policy, PROMETHEUS_PRINCIPAL, "GET", "/metrics")
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", renders_with("istio"))
 def test_only_named_services_may_query(overlay: str) -> None:
     docs = render(overlay)
     policy = worker_policy(docs)
@@ -139,7 +139,7 @@ def test_only_named_services_may_query(overlay: str) -> None:
     assert not allowed(policy, "cluster.local/ns/storefront/sa/storefront-api", "GET", "/metrics")
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", renders_with("keda"))
 def test_keda_scales_the_statefulset_on_consumer_group_lag(overlay: str) -> None:
     docs = render(overlay)
     scaled = one(docs, "ScaledObject")
@@ -162,7 +162,7 @@ def test_keda_scales_the_statefulset_on_consumer_group_lag(overlay: str) -> None
         assert meta["offsetResetPolicy"] == "earliest"  # as Faust's consumers start
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", renders_with("keda"))
 def test_scale_up_waits_and_scale_in_is_slower(overlay: str) -> None:
     behavior = one(render(overlay), "ScaledObject")["spec"]["advanced"][
         "horizontalPodAutoscalerConfig"
@@ -173,7 +173,7 @@ def test_scale_up_waits_and_scale_in_is_slower(overlay: str) -> None:
     assert all(p["type"] == "Pods" for p in up["policies"] + down["policies"])
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERS)
 def test_hpa_scales_the_ingress_deployment_on_cpu(overlay: str) -> None:
     docs = render(overlay)
     hpa = named(docs, "HorizontalPodAutoscaler", INGRESS)
@@ -207,7 +207,7 @@ def scraped_services(docs: tuple[Doc, ...]) -> list[Doc]:
     ]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", renders_with("prometheus-operator"))
 def test_service_monitor_scrapes_metrics_on_a_real_service_port(overlay: str) -> None:
     docs = render(overlay)
     monitor = one(docs, "ServiceMonitor")
@@ -232,9 +232,14 @@ def test_service_monitor_scrapes_metrics_on_a_real_service_port(overlay: str) ->
             # The scrape goes to the pod's port behind that Service port.
             assert ports[endpoint["port"]]["targetPort"] in port_names(workload)
             assert endpoint["path"] == "/metrics"
-            # Under STRICT mTLS the scrape must present Istio's certificates.
-            assert endpoint["scheme"] == "https"
-            assert {"caFile", "certFile", "keyFile"} <= set(endpoint["tlsConfig"])
+            if "istio" in components_of(overlay):
+                # Under STRICT mTLS the scrape must present Istio's certificates.
+                assert endpoint["scheme"] == "https"
+                assert {"caFile", "certFile", "keyFile"} <= set(endpoint["tlsConfig"])
+            else:
+                # Without the mesh the workers serve plain HTTP.
+                assert endpoint["scheme"] == "http"
+                assert "tlsConfig" not in endpoint
 
 
 def test_prod_exposes_only_the_webhook_route_publicly_on_the_ingress() -> None:
@@ -261,7 +266,7 @@ def test_prod_exposes_only_the_webhook_route_publicly_on_the_ingress() -> None:
     assert all(s["tls"]["mode"] != "PASSTHROUGH" for s in gateway["spec"]["servers"])
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", RENDERS)
 def test_worker_env_names_are_unique(overlay: str) -> None:
     docs = render(overlay)
     for container in (worker_container(docs), ingress_container(docs)):
@@ -280,11 +285,13 @@ def _generator() -> ModuleType:
 def test_the_prometheus_rule_is_a_current_copy_of_deploy_prometheus_rules() -> None:
     generator = _generator()
     assert generator.rule_groups(), "deploy/prometheus/rules holds the alert and recording rules"
-    current = (K8S / "base" / "prometheusrule.yaml").read_text()
-    assert current == generator.render(), "run: python deploy/k8s/prometheusrule.py"
+    assert generator.TARGET == K8S / "components" / "prometheus-operator" / "prometheusrule.yaml"
+    assert generator.TARGET.read_text() == generator.render(), (
+        "run: python deploy/k8s/prometheusrule.py"
+    )
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("overlay", renders_with("prometheus-operator"))
 def test_alert_job_selectors_match_the_scraped_services(overlay: str) -> None:
     docs = render(overlay)
     monitor = one(docs, "ServiceMonitor")
@@ -297,3 +304,17 @@ def test_alert_job_selectors_match_the_scraped_services(overlay: str) -> None:
     for pattern in patterns:
         for job in jobs:
             assert re.fullmatch(pattern, job), f"alerts select job=~{pattern!r}, a job is {job!r}"
+
+
+@pytest.mark.parametrize("overlay", RENDERS)
+def test_one_autoscaler_at_most_per_workload(overlay: str) -> None:
+    docs = render(overlay)
+    targets = [h["spec"]["scaleTargetRef"] for h in kinds(docs, "HorizontalPodAutoscaler")]
+    targets += [s["spec"]["scaleTargetRef"] for s in kinds(docs, "ScaledObject")]
+    names = [(t.get("kind", "Deployment"), t["name"]) for t in targets]
+    assert len(names) == len(set(names)), f"two autoscalers fight over one workload: {names}"
+    statefulset = one(docs, "StatefulSet")
+    scaled = ("StatefulSet", statefulset["metadata"]["name"]) in names
+    # The workers scale with KEDA only; without it the StatefulSet's size is the size.
+    assert scaled == ("keda" in components_of(overlay))
+    assert statefulset["spec"]["replicas"] >= 1
