@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
-PROMTOOL = shutil.which("promtool") or "promtool-is-missing-run-make-install"
+PROMTOOL = shutil.which("promtool") or "promtool-is-missing-run-sudo-make-test-tools"
 
 
 def promtool(*args: str, cwd: Path = PROMETHEUS_DIR) -> str:
