@@ -279,9 +279,10 @@ def audit_command(
     from cartloom.topology import load_topology
 
     console = Console()
+    errors = Console(stderr=True, soft_wrap=True)  # errors on stderr, as every command's
     unknown = sorted(set(stores) - set(STORES))
     if unknown or sample < 0 or settle < 0:
-        console.print(
+        errors.print(
             f"unknown store(s) {unknown}; choose from {STORES}"
             if unknown
             else "--sample and --settle must not be negative",
@@ -296,7 +297,7 @@ def audit_command(
     try:
         report = asyncio.run(audit)
     except (AuditError, RedisError, BotoCoreError, ClientError, TimeoutError) as exc:
-        console.print(f"cannot audit: {exc}", style="red")
+        errors.print(f"cannot audit: {exc}", style="red", markup=False)
         return 2
     if as_json:
         print(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode())

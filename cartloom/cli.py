@@ -1,4 +1,8 @@
-"""The ``cartloom`` command line (typer): worker, dev stack, topics and load generation."""
+"""The ``cartloom`` command line (typer): worker, dev stack, topics and load generation.
+
+Errors go to stderr as ``error:`` and ``hint:`` lines with documented exit codes
+(cartloom/cli_errors.py, docs/cli.md); results go to stdout.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,18 @@ from typing import Annotated
 import typer
 from dotenv import load_dotenv
 from rich.console import Console
+
+from cartloom.cli_errors import (
+    EXIT_OK,
+    EXIT_USAGE,
+    explain,
+    fail,
+    print_traceback,
+    report,
+    show_tracebacks,
+    tracebacks_shown,
+)
+from cartloom.cli_logging import LEVELS, configure_logging, faust_loglevel, requested_level
 
 cli = typer.Typer(
     help="CartLoom: real-time e-commerce backend on Faust and Kafka.",
@@ -35,26 +51,75 @@ schemas_cli = typer.Typer(
     no_args_is_help=True,
 )
 cli.add_typer(schemas_cli, name="schemas")
+config_cli = typer.Typer(help="CartLoom's settings (CARTLOOM_* variables).", no_args_is_help=True)
+cli.add_typer(config_cli, name="config")
 console = Console()
 
 StateDir = Annotated[Path, typer.Option(help="Where the local stack keeps pids, logs, dev.env.")]
 DEFAULT_STATE_DIR = Path(".cartloom")
 
 
+def package_version() -> str:
+    """The installed distribution's version (the source tree's when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cartloom")
+    except PackageNotFoundError:
+        from cartloom import __version__
+
+        return __version__
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        print(f"cartloom {package_version()}")
+        raise typer.Exit()
+
+
 @cli.callback()
 def _load_env(
+    ctx: typer.Context,
     env_file: Annotated[
         Path, typer.Option(help="Settings file loaded into the environment if it exists.")
     ] = DEFAULT_STATE_DIR / "dev.env",
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Print the traceback of an error too.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """Load the local stack's settings (real environment variables win)."""
+    from cartloom.cli_config import env_file_names
+
+    from_env_file = env_file_names(env_file)
     if env_file.exists():
         load_dotenv(env_file, override=False)
+    ctx.obj = from_env_file  # for `config show`: which settings the file provided
+    level = requested_level()  # the env file may set it
+    configure_logging(level or "warning")
+    show_tracebacks(debug or level == "debug")
+
+
+def _log_level(value: str | None) -> str | None:
+    if value is not None and value.lower() not in LEVELS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(LEVELS)}")
+    return value.lower() if value is not None else None
 
 
 @cli.command()
 def worker(
-    loglevel: Annotated[str, typer.Option(help="Log level.")] = "info",
+    loglevel: Annotated[
+        str | None,
+        typer.Option(
+            callback=_log_level,
+            help="debug, info, warning or error (default: CARTLOOM_LOG_LEVEL, else info).",
+        ),
+    ] = None,
     create_topics: Annotated[bool, typer.Option(help="Create missing topics first.")] = True,
 ) -> None:
     """Run a CartLoom worker (same as ``faust -A cartloom.app worker``)."""
@@ -71,7 +136,7 @@ def worker(
         asyncio.run(check_connection(kafka))
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust does not create it
     tune_garbage_collector(settings.gc_young_threshold)
-    sys.argv = ["cartloom", "worker", "--loglevel", loglevel]
+    sys.argv = ["cartloom", "worker", "--loglevel", faust_loglevel(loglevel or settings.log_level)]
     app.main()
 
 
@@ -127,15 +192,17 @@ def dev_status(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
 
 @dev_cli.command("demo")
 def dev_demo(
-    orders: Annotated[int, typer.Option(help="How many orders to publish.")] = 2000,
+    orders: Annotated[int, typer.Option(min=1, help="How many orders to publish.")] = 2000,
     state_dir: StateDir = DEFAULT_STATE_DIR,
 ) -> None:
     """Start stack and worker, publish orders, and watch them land in DynamoDB and Redis."""
     from cartloom.devstack.demo import run_demo
 
     if not asyncio.run(run_demo(state_dir, orders, console)):
-        console.print("not every order arrived in time; see .cartloom/logs/", style="red")
-        raise typer.Exit(1)
+        fail(
+            "not every order arrived in time",
+            f"see the worker's and servers' logs in {state_dir / 'logs'}",
+        )
     console.print("every valid order is in DynamoDB and Redis", style="bold green")
 
 
@@ -185,7 +252,7 @@ def topics_check() -> None:
 
 @dynamodb_cli.command("create-tables")
 def dynamodb_create_tables(
-    within: Annotated[float, typer.Option(help="Seconds to wait for ACTIVE tables.")] = 60.0,
+    within: Annotated[float, typer.Option(min=0, help="Seconds to wait for ACTIVE tables.")] = 60.0,
 ) -> None:
     """Create the missing {prefix}orders/inventory/products tables and wait until ACTIVE."""
     from cartloom.settings import load_settings
@@ -198,9 +265,11 @@ def dynamodb_create_tables(
 
 @cli.command()
 def loadgen(
-    orders: Annotated[int, typer.Option(help="How many orders.")] = 10_000,
-    skus: Annotated[int, typer.Option(help="How many distinct SKUs.")] = 50,
-    invalid_share: Annotated[float, typer.Option(help="Share of malformed orders.")] = 0.0,
+    orders: Annotated[int, typer.Option(min=1, help="How many orders.")] = 10_000,
+    skus: Annotated[int, typer.Option(min=1, help="How many distinct SKUs.")] = 50,
+    invalid_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of malformed orders (0 to 1).")
+    ] = 0.0,
     prefix: Annotated[str, typer.Option(help="Order id prefix.")] = "load",
 ) -> None:
     """Publish sample orders to the orders topic with a plain Kafka producer."""
@@ -235,9 +304,13 @@ def audit(
     ] = 10.0,
     strict: Annotated[bool, typer.Option(help="Count in-flight differences too.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    show: Annotated[int, typer.Option(help="Differences listed per store.")] = 20,
+    show: Annotated[int, typer.Option(min=0, help="Differences listed per store.")] = 20,
 ) -> None:
-    """Compare the tables (from their changelogs) with DynamoDB and Redis; exit 1 on divergence."""
+    """Compare the tables (from their changelogs) with DynamoDB and Redis; exit 1 on divergence.
+
+    Exits 2 when it cannot audit (bad usage, a missing changelog topic or table, a store
+    failing mid-audit); --sample and --settle must not be negative.
+    """
     from cartloom.audit import audit_command
 
     code = audit_command(store or [], sample, settle, strict, json_output, show)
@@ -274,28 +347,54 @@ def reconcile(
     try:
         asyncio.run(once())
     except ValueError as exc:
-        console.print(str(exc), style="red")
-        raise typer.Exit(2) from None
+        hint = "--since takes an ISO-8601 time, e.g. 2026-01-31T00:00:00Z"
+        if "CARTLOOM_" in str(exc):
+            hint = "set them in the environment or in .cartloom/dev.env"
+        fail(str(exc), hint, EXIT_USAGE)
+
+
+def _http_url(value: str) -> str:
+    """An http(s) URL with a host, or a usage error naming the option."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise typer.BadParameter(f"{value!r} is not an http(s) URL with a host")
+    return value
 
 
 @shopify_cli.command("register-webhooks")
 def shopify_register_webhooks(
-    address: Annotated[str, typer.Option(help="Public URL of POST /webhooks/shopify.")],
+    address: Annotated[
+        str,
+        typer.Option(callback=_http_url, help="Public URL of POST /webhooks/shopify."),
+    ],
 ) -> None:
-    """Subscribe the shop (CARTLOOM_SHOPIFY_API_URL) to every topic CartLoom normalises."""
+    """Subscribe the shop (CARTLOOM_SHOPIFY_API_URL) to every topic CartLoom normalises.
+
+    Safe to run again: topics already sent to ADDRESS are left alone, and a topic sent
+    to another address is moved to ADDRESS.
+    """
     from cartloom.settings import load_settings
-    from cartloom.shopify.registration import register
+    from cartloom.shopify.registration import sync
 
     settings = load_settings()
     if not settings.shopify_api_url or settings.shopify_access_token is None:
-        console.print("set CARTLOOM_SHOPIFY_API_URL and CARTLOOM_SHOPIFY_ACCESS_TOKEN", style="red")
-        raise typer.Exit(2)
+        fail(
+            "register-webhooks needs CARTLOOM_SHOPIFY_API_URL and CARTLOOM_SHOPIFY_ACCESS_TOKEN",
+            "set CARTLOOM_SHOPIFY_API_URL and CARTLOOM_SHOPIFY_ACCESS_TOKEN (a custom app's"
+            " Admin API token, with the read scopes of the topics)",
+            EXIT_USAGE,
+        )
     token = settings.shopify_access_token.get_secret_value()
-    created = asyncio.run(
-        register(settings.shopify_api_url, token, settings.shopify_api_version, address)
-    )
-    console.print(f"created {len(created)} subscriptions for {address}")
-    console.print("privacy topics: set the app's compliance webhook URLs to the same address")
+    done = asyncio.run(sync(settings.shopify_api_url, token, settings.shopify_api_version, address))
+    if done.created:
+        print(f"created {len(done.created)} subscription(s) for {address}")
+    for topic, before in sorted(done.updated.items()):
+        print(f"updated {topic}: {before or 'another endpoint'} -> {address}")
+    if done.unchanged:
+        print(f"already registered: {len(done.unchanged)} subscription(s) for {address}")
+    print("privacy topics: set the app's compliance webhook URLs to the same address")
 
 
 @shopify_cli.command("ingress")
@@ -314,9 +413,7 @@ def shopify_ingress() -> None:
     from cartloom.web.guards import ConnectionLimits
 
     settings = load_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings.log_level)  # a server: info unless CARTLOOM_LOG_LEVEL says
     receiver = build_receiver(settings)
     receiver.enqueuer.autostart = True  # a broker that is not up yet is tried again per delivery
     tune_garbage_collector(settings.gc_young_threshold)
@@ -326,14 +423,20 @@ def shopify_ingress() -> None:
 
 @shopify_cli.command("simulate")
 def shopify_simulate(
-    port: Annotated[int, typer.Option(help="Port of the simulated Admin API.")] = 6070,
-    products: Annotated[int, typer.Option(help="Products (two SKUs each).")] = 20,
-    orders: Annotated[int, typer.Option(help="Orders in varied states.")] = 200,
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Port of the simulated Admin API.")
+    ] = 6070,
+    products: Annotated[int, typer.Option(min=1, help="Products (two SKUs each).")] = 20,
+    orders: Annotated[int, typer.Option(min=0, help="Orders in varied states.")] = 200,
     deliver_to: Annotated[
         str | None, typer.Option(help="Deliver the store's webhooks to this URL.")
     ] = None,
-    drop_share: Annotated[float, typer.Option(help="Share of webhooks never sent.")] = 0.0,
-    duplicate_share: Annotated[float, typer.Option(help="Share sent twice.")] = 0.0,
+    drop_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of webhooks never sent (0 to 1).")
+    ] = 0.0,
+    duplicate_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share sent twice (0 to 1).")
+    ] = 0.0,
     shuffle: Annotated[bool, typer.Option(help="Deliver out of order.")] = False,
     bind: Annotated[str, typer.Option(help="Listen address (0.0.0.0 in Docker).")] = "127.0.0.1",
 ) -> None:
@@ -346,12 +449,12 @@ def shopify_simulate(
     settings = load_settings()
     secrets = settings.shopify_webhook_secret
     if not secrets or settings.shopify_access_token is None:
-        console.print(
-            "set CARTLOOM_SHOPIFY_WEBHOOK_SECRET (signs the webhooks) and "
-            "CARTLOOM_SHOPIFY_ACCESS_TOKEN (the API accepts it)",
-            style="red",
+        fail(
+            "the simulator needs CARTLOOM_SHOPIFY_WEBHOOK_SECRET and CARTLOOM_SHOPIFY_ACCESS_TOKEN",
+            "set CARTLOOM_SHOPIFY_WEBHOOK_SECRET (signs the webhooks) and"
+            " CARTLOOM_SHOPIFY_ACCESS_TOKEN (the API accepts it), to any values",
+            EXIT_USAGE,
         )
-        raise typer.Exit(2)
     token = settings.shopify_access_token.get_secret_value()
     store = SimulatedStore()
     populate(store, products, orders)
@@ -387,10 +490,11 @@ def dlq_replay(
         replay = replay_dead_letters(kafka_connection(settings), source, group_id=group)
         report = asyncio.run(replay)
     except DeliveryFailed as exc:
-        console.print(
-            f"replay of {topic}.dlq stopped, its last batch not committed: {exc}", style="red"
+        fail(
+            f"replay of {topic}.dlq stopped, its last batch not committed: {exc}",
+            f"run `cartloom dlq replay {topic}` again once the broker accepts the records:"
+            " it sends that batch again",
         )
-        raise typer.Exit(1) from None
     console.print(f"replayed {report.replayed} record(s) from {topic}.dlq to {topic}")
 
 
@@ -428,33 +532,57 @@ def schemas_check(
     console.print(f"the schemas in {directory} match the validators")
 
 
+@config_cli.command("show")
+def config_show(
+    ctx: typer.Context,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the settings as JSON.")
+    ] = False,
+) -> None:
+    """Every CARTLOOM_* setting, its value and where it came from; secrets masked."""
+    import orjson
+
+    from cartloom.cli_config import render_text, setting_rows
+    from cartloom.settings import load_settings
+
+    from_env_file = ctx.find_root().obj or frozenset()
+    rows = setting_rows(load_settings(), from_env_file)
+    if json_output:
+        print(orjson.dumps([row.as_dict() for row in rows], option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(render_text(rows))
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI on ``argv`` (default: the process's); return the exit code.
+
+    Known failures become ``error:``/``hint:`` lines on stderr (cartloom/cli_errors.py);
+    an unknown exception is a bug and propagates with its traceback.
+    """
+    from cartloom.kafka_clients import ConnectionFailures
+
+    # The handler prints nothing: it keeps why a connection failed (a refused certificate,
+    # a failed SASL handshake), which aiokafka's exception does not say.
+    failures = ConnectionFailures()
+    logging.getLogger("aiokafka").addHandler(failures)
+    configure_logging(requested_level() or "warning")
+    try:
+        result = cli(args=argv, prog_name="cartloom", standalone_mode=False)
+    except Exception as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # typer printed the help already
+            return EXIT_USAGE
+        explained = explain(exc, failures.causes)
+        if explained is None:
+            raise
+        if tracebacks_shown():
+            print_traceback(exc)
+        report(explained)
+        return explained.exit_code
+    finally:
+        logging.getLogger("aiokafka").removeHandler(failures)
+    return result if isinstance(result, int) else EXIT_OK
+
+
 def main() -> None:
     """Entry point of the ``cartloom`` console script."""
-    from aiokafka.errors import KafkaConnectionError
-
-    from cartloom.devstack.processes import StackError
-    from cartloom.kafka_clients import ConnectionFailures, explain_connection_failure
-    from cartloom.settings import SettingsError, load_settings
-    from cartloom.topology import TopologyError
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # aiokafka logs every refused connection while a broker starts; the CLI reports failures.
-    # The handler prints nothing: it keeps why a connection failed (a refused certificate, a
-    # failed SASL handshake), which aiokafka's exception does not say.
-    failures = ConnectionFailures()
-    aiokafka_log = logging.getLogger("aiokafka")
-    aiokafka_log.setLevel(logging.WARNING)
-    aiokafka_log.propagate = False
-    aiokafka_log.addHandler(failures)
-    try:
-        cli()
-    except (SettingsError, TopologyError) as exc:
-        console.print(str(exc), style="red")
-        raise SystemExit(2) from None
-    except KafkaConnectionError as exc:
-        message = explain_connection_failure(load_settings(), exc, failures.causes)
-        console.print(f"error: {message}", style="red", markup=False)
-        raise SystemExit(1) from None
-    except StackError as exc:
-        console.print(f"error: {exc}", style="red")
-        raise SystemExit(1) from None
+    raise SystemExit(run())

@@ -25,6 +25,17 @@ class LoadPlan:
     seed: int = 7
     sku_prefix: str = "SKU-"
 
+    def __post_init__(self) -> None:
+        """Refuse a plan that cannot be published (the CLI refuses it before, as usage)."""
+        if self.orders < 0:
+            raise ValueError(f"orders must not be negative (got {self.orders})")
+        if self.skus < 1 or self.max_lines < 1:
+            raise ValueError(
+                f"skus and max_lines must be at least 1 (got {self.skus}, {self.max_lines})"
+            )
+        if not 0.0 <= self.invalid_share <= 1.0:
+            raise ValueError(f"invalid_share must be within 0..1 (got {self.invalid_share})")
+
     def sku(self, n: int) -> str:
         """The SKU number ``n`` of this plan."""
         return f"{self.sku_prefix}{n:05d}"
@@ -81,7 +92,11 @@ async def publish(
         max_batch_size=256 * 1024,
         acks="all",
     )
-    await producer.start()
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()  # a producer that failed to start still holds its client
+        raise
     sent = 0
     try:
         pending = []

@@ -87,6 +87,8 @@ class ShopSimulator:
             "CartLoomInventoryItems": self._inventory_items,
             "CartLoomSetQuantities": self._set_quantities,
             "CartLoomWebhookSubscriptionCreate": self._subscribe,
+            "CartLoomWebhookSubscriptionUpdate": self._update_subscription,
+            "CartLoomWebhookSubscriptions": self._webhook_subscriptions,
         }
 
     def app(self) -> web.Application:
@@ -131,6 +133,8 @@ class ShopSimulator:
             return 2 + first * ORDER_COST
         if name == "CartLoomInventoryItems":
             return 2 + first * ITEM_COST
+        if name == "CartLoomWebhookSubscriptions":
+            return 2 + first // 10
         return MUTATION_COST
 
     def _cost(self, requested: int, actual: int) -> dict[str, Any]:
@@ -212,20 +216,53 @@ class ShopSimulator:
             "changes": deltas,
         }
 
+    def _webhook_subscriptions(self, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """``webhookSubscriptions(first, after, topics)``: the app's subscriptions, paged."""
+        topics = variables.get("topics")
+        rows = [s for s in self.subscriptions if not topics or s["topic"] in topics]
+        page, info = _page(rows, variables)
+        edges = [{"cursor": cursor, "node": sub} for cursor, sub in page]
+        return {"webhookSubscriptions": {"edges": edges, "pageInfo": info}}, 2 + len(page)
+
     def _subscribe(self, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """``webhookSubscriptionCreate``; a second one of a topic to an address is refused."""
         topic = variables.get("topic")
-        sub = variables.get("webhookSubscription") or {}
+        callback_url = (variables.get("webhookSubscription") or {}).get("callbackUrl")
+        if any(
+            s["topic"] == topic and s["endpoint"]["callbackUrl"] == callback_url
+            for s in self.subscriptions
+        ):
+            payload = {"webhookSubscription": None, **_taken_error()}
+            return {"webhookSubscriptionCreate": payload}, MUTATION_COST
         subscription = {
             "id": gid("WebhookSubscription", len(self.subscriptions) + 1),
             "topic": topic,
-            "endpoint": {
-                "__typename": "WebhookHttpEndpoint",
-                "callbackUrl": sub.get("callbackUrl"),
-            },
+            "endpoint": {"__typename": "WebhookHttpEndpoint", "callbackUrl": callback_url},
         }
         self.subscriptions.append(subscription)
         created = {"webhookSubscription": subscription, "userErrors": []}
         return {"webhookSubscriptionCreate": created}, MUTATION_COST
+
+    def _update_subscription(self, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """``webhookSubscriptionUpdate(id, webhookSubscription)``: a new callback URL."""
+        found = next((s for s in self.subscriptions if s["id"] == variables.get("id")), None)
+        callback_url = (variables.get("webhookSubscription") or {}).get("callbackUrl")
+        if found is None:
+            missing = {"field": ["id"], "message": "Webhook subscription does not exist"}
+            payload = {"webhookSubscription": None, "userErrors": [missing]}
+            return {"webhookSubscriptionUpdate": payload}, MUTATION_COST
+        if any(
+            s is not found
+            and s["topic"] == found["topic"]
+            and s["endpoint"]["callbackUrl"] == callback_url
+            for s in self.subscriptions
+        ):
+            payload = {"webhookSubscription": None, **_taken_error()}
+            return {"webhookSubscriptionUpdate": payload}, MUTATION_COST
+        if callback_url:
+            found["endpoint"] = {"__typename": "WebhookHttpEndpoint", "callbackUrl": callback_url}
+        updated: dict[str, Any] = {"webhookSubscription": found, "userErrors": []}
+        return {"webhookSubscriptionUpdate": updated}, MUTATION_COST
 
     # -- webhooks --------------------------------------------------------------------------
 
@@ -249,6 +286,15 @@ def _page(
     cursors = [base64.b64encode(str(start + i).encode()).decode() for i in range(len(chunk))]
     info = {"hasNextPage": start + first < len(rows), "endCursor": cursors[-1] if cursors else None}
     return list(zip(cursors, chunk, strict=True)), info
+
+
+def _taken_error() -> dict[str, Any]:
+    """Shopify's answer to a second subscription of a topic to the same address."""
+    taken = {
+        "field": ["webhookSubscription", "callbackUrl"],
+        "message": "Address for this topic has already been taken",
+    }
+    return {"userErrors": [taken]}
 
 
 def _user_error(index: int, message: str, code: str) -> dict[str, Any]:

@@ -73,7 +73,7 @@ async def test_dlq_replay_commits_nothing_and_fails_when_a_record_is_refused(
     finally:
         del broker.proxy.limits["orders"]
     assert refused.returncode == 1, refused.stdout + refused.stderr
-    assert "not committed" in refused.stdout and "MessageSizeTooLarge" in refused.stdout
+    assert "not committed" in refused.stderr and "MessageSizeTooLarge" in refused.stderr
     assert set(
         (await committed(broker.bootstrap, "cartloom-dlq-replay", "orders.dlq")).values()
     ) == {None}, "nothing committed: the next run sends them again"

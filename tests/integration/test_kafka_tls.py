@@ -271,7 +271,7 @@ async def test_a_client_the_broker_refuses_gets_a_clear_error(
     env["CARTLOOM_DATA_DIR"] = str(tmp_path / "data")
     code, out = await cartloom(env, *command.split(), timeout=60)
     said = " ".join(out.split())
-    assert code == 1, out
+    assert code == 3, out  # EXIT_UNAVAILABLE (docs/cli.md)
     assert "Traceback" not in out
     assert said.startswith("error: cannot connect to Kafka at 127.0.0.1:"), said
     for name in names:
