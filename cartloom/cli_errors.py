@@ -10,6 +10,7 @@ docs/cli.md lists the codes and the common errors.
 
 from __future__ import annotations
 
+import errno
 import sys
 import traceback
 from collections import deque
@@ -99,7 +100,8 @@ def print_traceback(exc: BaseException) -> None:
 
 def explain(exc: BaseException, kafka_causes: Iterable[BaseException] = ()) -> CliError | None:
     """The :class:`CliError` telling ``exc`` to an operator; None for an unexpected one."""
-    for explainer in (_command_line, _configuration, _kafka, _redis, _dynamodb, _shopify):
+    explainers = (_command_line, _configuration, _kafka, _redis, _dynamodb, _shopify, _port)
+    for explainer in explainers:
         error = explainer(exc, list(kafka_causes))
         if error is not None:
             return error
@@ -275,6 +277,18 @@ def _shopify(exc: BaseException, _: list[BaseException]) -> CliError | None:
         )
     if isinstance(exc, AdminApiError):
         return CliError(f"the Shopify Admin API at {where} refused: {exc}", None, EXIT_FAILED)
+    return None
+
+
+def _port(exc: BaseException, _: list[BaseException]) -> CliError | None:
+    """A server command (ingress, simulate) whose port another process holds."""
+    if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+        return CliError(
+            f"the port is taken by another process: {exc.strerror or exc}",
+            "stop that process, or choose another port: CARTLOOM_WEBHOOK_INGRESS_PORT"
+            " (`shopify ingress`), CARTLOOM_WEB_PORT (worker), --port (`shopify simulate`)",
+            EXIT_FAILED,
+        )
     return None
 
 

@@ -388,3 +388,17 @@ def logged(log: Path, text: str) -> Callable[[], Awaitable[bool]]:
         return text in log.read_text(errors="replace")
 
     return probe
+
+
+def test_a_taken_port_names_the_setting(tmp_path: Path, closed_port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {
+            **nowhere(closed_port),
+            "CARTLOOM_WEB_BIND": "127.0.0.1",
+            "CARTLOOM_WEBHOOK_INGRESS_PORT": str(taken.getsockname()[1]),
+            "CARTLOOM_SHOPIFY_WEBHOOK_SECRET": "s",
+        }
+        result = run_cartloom(tmp_path, env, "shopify", "ingress", timeout=60)
+    assert_clear_error(result, 1, "address already in use", "CARTLOOM_WEBHOOK_INGRESS_PORT")

@@ -131,3 +131,11 @@ def test_faust_spells_warning_warn() -> None:
 def test_a_load_plan_that_cannot_be_published_is_refused(changes: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must"):
         LoadPlan(**{"orders": 10, **changes})  # type: ignore[arg-type]
+
+
+def test_a_taken_port_is_explained() -> None:
+    import errno
+
+    taken = OSError(errno.EADDRINUSE, "address already in use")
+    assert explained(taken).exit_code == EXIT_FAILED
+    assert explain(OSError(errno.EACCES, "permission denied")) is None
