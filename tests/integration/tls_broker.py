@@ -31,7 +31,7 @@ from tests.pki import CLIENT_KEY_PASSWORD, TlsFiles, client_ssl_context, make_pk
 def stunnel_binary() -> str:
     """stunnel's path; a clear failure (not a skip) when it is missing."""
     path = shutil.which("stunnel4") or shutil.which("stunnel")
-    assert path, "stunnel4 is not installed: run `make install` (scripts/system-deps.sh)"
+    assert path, "stunnel4 is not installed: run `sudo make test-tools` (scripts/system-deps.sh)"
     return path
 
 
