@@ -1,8 +1,10 @@
 """``cartloom shopify register-webhooks``: subscribe the shop to every topic CartLoom reads.
 
-Uses the official ShopifyAPI library (its session, API version handling and GraphQL
-client), which is synchronous: the CLI runs it in a thread, never in a worker's event
-loop. The mandatory privacy topics cannot be subscribed through the API: Shopify sends
+Speaks GraphQL through CartLoom's own Admin API client (:class:`AdminClient`: retries,
+Shopify's throttling, 401/403/404 as "unavailable"), the one reconciliation and write-back
+use. (The official ShopifyAPI library did this once; it is synchronous, keeps its session in
+process-wide state and knows API versions only up to 2024-10, so it was removed: see
+docs/libraries.md.) The mandatory privacy topics cannot be subscribed through the API: Shopify sends
 them to the compliance URLs configured for the app (``shopify.app.toml``), which should
 point at the same ``/webhooks/shopify`` endpoint.
 
@@ -16,19 +18,12 @@ taken").
 
 from __future__ import annotations
 
-import asyncio
-import json
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-import shopify
-
 from cartloom.domain.shopify import KNOWN_TOPICS, PRIVACY_TOPICS
-from cartloom.shopify.admin_client import AdminApiError, AdminApiUnavailable
+from cartloom.shopify.admin_client import AdminApiError, AdminClient
 
 SUBSCRIBABLE = sorted(KNOWN_TOPICS - PRIVACY_TOPICS)
 _SUBSCRIPTION_FIELDS = "id topic endpoint { __typename ... on WebhookHttpEndpoint { callbackUrl } }"
@@ -90,37 +85,8 @@ def topic_enum(topic: str) -> str:
     return topic.upper().replace("/", "_")
 
 
-class _GraphQL(shopify.GraphQL):  # type: ignore[misc]  # ShopifyAPI has no type hints
-    """ShopifyAPI's client, minus printing an HTTP error's body to stdout before raising."""
-
-    def execute(
-        self, query: str, variables: dict[str, Any] | None = None, operation_name: str | None = None
-    ) -> str:
-        headers = {
-            "Accept": "application/json",
-            "Content-Type": "application/json",
-            **self.headers,
-        }
-        data = {"query": query, "variables": variables, "operationName": operation_name}
-        request = urllib.request.Request(  # noqa: S310 - the configured Admin API URL
-            self.endpoint, json.dumps(data).encode(), headers
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-                return str(response.read().decode())
-        except urllib.error.HTTPError as exc:
-            raise AdminApiUnavailable(f"{operation_name}: HTTP {exc.code} {exc.reason}") from exc
-        except (urllib.error.URLError, OSError) as exc:
-            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-            raise AdminApiUnavailable(f"{operation_name}: {reason}") from exc
-
-
-def _run(client: _GraphQL, query: str, variables: dict[str, Any], operation: str) -> Any:
-    """The operation's ``data``; raise :class:`AdminApiError` on GraphQL errors."""
-    result: dict[str, Any] = orjson.loads(client.execute(query, variables, operation))
-    if result.get("errors"):
-        raise AdminApiError(f"{operation} failed: {result['errors']}", result["errors"])
-    return result.get("data") or {}
+#: Estimated cost of each operation, for the client's rate budget (Shopify's: a mutation 10).
+COST = 10
 
 
 def _payload(data: dict[str, Any], mutation: str, topic: str) -> dict[str, Any]:
@@ -131,12 +97,14 @@ def _payload(data: dict[str, Any], mutation: str, topic: str) -> dict[str, Any]:
     return payload
 
 
-def existing_subscriptions(client: _GraphQL, topics: list[str]) -> Iterator[Subscription]:
+async def existing_subscriptions(
+    client: AdminClient, topics: list[str]
+) -> AsyncIterator[Subscription]:
     """The app's subscriptions to ``topics`` (enum values), page by page."""
     after: str | None = None
     while True:
         variables = {"first": PAGE_SIZE, "after": after, "topics": topics}
-        data = _run(client, LIST, variables, "CartLoomWebhookSubscriptions")
+        data = await client.execute(LIST, variables, "CartLoomWebhookSubscriptions", COST)
         connection = data.get("webhookSubscriptions") or {}
         for edge in connection.get("edges") or []:
             node = edge["node"]
@@ -148,22 +116,15 @@ def existing_subscriptions(client: _GraphQL, topics: list[str]) -> Iterator[Subs
         after = info.get("endCursor")
 
 
-def sync_subscriptions(api_url: str, token: str, version: str, callback_url: str) -> Registration:
+async def sync(api_url: str, token: str, version: str, callback_url: str) -> Registration:
     """Make every topic of :data:`SUBSCRIBABLE` send to ``callback_url``, exactly once.
 
     Raises :class:`AdminApiUnavailable` when the API cannot be reached or refuses the
     token, :class:`AdminApiError` naming the topic when Shopify refuses a change.
     """
-    api_version = shopify.ApiVersion.coerce_to_version(version)
-    host = api_url.split("://", 1)[-1].split("/", 1)[0]
-    session = shopify.Session(host, version, token)
-    shopify.ShopifyResource.activate_session(session)
-    try:
-        client = _GraphQL()
-        # The library assumes https://{shop}.myshopify.com; the URL may be a simulator.
-        client.endpoint = api_version.api_path(api_url.rstrip("/")) + "/graphql.json"
+    async with AdminClient(api_url, token, version) as client:
         by_topic: dict[str, list[Subscription]] = {}
-        for sub in existing_subscriptions(client, [topic_enum(t) for t in SUBSCRIBABLE]):
+        async for sub in existing_subscriptions(client, [topic_enum(t) for t in SUBSCRIBABLE]):
             by_topic.setdefault(sub.topic, []).append(sub)
         done = Registration()
         wanted = {"callbackUrl": callback_url, "format": "JSON"}
@@ -174,30 +135,22 @@ def sync_subscriptions(api_url: str, token: str, version: str, callback_url: str
             elif subscriptions:
                 moved = subscriptions[0]
                 variables = {"id": moved.id, "webhookSubscription": wanted}
-                data = _run(client, UPDATE, variables, "CartLoomWebhookSubscriptionUpdate")
+                data = await client.execute(
+                    UPDATE, variables, "CartLoomWebhookSubscriptionUpdate", COST
+                )
                 _payload(data, "webhookSubscriptionUpdate", topic)
                 done.updated[topic] = moved.callback_url
             else:
                 variables = {"topic": topic_enum(topic), "webhookSubscription": wanted}
-                data = _run(client, MUTATION, variables, "CartLoomWebhookSubscriptionCreate")
+                data = await client.execute(
+                    MUTATION, variables, "CartLoomWebhookSubscriptionCreate", COST
+                )
                 payload = _payload(data, "webhookSubscriptionCreate", topic)
                 done.created.append(topic)
                 done.created_ids.append(str(payload["webhookSubscription"]["id"]))
         return done
-    finally:
-        shopify.ShopifyResource.clear_session()
-
-
-def register_sync(api_url: str, token: str, version: str, callback_url: str) -> list[str]:
-    """:func:`sync_subscriptions`; return the ids of the subscriptions it created."""
-    return sync_subscriptions(api_url, token, version, callback_url).created_ids
 
 
 async def register(api_url: str, token: str, version: str, callback_url: str) -> list[str]:
-    """:func:`register_sync` in a thread (ShopifyAPI is synchronous)."""
-    return await asyncio.to_thread(register_sync, api_url, token, version, callback_url)
-
-
-async def sync(api_url: str, token: str, version: str, callback_url: str) -> Registration:
-    """:func:`sync_subscriptions` in a thread (ShopifyAPI is synchronous)."""
-    return await asyncio.to_thread(sync_subscriptions, api_url, token, version, callback_url)
+    """:func:`sync`; return the ids of the subscriptions it created."""
+    return (await sync(api_url, token, version, callback_url)).created_ids
