@@ -202,7 +202,7 @@ class AdminClient:
         try:
             async with self._http.post(self.endpoint, data=body, headers=headers) as response:
                 if response.status >= 500 or response.status == 429:
-                    log.warning("Admin API answered %s; retrying", response.status)
+                    log.info("Admin API answered %s; retrying", response.status)
                     return None
                 payload = await response.read()
                 if response.status in (401, 403, 404):
@@ -212,7 +212,7 @@ class AdminClient:
                 if response.status >= 400:
                     raise AdminApiError(f"Admin API answered {response.status}: {payload[:200]!r}")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("Admin API unreachable (%s); retrying", type(exc).__name__)
+            log.info("Admin API unreachable (%s); retrying", type(exc).__name__)
             return None
         answer = orjson.loads(payload)
         return answer if isinstance(answer, dict) else None

@@ -122,7 +122,8 @@ async def sync(api_url: str, token: str, version: str, callback_url: str) -> Reg
     Raises :class:`AdminApiUnavailable` when the API cannot be reached or refuses the
     token, :class:`AdminApiError` naming the topic when Shopify refuses a change.
     """
-    async with AdminClient(api_url, token, version) as client:
+    # A one-off command: a few tries, then a clear error (a worker's jobs keep trying).
+    async with AdminClient(api_url, token, version, max_attempts=3) as client:
         by_topic: dict[str, list[Subscription]] = {}
         async for sub in existing_subscriptions(client, [topic_enum(t) for t in SUBSCRIBABLE]):
             by_topic.setdefault(sub.topic, []).append(sub)

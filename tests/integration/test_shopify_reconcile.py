@@ -149,17 +149,22 @@ async def test_a_redis_that_lost_everything_changes_nothing_reconciliation_does(
         async with Redis.from_url(settings.redis_url) as redis:
             await reconcile(settings, redis)
 
+        # A Redis database of its own, which reconciliation will read as a Redis that lost
+        # everything; until then it stays empty, so the views are read from DynamoDB alone.
+        lost = shop_settings(stack, api, redis_url=f"{settings.redis_url.rsplit('/', 1)[0]}/13")
+
         async def in_step() -> bool:
+            async with Redis.from_url(lost.redis_url) as empty:
+                await empty.flushdb()
             async with (
                 AdminClient(api, TOKEN, settings.shopify_api_version) as client,
-                ViewReader(settings, consistent=True) as views,
+                ViewReader(lost, consistent=True, refill=False) as views,
             ):
                 drift, _ = await find_drift(client, views, api.split("://", 1)[-1], None)
             return drift.orders_checked == len(store.orders) and not drift.corrections
 
-        await eventually(in_step, timeout=120, what="CartLoom's views in step with the shop")
+        await eventually(in_step, timeout=120, what="the views in DynamoDB in step with the shop")
 
-        lost = shop_settings(stack, api, redis_url=f"{settings.redis_url.rsplit('/', 1)[0]}/13")
         async with Redis.from_url(lost.redis_url) as empty:
             await empty.flushdb()
             report = await reconcile(lost, empty)
