@@ -326,6 +326,13 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _shown(value: Any) -> Any:
+    """A path inside the repository as a relative one (results files name no machine)."""
+    if isinstance(value, Path):
+        return str(value.relative_to(ROOT)) if value.is_relative_to(ROOT) else str(value)
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     rounds = asyncio.run(run(args))
@@ -337,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
             "cpus": os.cpu_count(),
             "load_average": os.getloadavg(),
         },
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": {k: _shown(v) for k, v in vars(args).items()},
         "versions": {"dynalite": DYNALITE_VERSION},
         **result,
         "rounds": rounds,

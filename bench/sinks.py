@@ -272,13 +272,20 @@ async def _tables(settings: Settings) -> bool:
     return True
 
 
+def _shown(value: Any) -> Any:
+    """A path inside the repository as a relative one (results files name no machine)."""
+    if isinstance(value, Path):
+        return str(value.relative_to(ROOT)) if value.is_relative_to(ROOT) else str(value)
+    return value
+
+
 def main() -> None:
     args = parse_args()
     results = asyncio.run(run(args))
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": {k: _shown(v) for k, v in vars(args).items()},
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
