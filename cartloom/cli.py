@@ -421,6 +421,38 @@ def shopify_ingress() -> None:
     uvloop.run(serve(receiver, settings.web_bind, settings.webhook_ingress_port, limits))
 
 
+@cli.command()
+def sink(
+    store: Annotated[
+        list[str] | None,
+        typer.Option(help="dynamodb or redis; repeat for both (default: both)."),
+    ] = None,
+) -> None:
+    """Run the DynamoDB and Redis sinks in a process of their own (CARTLOOM_SINK_PORT, 6069).
+
+    The same materialisers a worker runs with CARTLOOM_SINKS_ENABLED, scaled apart from the
+    order workers: see cartloom/sinks/process.py. Stops on SIGTERM once each store's batch
+    in hand is written and committed.
+    """
+    from cartloom.settings import load_settings
+    from cartloom.sinks.process import serve_sinks
+    from cartloom.sinks.runner import STORES
+    from cartloom.topology import load_topology
+
+    chosen = list(dict.fromkeys(store or STORES))
+    unknown = sorted(set(chosen) - set(STORES))
+    if unknown:
+        fail(
+            f"unknown store {', '.join(unknown)}",
+            f"--store takes {' or '.join(STORES)} (see cartloom sink --help)",
+            EXIT_USAGE,
+        )
+    settings = load_settings()
+    configure_logging(settings.log_level)  # a server: info unless CARTLOOM_LOG_LEVEL says
+    topology = load_topology(settings.topics_file, settings.topic_prefix)
+    asyncio.run(serve_sinks(settings, topology, chosen))
+
+
 @shopify_cli.command("simulate")
 def shopify_simulate(
     port: Annotated[

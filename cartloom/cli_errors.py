@@ -281,12 +281,13 @@ def _shopify(exc: BaseException, _: list[BaseException]) -> CliError | None:
 
 
 def _port(exc: BaseException, _: list[BaseException]) -> CliError | None:
-    """A server command (ingress, simulate) whose port another process holds."""
+    """A server command (ingress, sink, simulate) whose port another process holds."""
     if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
         return CliError(
             f"the port is taken by another process: {exc.strerror or exc}",
             "stop that process, or choose another port: CARTLOOM_WEBHOOK_INGRESS_PORT"
-            " (`shopify ingress`), CARTLOOM_WEB_PORT (worker), --port (`shopify simulate`)",
+            " (`shopify ingress`), CARTLOOM_SINK_PORT (`sink`), CARTLOOM_WEB_PORT (worker),"
+            " --port (`shopify simulate`)",
             EXIT_FAILED,
         )
     return None

@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     webhook_ingress_port: int = Field(
         6067, ge=1, le=65535, description="Port of `cartloom shopify ingress` (webhooks only)."
     )
+    sink_port: int = Field(
+        6069, ge=1, le=65535, description="Port of `cartloom sink` (health and metrics only)."
+    )
     api_token: SecretStr | None = Field(
         None, description="Bearer token the live-query endpoints require; unset = open."
     )

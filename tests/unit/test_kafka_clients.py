@@ -577,6 +577,7 @@ def _entry_points(settings: Settings) -> dict[str, Callable[[], Awaitable[Any]]]
     from cartloom.sinks.comparison import ChangelogState
     from cartloom.sinks.materialiser import Materialiser
     from cartloom.sinks.memory import MemorySink
+    from cartloom.sinks.runner import build_materialiser
 
     kafka = kafka_connection(settings)
     topics = load_topology().all_topics(settings.app_id)
@@ -601,6 +602,9 @@ def _entry_points(settings: Settings) -> dict[str, Callable[[], Awaitable[Any]]]
         ),
         "cartloom/agents/materialise.py": lambda: materialise.build_materialiser(
             MemorySink()
+        ).run(),
+        "cartloom/sinks/runner.py": lambda: build_materialiser(
+            settings, load_topology(), MemorySink()
         ).run(),
         "cartloom/sinks/materialiser.py": lambda: Materialiser(
             MemorySink(),

@@ -1,0 +1,112 @@
+"""``cartloom sink``: the sinks in a process of their own, beside workers that run none.
+
+A deployment of its own (a namespace): one worker with ``CARTLOOM_SINKS_ENABLED=false``
+and one ``cartloom sink`` process. An order published by a plain producer must reach
+DynamoDB and Redis through the sink process alone (the worker writes no view), the
+process must say it is ready and count its writes on ``/metrics``, and SIGTERM must stop
+it cleanly (exit 0) once its batch in hand is written.
+"""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+from redis.asyncio import Redis
+
+from cartloom.devstack.stack import StackState
+from tests.harness import eventually, run_cartloom, start_worker, wait_ready
+from tests.integration.saga_helpers import now_iso, order_message
+
+pytestmark = pytest.mark.integration
+
+
+async def get_text(url: str) -> str:
+    async with aiohttp.ClientSession() as http, http.get(url) as resp:
+        assert resp.status == 200, url
+        return await resp.text()
+
+
+def written_stores(exposition: str) -> set[str]:
+    """The stores ``cartloom_sink_writes_total{outcome="written"}`` counts writes for."""
+    return {
+        sample.labels["store"]
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == "cartloom_sink_writes_total"
+        and sample.labels.get("outcome") == "written"
+        and sample.value > 0
+    }
+
+
+async def test_a_sink_process_materialises_what_workers_without_sinks_decide(
+    stack: StackState,
+    stack_dir: Path,
+    producer: AIOKafkaProducer,
+    redis: Redis,
+    dynamodb: Any,
+) -> None:
+    namespace = f"sinkproc{uuid.uuid4().hex[:6]}"
+    env = {**stack.env, "CARTLOOM_NAMESPACE": namespace}
+    created = run_cartloom(stack_dir, env, "dynamodb", "create-tables")
+    assert created.returncode == 0, created.stdout + created.stderr
+    worker = start_worker(
+        stack.env,
+        stack_dir,
+        f"{namespace}-worker",
+        extra_env={"CARTLOOM_NAMESPACE": namespace, "CARTLOOM_SINKS_ENABLED": "false"},
+    )
+    sinks = start_worker(
+        stack.env,
+        stack_dir,
+        f"{namespace}-sink",
+        extra_env={"CARTLOOM_NAMESPACE": namespace},
+        command=("sink",),
+        port_setting="CARTLOOM_SINK_PORT",
+    )
+    try:
+        await wait_ready(worker)
+        await wait_ready(sinks)
+        sku, order_id = f"SINKP-{namespace}", f"sinkp-{namespace}"
+        level = {"sku": sku, "on_hand": 5, "updated_at": now_iso()}
+        await producer.send_and_wait(
+            f"{namespace}.inventory", orjson.dumps(level), key=sku.encode()
+        )
+        order = orjson.dumps(order_message(order_id, [(sku, 2)]))
+        await producer.send_and_wait(f"{namespace}.orders", order, key=order_id.encode())
+
+        async def reserved_in_both_stores() -> bool:
+            cached = await redis.hget(f"{namespace}:cartloom:order:{order_id}", "doc")
+            item = (
+                await dynamodb.get_item(
+                    TableName=f"{namespace}-cartloom-orders",
+                    Key={"order_id": {"S": order_id}},
+                    ConsistentRead=True,
+                )
+            ).get("Item")
+            return (
+                cached is not None
+                and orjson.loads(cached)["status"] == "reserved"
+                and item is not None
+                and orjson.loads(item["doc"]["S"])["status"] == "reserved"
+            )
+
+        await eventually(reserved_in_both_stores, timeout=120, what="the order in both stores")
+
+        assert written_stores(await get_text(f"{sinks.url}/metrics")) == {"dynamodb", "redis"}
+        assert written_stores(await get_text(f"{worker.url}/metrics")) == set(), (
+            "the worker has its sinks off: it must write no view"
+        )
+
+        sinks.process.send_signal(signal.SIGTERM)
+        assert sinks.process.wait(timeout=60) == 0, sinks.log_tail()
+    finally:
+        sinks.stop()
+        worker.stop()
