@@ -249,7 +249,7 @@ def compose_config_without_token() -> subprocess.CompletedProcess[str]:
 def compose_config(env_file: Path | None = None) -> Doc:
     """``docker compose config`` of docker-compose.yml (optionally with an env file)."""
     # Every profile: Compose v2 leaves the services of an inactive profile (`cli`) out.
-    args = [*compose_command(), "--profile", "tools"]
+    args = [*compose_command(), "--profile", "tools", "--profile", "split-sinks"]
     if env_file is not None:
         args += ["--env-file", str(env_file)]
     # The file requires an API token (a user's .env has one; the shell's wins over it).

@@ -157,6 +157,23 @@ def test_the_webhook_ingress_runs_the_cli_command() -> None:
     assert webhooks["restart"] == "unless-stopped"
 
 
+def test_the_sinks_can_run_apart_as_an_opt_in_service() -> None:
+    services = compose_config()["services"]
+    sinks = services["sinks"]
+    assert sinks["command"] == ["sink"]
+    assert sinks["profiles"] == ["split-sinks"], "not started by a plain `up`"
+    assert "entrypoint" not in sinks, "the image's entry point: `cartloom`"
+    assert sinks["environment"] == services["worker"]["environment"]
+    port = int(sinks["environment"]["CARTLOOM_SINK_PORT"])
+    assert f"http://127.0.0.1:{port}/readyz" in " ".join(sinks["healthcheck"]["test"])
+    assert "ports" not in sinks, "scaled with --scale: no fixed host port"
+    for store in ("redis", "dynamodb"):
+        assert sinks["depends_on"][store]["condition"] == "service_healthy"
+    scraped = yaml.safe_load((ROOT / "deploy/compose/prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in scraped["scrape_configs"]}
+    assert jobs["cartloom-sinks"]["dns_sd_configs"][0]["port"] == port
+
+
 def test_published_host_ports_do_not_collide_with_the_ingress() -> None:
     services = compose_config()["services"]
     ingress = host_ports(services["webhooks"])

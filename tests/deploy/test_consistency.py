@@ -253,7 +253,7 @@ def test_compose_settings_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.dynamodb_endpoint == "http://dynamodb:5000"
 
 
-def test_compose_and_kubernetes_scrape_the_web_and_ingress_ports() -> None:
+def test_compose_and_kubernetes_scrape_the_web_ingress_and_sink_ports() -> None:
     compose_prometheus = yaml.safe_load((ROOT / "deploy/compose/prometheus.yml").read_text())
     scraped = {
         (name, sd["port"])
@@ -264,13 +264,15 @@ def test_compose_and_kubernetes_scrape_the_web_and_ingress_ports() -> None:
     env = compose_config()["services"]["worker"]["environment"]
     web_port = int(env["CARTLOOM_WEB_PORT"])
     ingress_port = int(env["CARTLOOM_WEBHOOK_INGRESS_PORT"])
-    assert scraped == {("worker", web_port), ("webhooks", ingress_port)}
+    sink_port = int(env["CARTLOOM_SINK_PORT"])
+    assert scraped == {("worker", web_port), ("webhooks", ingress_port), ("sinks", sink_port)}
     jobs = {job["job_name"] for job in compose_prometheus["scrape_configs"]}
     assert "cartloom-webhooks" in jobs, "named as its Kubernetes Service (the job there)"
     for overlay in OVERLAYS:
         settings = configmap_data(render(overlay))
         assert int(settings["CARTLOOM_WEB_PORT"]) == web_port
         assert int(settings["CARTLOOM_WEBHOOK_INGRESS_PORT"]) == ingress_port
+        assert int(settings["CARTLOOM_SINK_PORT"]) == sink_port
 
 
 def test_prometheus_rule_files_are_loaded_by_the_compose_prometheus() -> None:
