@@ -41,6 +41,14 @@ for fs in proc sys dev dev/pts dev/shm; do
   mounted+=("$ROOT/$fs")
 done
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# What the host's network needs of every machine on it: its local CA certificates (a TLS proxy
+# in front of the package registries) and pip's settings, as a new machine there would have.
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+  mkdir -p "$ROOT/usr/local/share/ca-certificates"
+  cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+  chroot "$ROOT" update-ca-certificates >/dev/null
+fi
+[ -f /etc/pip.conf ] && cp /etc/pip.conf "$ROOT/etc/pip.conf"
 
 rm -rf "$ROOT/src/cartloom"
 mkdir -p "$ROOT/src"
