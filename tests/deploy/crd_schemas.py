@@ -57,7 +57,13 @@ CRD_SCHEMAS: dict[tuple[str, str], Schema] = {
                 "scaleTargetRef": {
                     "type": "object",
                     "required": ["name"],
-                    "properties": {"apiVersion": _STRING, "kind": _STRING, "name": _STRING},
+                    "properties": {
+                        "apiVersion": _STRING,
+                        "kind": _STRING,
+                        "name": _STRING,
+                        # The container a TriggerAuthentication's `env` entries are read from.
+                        "envSourceContainerName": _STRING,
+                    },
                 },
                 "minReplicaCount": {"type": "integer", "minimum": 0},
                 "maxReplicaCount": {"type": "integer", "minimum": 1},

@@ -24,8 +24,15 @@ from tests.pki import CLIENT_KEY_PASSWORD, TlsFiles, make_pki
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
-#: The optional kustomize components (Istio, KEDA, the Prometheus Operator).
+#: The optional kustomize components (Istio, KEDA, the Prometheus Operator, the sinks apart).
 COMPONENTS = sorted(p.name for p in (K8S / "components").iterdir() if p.is_dir())
+#: Components that build on what another adds: listed after it in a kustomization, and
+#: rendered over the base together with it (``base+split-sinks-keda`` = base, split-sinks,
+#: split-sinks-keda).
+PREREQUISITES: dict[str, tuple[str, ...]] = {
+    "split-sinks-keda": ("split-sinks",),
+    "split-sinks-istio": ("split-sinks",),
+}
 #: Everything the checks render: the plain base, the base with each component alone, each overlay.
 RENDERS = ["base", *(f"base+{c}" for c in COMPONENTS), *OVERLAYS]
 #: Kubernetes versions the built-in kinds are validated against (schemas bundled with
@@ -37,6 +44,11 @@ BASE_NAMESPACE = "cartloom"
 INGRESS_PRINCIPAL = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
 #: Name of the webhook ingress Deployment, its Service, HPA, PDB and AuthorizationPolicy.
 INGRESS = "cartloom-webhooks"
+#: Name of the sinks' Deployment (`cartloom sink`, components/split-sinks), its Service, PDB,
+#: ScaledObject and AuthorizationPolicy.
+SINKS = "cartloom-sinks"
+#: Name of the workers' StatefulSet and of the ScaledObject of the keda component.
+WORKER = "cartloom-worker"
 
 Doc = dict[str, Any]
 
@@ -95,7 +107,7 @@ def _render_tree() -> Path:
             "apiVersion": "kustomize.config.k8s.io/v1beta1",
             "kind": "Kustomization",
             "resources": ["../../base"],
-            "components": [f"../../components/{component}"],
+            "components": [f"../../components/{c}" for c in components_of(f"base+{component}")],
         }
         (target / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
     return tree
@@ -132,7 +144,8 @@ def components_of(name: str) -> list[str]:
     if name == "base":
         return []
     if name.startswith("base+"):
-        return [name.removeprefix("base+")]
+        component = name.removeprefix("base+")
+        return [*PREREQUISITES.get(component, ()), component]
     kustomization = yaml.safe_load((render_dir(name) / "kustomization.yaml").read_text())
     return [Path(path).name for path in kustomization.get("components", [])]
 
@@ -186,9 +199,44 @@ def ingress_container(docs: tuple[Doc, ...]) -> Doc:
     return typing.cast(Doc, container)
 
 
+def sinks_deployment(docs: tuple[Doc, ...]) -> Doc | None:
+    """The Deployment of the sinks apart (``cartloom sink``), where split-sinks is on."""
+    found = [d for d in kinds(docs, "Deployment") if d["metadata"]["name"] == SINKS]
+    assert len(found) <= 1, f"{len(found)} Deployments {SINKS}"
+    return found[0] if found else None
+
+
+def sinks_container(docs: tuple[Doc, ...]) -> Doc:
+    """The container of the sinks' Deployment (the render must have one)."""
+    deployment = sinks_deployment(docs)
+    assert deployment is not None, f"no Deployment {SINKS}"
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return typing.cast(Doc, container)
+
+
+def cartloom_containers(docs: tuple[Doc, ...]) -> list[Doc]:
+    """Every CartLoom container: the worker, the webhook ingress, the sinks' where they run."""
+    containers = [worker_container(docs), ingress_container(docs)]
+    if sinks_deployment(docs) is not None:
+        containers.append(sinks_container(docs))
+    return containers
+
+
 def workloads(docs: tuple[Doc, ...]) -> list[Doc]:
-    """Every workload that runs CartLoom pods: the workers' StatefulSet, the ingress Deployment."""
+    """Every workload that runs CartLoom pods: the workers' StatefulSet, the Deployments (the
+    webhook ingress; the sinks where split-sinks is on)."""
     return kinds(docs, "StatefulSet") + kinds(docs, "Deployment")
+
+
+def scale_target(docs: tuple[Doc, ...], scaled_object: Doc) -> tuple[Doc, Doc]:
+    """The workload a ScaledObject scales, and the container KEDA reads ``env`` from
+    (``envSourceContainerName``, else the pod's first container, as KEDA does)."""
+    ref = scaled_object["spec"]["scaleTargetRef"]
+    workload = named(docs, ref.get("kind", "Deployment"), ref["name"])
+    containers = workload["spec"]["template"]["spec"]["containers"]
+    source = ref.get("envSourceContainerName", containers[0]["name"])
+    (container,) = (c for c in containers if c["name"] == source)
+    return workload, typing.cast(Doc, container)
 
 
 def pod_labels(workload: Doc) -> dict[str, str]:

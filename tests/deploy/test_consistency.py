@@ -19,11 +19,15 @@ from cartloom.settings import Settings
 from tests.deploy.manifests import (
     OVERLAYS,
     ROOT,
+    WORKER,
     Doc,
     broker_hosts,
     compose_config,
     configmap_data,
     ingress_container,
+    kinds,
+    named,
+    namespace_of,
     one,
     render,
     secret_setting_names,
@@ -123,7 +127,7 @@ def kubernetes_env(docs: tuple[Doc, ...], container: Doc | None = None) -> dict[
     """The worker's (or ``container``'s) environment as a pod would see it (secrets stubbed)."""
     statefulset = one(docs, "StatefulSet")
     pod_name = f"{statefulset['metadata']['name']}-0"
-    namespace = statefulset["metadata"]["namespace"]
+    namespace = namespace_of(docs)
     env = dict(configmap_data(docs))
     for item in (container or worker_container(docs))["env"]:
         if "value" in item:
@@ -185,14 +189,15 @@ def test_keda_watches_the_group_faust_consumes_in(
 
 
 def keda_triggers(docs: tuple[Doc, ...]) -> list[Doc]:
-    return list(one(docs, "ScaledObject")["spec"]["triggers"])
+    """The triggers of the workers' ScaledObject (the sinks': tests/deploy/test_split_sinks.py)."""
+    return list(named(docs, "ScaledObject", WORKER)["spec"]["triggers"])
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_keda_never_scales_past_the_partitions(overlay: str) -> None:
     docs = render(overlay)
     topics = topology()
-    scaled = one(docs, "ScaledObject")["spec"]
+    scaled = named(docs, "ScaledObject", WORKER)["spec"]
     watched = {t["metadata"]["topic"] for t in keda_triggers(docs)}
     unknown = watched - set(topics.topics)
     assert not unknown, f"KEDA watches topics topics.yaml does not declare: {unknown}"
@@ -211,7 +216,8 @@ def test_keda_never_scales_past_the_partitions(overlay: str) -> None:
 def test_keda_watches_the_brokers_the_workers_use(overlay: str) -> None:
     docs = render(overlay)
     brokers = broker_hosts(configmap_data(docs)["CARTLOOM_BROKER_URL"])
-    for trigger in keda_triggers(docs):
+    # Every ScaledObject's: the workers' and, where they scale apart, the sinks'.
+    for trigger in (t for s in kinds(docs, "ScaledObject") for t in s["spec"]["triggers"]):
         servers = set(trigger["metadata"]["bootstrapServers"].split(","))
         assert servers == brokers, (
             f"{overlay}: trigger {trigger['name']} watches {servers}, workers use {brokers}"

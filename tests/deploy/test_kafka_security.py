@@ -3,8 +3,9 @@
 Each overlay secures Kafka its own way (dev: TLS with a client certificate, prod: SASL_SSL
 with SCRAM-SHA-512). What must hold for any of them: the files the settings name are in a
 read-only Secret volume of every pod that talks to Kafka, the passwords come from the
-Secret, and the KEDA triggers use the same protocol, mechanism, credentials and files
-through a TriggerAuthentication, or they would measure nothing while the workers run.
+Secret, and the KEDA triggers (the workers' and the sinks') use the same protocol, mechanism,
+credentials and files through a TriggerAuthentication, read from the pods they scale, or they
+would measure nothing while the pods run.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from tests.deploy.manifests import (
     OVERLAYS,
     ROOT,
     Doc,
+    cartloom_containers,
     compose_config,
     configmap_data,
-    ingress_container,
     kinds,
     named,
-    one,
     render,
+    scale_target,
     secret_key_of,
     secret_mount,
     stand_in_pki,
@@ -64,6 +65,11 @@ def worker_settings(docs: tuple[Doc, ...]) -> dict[str, str]:
     return configmap_data(docs)
 
 
+def keda_triggers(docs: tuple[Doc, ...]) -> list[Doc]:
+    """Every trigger of every ScaledObject (the workers'; the sinks' where they scale)."""
+    return [t for s in kinds(docs, "ScaledObject") for t in s["spec"]["triggers"]]
+
+
 def trigger_authentication(docs: tuple[Doc, ...], trigger: Doc) -> Doc:
     ref = trigger.get("authenticationRef")
     assert ref, f"trigger {trigger['name']} has no authenticationRef"
@@ -89,7 +95,7 @@ def test_keda_triggers_speak_the_workers_protocol_and_mechanism(overlay: str) ->
     settings = worker_settings(docs)
     protocol = settings["CARTLOOM_KAFKA_SECURITY_PROTOCOL"]
     mechanism = settings.get("CARTLOOM_KAFKA_SASL_MECHANISM")
-    for trigger in one(docs, "ScaledObject")["spec"]["triggers"]:
+    for trigger in keda_triggers(docs):
         meta = trigger["metadata"]
         tls = meta.get("tls", "disable")
         assert tls == ("enable" if protocol in KAFKA_TLS_PROTOCOLS else "disable"), (
@@ -106,15 +112,19 @@ def test_keda_triggers_speak_the_workers_protocol_and_mechanism(overlay: str) ->
 def test_keda_authenticates_with_the_workers_files_and_credentials(overlay: str) -> None:
     docs = render(overlay)
     settings = worker_settings(docs)
-    container = worker_container(docs)
-    env = {e["name"]: e for e in container["env"]}
     # Every overlay shows a secured cluster (see the connection test below), so KEDA
     # always has something to authenticate with: a PLAINTEXT overlay is a mistake here.
     protocol = settings["CARTLOOM_KAFKA_SECURITY_PROTOCOL"]
     assert protocol in KAFKA_TLS_PROTOCOLS | KAFKA_SASL_PROTOCOLS, (
         f"{overlay}: the workers use {protocol}, the overlays show a secured cluster"
     )
-    for trigger in one(docs, "ScaledObject")["spec"]["triggers"]:
+    triggers = [(s, t) for s in kinds(docs, "ScaledObject") for t in s["spec"]["triggers"]]
+    for scaled, trigger in triggers:
+        # KEDA reads `env` (and the files' Secret) for the pods this ScaledObject scales.
+        workload, container = scale_target(docs, scaled)
+        # The ConfigMap the settings above come from.
+        assert container["envFrom"] == worker_container(docs)["envFrom"], container["name"]
+        env = {e["name"]: e for e in container["env"]}
         parameters = auth_parameters(trigger_authentication(docs, trigger))
         assert set(parameters) <= KEDA_KAFKA_AUTH, set(parameters) - KEDA_KAFKA_AUTH
         assert ("cert" in parameters) == ("key" in parameters), "cert and key go together"
@@ -135,10 +145,16 @@ def test_keda_authenticates_with_the_workers_files_and_credentials(overlay: str)
             if parameter not in parameters:
                 continue
             source, entry = parameters[parameter]
-            assert source == "env", f"{parameter}: read it from the worker, as it does"
+            assert source == "env", f"{parameter}: read it from the pod, as it does"
             assert entry["name"] == variable
-            assert entry.get("containerName", container["name"]) == container["name"]
-            assert variable in env or variable in settings, f"the worker has no {variable}"
+            # No containerName: each ScaledObject's envSourceContainerName says which.
+            assert entry.get("containerName", container["name"]) == container["name"], (
+                f"{overlay}: {scaled['metadata']['name']} scales {workload['metadata']['name']},"
+                f" its TriggerAuthentication reads {entry['containerName']}"
+            )
+            assert variable in env or variable in settings, (
+                f"{overlay}: {container['name']} has no {variable}"
+            )
         mechanism = settings.get("CARTLOOM_KAFKA_SASL_MECHANISM")
         if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
             assert {"username", "password"} <= set(parameters), f"{overlay}: SASL {mechanism}"
@@ -151,7 +167,7 @@ def test_every_pod_that_talks_to_kafka_mounts_the_same_files_read_only(overlay: 
     docs = render(overlay)
     settings = worker_settings(docs)
     named_files = [settings[name] for name in KAFKA_FILE_SETTINGS if settings.get(name)]
-    for container in (worker_container(docs), ingress_container(docs)):
+    for container in cartloom_containers(docs):
         for path in named_files:
             mount, volume = secret_mount(docs, container, path)
             assert mount["readOnly"] is True, container["name"]
@@ -168,7 +184,7 @@ def test_the_overlays_secured_settings_build_a_connection(
     overlay: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     docs = render(overlay)
-    for container in (worker_container(docs), ingress_container(docs)):
+    for container in cartloom_containers(docs):
         settings = settings_from(kubernetes_env(docs, container), monkeypatch)
         kafka = kafka_connection(settings)
         assert kafka.protocol == worker_settings(docs)["CARTLOOM_KAFKA_SECURITY_PROTOCOL"]

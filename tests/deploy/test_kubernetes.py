@@ -21,10 +21,13 @@ from tests.deploy.manifests import (
     K8S_VERSIONS,
     KUBECTL_HINT,
     OVERLAYS,
+    PREREQUISITES,
     RENDERS,
     ROOT,
+    WORKER,
     Doc,
     _run,
+    cartloom_containers,
     components_of,
     configmap_data,
     ingress_container,
@@ -42,11 +45,15 @@ from tests.deploy.manifests import (
     workloads,
 )
 
-#: The API groups each component brings (nothing else is custom).
-COMPONENT_GROUPS = {
+#: The custom API groups each component brings (nothing else is custom); split-sinks brings
+#: none: a plain cluster accepts it.
+COMPONENT_GROUPS: dict[str, set[str]] = {
     "istio": {"security.istio.io"},
     "keda": {"keda.sh"},
     "prometheus-operator": {"monitoring.coreos.com"},
+    "split-sinks": set(),
+    "split-sinks-keda": {"keda.sh"},
+    "split-sinks-istio": {"security.istio.io"},
 }
 #: kustomization fields kustomize 5 warns about, and what replaced them.
 DEPRECATED_FIELDS = {
@@ -70,9 +77,11 @@ def is_built_in(doc: Doc) -> bool:
     return "." not in group or group.endswith(".k8s.io")
 
 
-def test_there_are_dev_and_prod_overlays_and_three_components() -> None:
+def test_there_are_dev_and_prod_overlays_and_the_known_components() -> None:
     assert {"dev", "prod"} <= set(OVERLAYS)
     assert set(COMPONENTS) == set(COMPONENT_GROUPS)
+    assert set(PREREQUISITES) <= set(COMPONENTS)
+    assert {c for needs in PREREQUISITES.values() for c in needs} <= set(COMPONENTS)
 
 
 def test_kubectl_reads_components() -> None:
@@ -130,17 +139,32 @@ def test_the_base_is_what_a_plain_cluster_accepts() -> None:
 
 
 def _identity(doc: Doc) -> tuple[str, str, str]:
-    return (doc["apiVersion"], doc["kind"], doc["metadata"]["name"])
+    name = doc["metadata"]["name"]
+    if doc["kind"] in ("ConfigMap", "Secret"):
+        # A generated name ends in a hash of the content, which a merged value changes.
+        name = re.sub(r"-[a-z0-9]{10}$", "", name)
+    return (doc["apiVersion"], doc["kind"], name)
+
+
+def _render_before(component: str) -> str:
+    """What ``component`` is applied over: the base, or the base with its prerequisite."""
+    needs = PREREQUISITES.get(component, ())
+    assert len(needs) <= 1, "one prerequisite is rendered as base+<it>"
+    return f"base+{needs[0]}" if needs else "base"
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_each_component_adds_only_its_own_kinds(component: str) -> None:
-    base = {_identity(d) for d in render("base")}
-    added = [d for d in render(f"base+{component}") if _identity(d) not in base]
+    before = {_identity(d) for d in render(_render_before(component))}
+    added = [d for d in render(f"base+{component}") if _identity(d) not in before]
     assert added, f"{component} adds nothing"
-    assert {api_group(d) for d in added} == COMPONENT_GROUPS[component]
-    # The base's own objects stay (a component adds or patches, it removes nothing).
-    assert base <= {_identity(d) for d in render(f"base+{component}")}
+    if COMPONENT_GROUPS[component]:
+        # A component for a controller adds that controller's kinds, nothing built in.
+        assert {api_group(d) for d in added} == COMPONENT_GROUPS[component]
+    else:
+        assert all(is_built_in(d) for d in added), f"{component} must need no CRD"
+    # What it is applied over stays (a component adds or patches, it removes nothing).
+    assert before <= {_identity(d) for d in render(f"base+{component}")}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -150,6 +174,11 @@ def test_overlays_choose_components_prometheus_operator_before_istio(overlay: st
     if {"istio", "prometheus-operator"} <= set(chosen):
         # Components apply in order: istio's patch turns the ServiceMonitor's scrapes to mTLS.
         assert chosen.index("prometheus-operator") < chosen.index("istio")
+    for component in chosen:
+        for needed in PREREQUISITES.get(component, ()):
+            # Its patches and its ScaledObject or policy are for what the prerequisite adds.
+            assert needed in chosen, f"{overlay}: {component} needs {needed}"
+            assert chosen.index(needed) < chosen.index(component), f"{needed} before {component}"
 
 
 @pytest.mark.parametrize("name", RENDERS)
@@ -190,7 +219,7 @@ def test_the_validators_catch_a_broken_manifest() -> None:
     statefulset["spec"] = {**statefulset["spec"], "replicaz": 3}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(statefulset, K8S_VERSION, strict=True)
-    scaled = json.loads(json.dumps(one(render("prod"), "ScaledObject")))
+    scaled = json.loads(json.dumps(named(render("prod"), "ScaledObject", WORKER)))
     scaled["spec"]["triggers"][0]["metadata"]["lagThreshold"] = 5000  # KEDA wants a string
     with pytest.raises(jsonschema.ValidationError):
         check_custom_resource(scaled)
@@ -314,10 +343,6 @@ def test_the_ingress_drains_within_its_grace_period(overlay: str) -> None:
     assert _seconds(proxy["terminationDrainDuration"]) > drain
 
 
-def cartloom_containers(docs: tuple[Doc, ...]) -> list[Doc]:
-    return [worker_container(docs), ingress_container(docs)]
-
-
 @pytest.mark.parametrize("overlay", RENDERS)
 def test_requests_and_limits_are_set(overlay: str) -> None:
     for container in cartloom_containers(render(overlay)):
@@ -400,7 +425,7 @@ def test_secrets_come_from_the_secret_not_the_configmap(overlay: str) -> None:
         for e in container["env"]
         if "secretKeyRef" in e.get("valueFrom", {})
     }
-    assert len(refs) == 1, "the workers and the ingress read one Secret"
+    assert len(refs) == 1, "the workers, the ingress and the sinks read one Secret"
     generated = {s["metadata"]["name"] for s in kinds(docs, "Secret")}
     if overlay == "dev":
         assert refs <= generated, "dev generates throwaway values"

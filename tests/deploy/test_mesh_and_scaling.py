@@ -16,7 +16,9 @@ from tests.deploy.manifests import (
     INGRESS_PRINCIPAL,
     K8S,
     RENDERS,
+    WORKER,
     Doc,
+    cartloom_containers,
     components_of,
     configmap_data,
     ingress_container,
@@ -29,7 +31,7 @@ from tests.deploy.manifests import (
     render,
     renders_with,
     selected_workloads,
-    worker_container,
+    sinks_deployment,
     workloads,
 )
 
@@ -142,7 +144,7 @@ def test_only_named_services_may_query(overlay: str) -> None:
 @pytest.mark.parametrize("overlay", renders_with("keda"))
 def test_keda_scales_the_statefulset_on_consumer_group_lag(overlay: str) -> None:
     docs = render(overlay)
-    scaled = one(docs, "ScaledObject")
+    scaled = named(docs, "ScaledObject", WORKER)
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     target = scaled["spec"]["scaleTargetRef"]
     statefulset = one(docs, "StatefulSet")
@@ -164,7 +166,7 @@ def test_keda_scales_the_statefulset_on_consumer_group_lag(overlay: str) -> None
 
 @pytest.mark.parametrize("overlay", renders_with("keda"))
 def test_scale_up_waits_and_scale_in_is_slower(overlay: str) -> None:
-    behavior = one(render(overlay), "ScaledObject")["spec"]["advanced"][
+    behavior = named(render(overlay), "ScaledObject", WORKER)["spec"]["advanced"][
         "horizontalPodAutoscalerConfig"
     ]["behavior"]
     up, down = behavior["scaleUp"], behavior["scaleDown"]
@@ -269,7 +271,7 @@ def test_prod_exposes_only_the_webhook_route_publicly_on_the_ingress() -> None:
 @pytest.mark.parametrize("overlay", RENDERS)
 def test_worker_env_names_are_unique(overlay: str) -> None:
     docs = render(overlay)
-    for container in (worker_container(docs), ingress_container(docs)):
+    for container in cartloom_containers(docs):
         names = [e["name"] for e in container["env"]]
         assert len(names) == len(set(names)), container["name"]
 
@@ -318,3 +320,14 @@ def test_one_autoscaler_at_most_per_workload(overlay: str) -> None:
     # The workers scale with KEDA only; without it the StatefulSet's size is the size.
     assert scaled == ("keda" in components_of(overlay))
     assert statefulset["spec"]["replicas"] >= 1
+    # The sinks apart: KEDA with split-sinks-keda (and then no `replicas` for `kubectl apply`
+    # to reset), else the Deployment's own size.
+    sinks = sinks_deployment(docs)
+    if sinks is None:
+        return
+    sinks_scaled = ("Deployment", sinks["metadata"]["name"]) in names
+    assert sinks_scaled == ("split-sinks-keda" in components_of(overlay))
+    if sinks_scaled:
+        assert "replicas" not in sinks["spec"]
+    else:
+        assert sinks["spec"]["replicas"] >= 1
