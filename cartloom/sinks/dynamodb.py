@@ -1,9 +1,13 @@
 """DynamoDB sink: version-guarded conditional ``PutItem`` calls, many in flight at once.
 
+The calls go through :class:`cartloom.sinks.dynamodb_client.DynamoDBWriteClient` (aiodynamo:
+about half botocore's CPU per call); everything else here (tables, reads, the audit) uses
+aiobotocore.
+
 ``BatchWriteItem`` cannot carry a condition, so it could overwrite a newer item with an
 older one; each change is a ``PutItem`` with ``attribute_not_exists(version) OR version <
 :v``. A failed condition is a stale change, counted and skipped. Throttling and transient
-errors are retried by botocore's own retry mode; what still fails is handed back to the
+errors are retried briefly by the client; what still fails is handed back to the
 materialiser as a :class:`PartialWrite`, which retries just those changes. A change
 DynamoDB can never take (an item over 400 KB, a ``ValidationException``) is raised as
 :class:`ChangeRefused`, which the materialiser sets aside to the sinks' dead-letter topic.
@@ -15,12 +19,16 @@ import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import AsyncExitStack
 from typing import Any
 
 import orjson
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from aiodynamo.errors import (
+    ConditionalCheckFailed,
+    ItemCollectionSizeLimitExceeded,
+    UnknownError,
+    ValidationException,
+)
 from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
@@ -35,12 +43,15 @@ from cartloom.sinks.base import (
     WriteOutcome,
     dynamodb_expiry,
 )
+from cartloom.sinks.dynamodb_client import (
+    STORE_FAILURES,
+    DynamoDBWriteClient,
+    unknown_error_is_store_failure,
+)
 
 log = logging.getLogger(__name__)
 
 GUARD = "attribute_not_exists(#v) OR #v < :v"
-#: Errors that retrying cannot fix: the item itself is unacceptable.
-PERMANENT_ERRORS = frozenset({"ValidationException", "ItemCollectionSizeLimitExceededException"})
 #: Errors of the table or the account, not of one item: retried without bound (with the
 #: store unreachable, a missing table or revoked credentials no item can be written).
 STORE_ERRORS = frozenset(
@@ -62,7 +73,15 @@ STORE_ERRORS = frozenset(
 
 
 def store_unavailable(error: BaseException) -> bool:
-    """Whether ``error`` is DynamoDB (or the way to it) failing as a whole, not one item."""
+    """Whether ``error`` is DynamoDB (or the way to it) failing as a whole, not one item.
+
+    Knows both clients' errors: aiobotocore's (tables, reads, audit) and aiodynamo's (the
+    sink's writes).
+    """
+    if isinstance(error, STORE_FAILURES):
+        return True
+    if isinstance(error, UnknownError):
+        return unknown_error_is_store_failure(error)
     if isinstance(error, ClientError):
         code = error.response.get("Error", {}).get("Code", "")
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -71,6 +90,14 @@ def store_unavailable(error: BaseException) -> bool:
         error,
         BotocoreConnectionError | HTTPClientError | NoCredentialsError | OSError | TimeoutError,
     )
+
+
+def error_message(error: Exception) -> str:
+    """The message of an aiodynamo error (its argument is DynamoDB's JSON error body)."""
+    body = error.args[0] if error.args else None
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("Message") or "")
+    return str(body or "")
 
 
 def dynamodb_client_config(settings: Settings) -> AioConfig:
@@ -164,25 +191,16 @@ class DynamoDBSink:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._exit = AsyncExitStack()
-        self._client: Any = None
+        self._client = DynamoDBWriteClient(settings)
         self._limit = asyncio.Semaphore(settings.sink_concurrency)
 
     async def start(self) -> None:
-        """Open the aiobotocore client."""
-        session = get_session()
-        self._client = await self._exit.enter_async_context(
-            session.create_client(
-                "dynamodb",
-                endpoint_url=self._settings.dynamodb_endpoint,
-                config=dynamodb_client_config(self._settings),
-            )
-        )
+        """Open the write client."""
+        await self._client.start()
 
     async def stop(self) -> None:
         """Close the client."""
-        await self._exit.aclose()
-        self._client = None
+        await self._client.stop()
 
     async def write(self, changes: Sequence[ViewChange]) -> WriteOutcome:
         """Write every change concurrently (bounded); wait for all, then report.
@@ -222,29 +240,22 @@ class DynamoDBSink:
         async with self._limit:
             if change.document is None:
                 key = {KEY_ATTRIBUTE[change.entity]: {"S": change.key}}
-                await self._client.delete_item(TableName=table, Key=key)
+                await self._client.call("DeleteItem", {"TableName": table, "Key": key})
                 return "deleted"
-            guard: dict[str, Any] = {}
+            request: dict[str, Any] = {
+                "TableName": table,
+                "Item": to_item(
+                    change.entity, change, self._settings.dynamodb_closed_order_ttl_seconds
+                ),
+            }
             if not change.replaces:  # a key that starts over after a deletion takes any item
-                guard = {
-                    "ConditionExpression": GUARD,
-                    "ExpressionAttributeNames": {"#v": "version"},
-                    "ExpressionAttributeValues": {":v": {"N": str(change.version)}},
-                }
+                request["ConditionExpression"] = GUARD
+                request["ExpressionAttributeNames"] = {"#v": "version"}
+                request["ExpressionAttributeValues"] = {":v": {"N": str(change.version)}}
             try:
-                await self._client.put_item(
-                    TableName=table,
-                    Item=to_item(
-                        change.entity, change, self._settings.dynamodb_closed_order_ttl_seconds
-                    ),
-                    **guard,
-                )
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
-                if code == "ConditionalCheckFailedException":
-                    return "stale"
-                if code in PERMANENT_ERRORS:
-                    message = exc.response.get("Error", {}).get("Message", "")
-                    raise ChangeRefused(f"DynamoDB {code}: {message}") from exc
-                raise
+                await self._client.call("PutItem", request)
+            except ConditionalCheckFailed:
+                return "stale"
+            except (ValidationException, ItemCollectionSizeLimitExceeded) as exc:
+                raise ChangeRefused(f"DynamoDB {type(exc).__name__}: {error_message(exc)}") from exc
             return "written"

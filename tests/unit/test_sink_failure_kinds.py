@@ -3,6 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from aiodynamo.errors import (
+    ConditionalCheckFailed,
+    ExpiredToken,
+    NoCredentialsFound,
+    ProvisionedThroughputExceeded,
+    TableNotFound,
+    Throttled,
+    UnknownError,
+    ValidationException,
+)
+from aiodynamo.models import RetryTimeout
+from aiohttp import ClientConnectionError
 from botocore.exceptions import (
     ClientError,
     EndpointConnectionError,
@@ -39,6 +51,18 @@ def client_error(code: str, status: int = 400) -> ClientError:
         (client_error("ValidationException"), False),
         (ParamValidationError(report="bad item"), False),
         (TypeError("cannot encode"), False),
+        # aiodynamo's, from the sink's write client
+        (ClientConnectionError("refused"), True),
+        (RetryTimeout(), True),
+        (NoCredentialsFound(), True),
+        (ExpiredToken({"message": "expired"}), True),
+        (Throttled({"message": "slow down"}), True),
+        (ProvisionedThroughputExceeded({"message": "over"}), True),
+        (TableNotFound({"message": "no table"}), True),
+        (UnknownError(503, b"unavailable"), True),
+        (UnknownError(400, b"{}"), False),
+        (ValidationException({"message": "Item size has exceeded the maximum"}), False),
+        (ConditionalCheckFailed({"message": "stale"}), False),
     ],
 )
 def test_dynamodb_errors(error: BaseException, store_failing: bool) -> None:
