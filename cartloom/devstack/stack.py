@@ -99,8 +99,8 @@ def redis_argv(port: int) -> list[str]:
 
 
 def moto_argv(port: int) -> list[str]:
-    """Command line of moto's server, the local DynamoDB endpoint."""
-    return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    """Command line of the local DynamoDB endpoint: moto behind waitress, with keep-alive."""
+    return [sys.executable, "-m", "cartloom.devstack.dynamodb_server", "--port", str(port)]
 
 
 def stack_env(ports: dict[str, int], api_token: str | None = None) -> dict[str, str]:

@@ -1,0 +1,47 @@
+"""The local DynamoDB endpoint: moto's emulator served by waitress, with keep-alive.
+
+``python -m moto.server`` serves moto with werkzeug's development server, which closes the
+connection after every answer (``Connection: close``). DynamoDB keeps connections alive, so
+on that server every client call also paid a TCP connect and close: about a third of the
+DynamoDB sink's CPU per conditional put (``bench/dynamodb_clients.py``, docs/benchmarks.md).
+The same moto application behind waitress, a production WSGI server, keeps HTTP/1.1
+connections open as DynamoDB does; moto's behaviour (conditions, TTL, errors) is unchanged.
+
+    python -m cartloom.devstack.dynamodb_server --port 8000 [--host 127.0.0.1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+#: Requests moto handles at once (one runs at a time under the GIL anyway); more wait in a queue.
+THREADS = 4
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve moto until the process is stopped."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    # moto builds some answers (queue and bucket URLs) from the port it believes it serves on.
+    os.environ.setdefault("MOTO_PORT", str(args.port))
+
+    import waitress
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    application = DomainDispatcherApplication(create_backend_app)
+    waitress.serve(
+        application,
+        host=args.host,
+        port=args.port,
+        threads=THREADS,
+        connection_limit=1000,
+        channel_timeout=300,
+        _quiet=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
