@@ -1,4 +1,9 @@
-"""Local DynamoDB servers side by side: moto_server against dynalite, for the sinks' calls.
+"""Local DynamoDB servers side by side: moto (two ways) against dynalite, for the sinks' calls.
+
+The servers: ``moto`` as the local stack runs it (moto's application behind waitress,
+keep-alive: ``cartloom/devstack/dynamodb_server.py``), ``moto-werkzeug`` (``python -m
+moto.server``, werkzeug's development server, which closes the connection after every
+answer; what the local stack ran until 2026-12-04), and dynalite.
 
 Which DynamoDB-compatible server the local stack and the tests should run is a question of
 cost and of faithfulness to what the sinks rely on. This starts each candidate on a free
@@ -33,6 +38,7 @@ import platform
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -92,7 +98,17 @@ def dynalite_argv(port: int) -> list[str]:
     return [shutil.which("node") or "node", str(script), "--port", str(port)]
 
 
-SERVERS: dict[str, Callable[[int], list[str]]] = {"moto": moto_argv, "dynalite": dynalite_argv}
+def moto_werkzeug_argv(port: int) -> list[str]:
+    """moto's own server (werkzeug's development server: ``Connection: close`` on every answer)."""
+    return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+
+
+#: ``moto`` is the local stack's endpoint (moto behind waitress, keep-alive).
+SERVERS: dict[str, Callable[[int], list[str]]] = {
+    "moto-werkzeug": moto_werkzeug_argv,
+    "moto": moto_argv,
+    "dynalite": dynalite_argv,
+}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -263,20 +279,27 @@ def summary(rounds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         }
         medians[server]["semantics"] = results[-1]["semantics"]
     ratios = {
-        op: round(medians["dynalite"][op]["items_per_s"] / medians["moto"][op]["items_per_s"], 2)
-        for op in ("conditional_put", "batch_write", "scan")
+        server: {
+            op: round(
+                medians[server][op]["items_per_s"] / medians["moto-werkzeug"][op]["items_per_s"], 2
+            )
+            for op in ("conditional_put", "batch_write", "scan")
+        }
+        for server in medians
+        if server != "moto-werkzeug"
     }
-    return {"median": medians, "dynalite_over_moto_items_per_s": ratios}
+    return {"median": medians, "over_moto_werkzeug_items_per_s": ratios}
 
 
 def print_table(result: dict[str, Any]) -> None:
-    print(f"{'operation':<16} {'server':<9} {'items/s (rounds)':<34} {'server CPU ms/item':>18}")
+    print(f"{'operation':<16} {'server':<14} {'items/s (rounds)':<34} {'server CPU ms/item':>18}")
     for op in ("conditional_put", "batch_write", "scan"):
         for server, figures in result["median"].items():
             rounds = ", ".join(f"{r:,.0f}" for r in figures[op]["rounds_items_per_s"])
             rate = f"{figures[op]['items_per_s']:,.0f} ({rounds})"
-            print(f"{op:<16} {server:<9} {rate:<34} {figures[op]['server_cpu_ms_per_item']:>18}")
-        print(f"{'':<16} dynalite/moto: {result['dynalite_over_moto_items_per_s'][op]}x")
+            print(f"{op:<16} {server:<14} {rate:<34} {figures[op]['server_cpu_ms_per_item']:>18}")
+        for server, ratio in result["over_moto_werkzeug_items_per_s"].items():
+            print(f"{'':<16} {server} / moto-werkzeug: {ratio[op]}x")
     for server, figures in result["median"].items():
         print(f"semantics {server}: {figures['semantics']}")
 
@@ -301,22 +324,19 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     operations = ("conditional_put", "batch_write", "scan")
-    colours = {"moto": "#d98c4a", "dynalite": "#3b7dd8"}
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    width = 0.38
+    colours = {"moto-werkzeug": "#c9c9c9", "moto": "#d98c4a", "dynalite": "#3b7dd8"}
+    fig, ax = plt.subplots(figsize=(7.2, 3.6))
+    servers = len(result["median"])
+    width = 0.8 / servers
     for offset, (server, figures) in enumerate(result["median"].items()):
-        xs = [i + (offset - 0.5) * width for i in range(len(operations))]
+        xs = [i + (offset - (servers - 1) / 2) * width for i in range(len(operations))]
         rates = [figures[op]["items_per_s"] for op in operations]
         bars = ax.bar(xs, rates, width, label=server, color=colours.get(server, "#999999"))
         ax.bar_label(bars, labels=[f"{r:,.0f}" for r in rates], fontsize=8)
         for x, op in zip(xs, operations, strict=True):
             each = figures[op]["rounds_items_per_s"]
             ax.scatter([x] * len(each), each, color="#222222", s=8, zorder=3)
-    ratios = result["dynalite_over_moto_items_per_s"]
-    ax.set_xticks(
-        range(len(operations)),
-        [f"{op.replace('_', ' ')}\n(dynalite {ratios[op]}x)" for op in operations],
-    )
+    ax.set_xticks(range(len(operations)), [op.replace("_", " ") for op in operations])
     ax.set_yscale("log")
     ax.set_ylabel("items per second (log)")
     ax.set_title("Local DynamoDB servers, median of the rounds (dots: each round)", fontsize=10)
