@@ -184,6 +184,9 @@ class Settings(BaseSettings):
 
     sinks_enabled: bool = Field(True, description="Run the DynamoDB and Redis sinks in the worker.")
     sink_batch_max: int = Field(1000, ge=1, description="Most changes read per sink batch.")
+    sink_batch_within_seconds: float = Field(
+        0.0, ge=0, le=5, description="Longest wait to fill a sink batch (0 = write what came)."
+    )
     sink_concurrency: int = Field(32, ge=1, description="Conditional writes in flight per store.")
     sink_retry_max_seconds: float = Field(30.0, gt=0, description="Longest back-off on an outage.")
     sink_max_attempts: int = Field(

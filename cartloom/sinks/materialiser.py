@@ -100,6 +100,7 @@ class Materialiser:
         entities: Mapping[str, str],
         batch_max: int,
         retry_max_seconds: float,
+        batch_within_seconds: float = 0.0,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         dead_letter_topic: str = SINK_DEAD_LETTER_TOPIC,
     ) -> None:
@@ -109,6 +110,7 @@ class Materialiser:
         self._max_attempts = max(1, max_attempts)
         self._dead_letter_topic = dead_letter_topic
         self._batch_max = batch_max
+        self._batch_within = batch_within_seconds
         self._kafka = kafka
         self._group_id = group_id
         self._consumer: Any = None  # created by run(): construction does no I/O
@@ -135,6 +137,8 @@ class Materialiser:
         try:
             while not self._stopping.is_set():
                 batch = await self._consumer.getmany(timeout_ms=200, max_records=self._batch_max)
+                if batch and self._batch_within > 0:
+                    batch = await self._fill(batch)
                 if batch:
                     await self._write_batch(batch)
                 self._export_lag()
@@ -144,6 +148,31 @@ class Materialiser:
             await self._consumer.stop()
             await self._producer.stop()
             await self.sink.stop()
+
+    async def _fill(
+        self, batch: Mapping[TopicPartition, list[ConsumerRecord[Any, Any]]]
+    ) -> dict[TopicPartition, list[ConsumerRecord[Any, Any]]]:
+        """Keep reading for up to ``batch_within_seconds`` or until the batch is full.
+
+        Changes of one key that arrive within the window are coalesced into one write: an
+        order that goes from received to reserved in a few milliseconds costs one store call
+        instead of two. Records stay in offset order per partition, as the commit expects.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._batch_within
+        filled = {tp: list(records) for tp, records in batch.items()}
+        count = sum(len(records) for records in filled.values())
+        while count < self._batch_max and not self._stopping.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            more = await self._consumer.getmany(
+                timeout_ms=max(1, int(remaining * 1000)), max_records=self._batch_max - count
+            )
+            for tp, records in more.items():
+                filled.setdefault(tp, []).extend(records)
+                count += len(records)
+        return filled
 
     @property
     def name(self) -> str:

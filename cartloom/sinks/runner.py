@@ -45,6 +45,7 @@ def build_materialiser(settings: Settings, topology: Topology, sink: Sink) -> Ma
         group_id=sink_group_id(settings.app_id, sink.name),
         entities=changelog_entities(settings, topology),
         batch_max=settings.sink_batch_max,
+        batch_within_seconds=settings.sink_batch_within_seconds,
         retry_max_seconds=settings.sink_retry_max_seconds,
         max_attempts=settings.sink_max_attempts,
         dead_letter_topic=settings.topic_name(SINK_DEAD_LETTER_TOPIC),
