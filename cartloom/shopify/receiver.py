@@ -10,6 +10,8 @@ Duplicates are enqueued too (and answered 200): the normaliser drops them.
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import logging
 import time
 from collections.abc import Mapping
@@ -76,18 +78,29 @@ ACCEPTED = Answer(200, {"status": "accepted"})
 
 @dataclass
 class _Batch:
-    """Records for one partition collected during one linger window, and their shared fate.
+    """Records for one partition, and the fate they share.
 
     Each request waits on a future of its own (``waiters``): one that goes away cancels
     only its own wait, never its neighbours' batch.
     """
 
+    partition: int
     builder: Any
     deadline: float
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    #: Handed to aiokafka (or being handed): it still takes records until aiokafka builds it.
+    handed: bool = False
+    settled: bool = False
 
     def settle(self, error: BaseException | None) -> None:
-        """Tell every request still waiting that the batch is in Kafka, or why not."""
+        """Tell every request waiting that the batch is in Kafka, or why not (once).
+
+        The batch takes no record after this (aiokafka sends what it holds, if it has it).
+        """
+        if self.settled:
+            return
+        self.settled = True
+        self.builder.close()
         for waiter in self.waiters:
             if not waiter.done():
                 if error is None:
@@ -99,12 +112,26 @@ class _Batch:
 class KafkaEnqueuer:
     """A batching producer for ``shopify.webhooks``: enqueue returns once the broker has it.
 
-    Records are appended to one open batch per partition (aiokafka's batch builder, a few
+    Records are appended to one batch per partition (aiokafka's batch builder, a few
     microseconds per record, instead of a future and accumulator round per ``send``). One
-    linger window, opened by the first record, closes every partition's batch at once so
-    they travel in one produce request; a full batch goes early. Every request waiting on
-    a batch learns its outcome at once. Partitions are chosen with Kafka's
-    default partitioner (murmur2 of the key), as any client would.
+    linger window, opened by the first record, hands every partition's new batch to
+    aiokafka at once so they travel in one produce request. Partitions are chosen with
+    Kafka's default partitioner (murmur2 of the key), as any client would.
+
+    A batch handed to aiokafka keeps taking its partition's records until aiokafka's sender
+    takes it for a produce request and builds it (aiokafka's own ``send`` appends to the
+    queued batch in the same way; its batch builder refuses records once built). aiokafka
+    sends one produce request per broker at a time and queues one batch per partition, so
+    while a request is in flight the next one grows with whatever arrives. Before, every
+    window handed over a batch of its own: a second batch for a partition whose slot was
+    taken waited in aiokafka's ``add_batch``, and deliveries for one hot resource (one key,
+    one partition) became a queue of small batches, one per round trip, whose tail gave up
+    with ``KafkaTimeoutError`` (503) long before the timeout (``add_batch`` subtracts the
+    whole time waited so far each time it wakes). Now a partition has at most one handover
+    in progress: a batch waits in ``add_batch`` only behind a full one, never behind
+    another waiting batch, and a partition's batches reach aiokafka, and Kafka, in order.
+    (Appending after hand-over needs a producer without idempotence or transactions, whose
+    sequence numbers are counted when a batch is taken: this one has neither.)
     """
 
     def __init__(
@@ -116,8 +143,23 @@ class KafkaEnqueuer:
         self._timeout = timeout
         self._producer: AIOKafkaProducer | None = None
         self._partitions = 0
-        self._batches: dict[int, _Batch] = {}
+        #: The batch taking records, per partition (handed to aiokafka or not yet).
+        self._current: dict[int, _Batch] = {}
+        #: Full batches not handed over yet, per partition, oldest first.
+        self._full: dict[int, collections.deque[_Batch]] = {}
+        #: Partitions whose hand-over to aiokafka is in progress (at most one each).
+        self._handing: set[int] = set()
+        #: Partitions whose current batch's window closed during a hand-over in progress.
+        self._due: set[int] = set()
+        #: Batches to hand over at the next pass of the loop (their partition's turn came).
+        self._ready: list[_Batch] = []
+        self._ready_call: asyncio.Handle | None = None
         self._window: asyncio.TimerHandle | None = None
+        #: Every batch not yet settled (and some settled ones), oldest first: one timer, at
+        #: the oldest one's deadline, answers every batch still unsettled by its deadline.
+        self._pending: collections.deque[_Batch] = collections.deque()
+        self._expiry: asyncio.TimerHandle | None = None
+        self._drained: asyncio.Future[None] | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self._starting = asyncio.Lock()
         self.autostart = False
@@ -152,6 +194,10 @@ class KafkaEnqueuer:
         """Send what is collected, wait for it, and disconnect; later deliveries get 503."""
         self.autostart = False
         self._flush()
+        if any(not batch.settled for batch in self._pending):
+            self._drained = asyncio.get_running_loop().create_future()
+            # every batch is settled by its deadline at the latest (see _expire)
+            await asyncio.wait([self._drained], timeout=self._timeout + 1)
         if self._sending:
             await asyncio.wait(self._sending, timeout=self._timeout)
         if self._producer is not None:
@@ -171,7 +217,7 @@ class KafkaEnqueuer:
             if self._producer is None:
                 raise KafkaUnavailable("producer not started")
             batch = self._append(key, value, headers)
-            # The batch's deadline bounds the wait (one timer per window, not per request).
+            # The batch's deadline bounds the wait (one timer for every batch, see _expire).
             waiter = asyncio.get_running_loop().create_future()
             batch.waiters.append(waiter)
             await waiter
@@ -181,72 +227,159 @@ class KafkaEnqueuer:
     def _append(self, key: bytes, value: bytes, headers: list[tuple[str, bytes]]) -> _Batch:
         partition = key_partition(key, self._partitions)
         for _ in range(2):
-            batch = self._batches.get(partition) or self._open(partition)
+            batch = self._current.get(partition) or self._open(partition)
             if batch.builder.append(key=key, value=value, timestamp=None, headers=headers):
                 return batch
-            self._send_now({partition: self._batches.pop(partition)})  # full: send it alone
+            # Closed: aiokafka built it for a request, or it is full. The next one opens.
+            del self._current[partition]
+            if not batch.handed:  # full before its window closed: it goes first
+                self._due.discard(partition)
+                self._full.setdefault(partition, collections.deque()).append(batch)
+                self._turn(partition)
         raise KafkaUnavailable(f"a {len(value)}-byte record does not fit in a batch")
 
     def _open(self, partition: int) -> _Batch:
         assert self._producer is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
-        batch = _Batch(self._producer.create_batch(), deadline)
-        self._batches[partition] = batch
+        batch = _Batch(partition, self._producer.create_batch(), deadline)
+        self._current[partition] = batch
+        self._pending.append(batch)
+        if self._expiry is None:
+            self._expiry = loop.call_at(deadline, self._expire)
         if self._window is None:  # one linger window for every partition: one produce request
             self._window = loop.call_later(self._linger, self._flush)
         return batch
 
     def _flush(self) -> None:
-        """Send every open batch (the linger window closed, or the enqueuer stops)."""
+        """The linger window closed: hand every new batch over (each partition in its turn)."""
         if self._window is not None:
             self._window.cancel()
             self._window = None
-        batches, self._batches = self._batches, {}
+        batches = []
+        for partition, batch in self._current.items():
+            if batch.handed:
+                continue
+            if partition in self._handing:
+                self._due.add(partition)
+            else:
+                batch.handed = True
+                self._handing.add(partition)
+                batches.append(batch)
         if batches:
             self._send_now(batches)
 
-    def _send_now(self, batches: dict[int, _Batch]) -> None:
+    def _turn(self, partition: int) -> None:
+        """Hand over the partition's next batch, if one waits and no hand-over is in progress."""
+        if partition in self._handing:
+            return
+        batch = None
+        full = self._full.get(partition)
+        while full and batch is None:
+            batch = full.popleft()
+            if batch.settled:  # expired while it waited
+                batch = None
+        if full is not None and not full:
+            del self._full[partition]
+        if batch is None and partition in self._due:
+            self._due.discard(partition)
+            batch = self._current.get(partition)
+        if batch is None:
+            return
+        batch.handed = True
+        self._handing.add(partition)
+        self._ready.append(batch)
+        if self._ready_call is None:
+            self._ready_call = asyncio.get_running_loop().call_soon(self._send_ready)
+
+    def _send_ready(self) -> None:
+        self._ready_call = None
+        batches, self._ready = self._ready, []
+        self._send_now(batches)
+
+    def _send_now(self, batches: list[_Batch]) -> None:
         task = asyncio.get_running_loop().create_task(self._send(batches))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batches: dict[int, _Batch]) -> None:
-        """Hand the window's batches to aiokafka together, then settle each one's waiters.
+    async def _send(self, batches: list[_Batch]) -> None:
+        """Hand the batches to aiokafka together; each is settled when the broker answers.
 
-        One deadline (the earliest batch's) bounds the whole window: a batch the broker
-        has not acknowledged by then fails with ``TimeoutError`` (the requests answer 503
-        and Shopify retries; a record that lands anyway is a duplicate the normaliser drops).
+        A partition's previous batch has been taken for a request unless it filled up, so
+        aiokafka takes these at once and sends them in one produce request; behind a full
+        one, a batch waits for its slot (and delays the others of this call as long).
+        A batch the broker has not answered for by its deadline is answered ``TimeoutError``
+        by :meth:`_expire` (the requests answer 503 and Shopify retries; a record that
+        lands anyway is a duplicate the normaliser drops).
         """
         producer = self._producer
-        sent: list[tuple[_Batch, asyncio.Future[Any]]] = []
-        try:
-            async with asyncio.timeout_at(min(batch.deadline for batch in batches.values())):
-                for partition, batch in batches.items():
-                    if producer is None:
-                        batch.settle(KafkaUnavailable("producer stopped with records collected"))
-                        continue
-                    try:
-                        delivery = await producer.send_batch(
-                            batch.builder, self._topic, partition=partition
-                        )
-                    except KafkaError as exc:
-                        batch.settle(exc)
-                    else:
-                        sent.append((batch, delivery))
-                if sent:
-                    await asyncio.wait([delivery for _, delivery in sent])
-        except TimeoutError:
-            pass
-        for batch, delivery in sent:
-            if not delivery.done():
-                batch.settle(TimeoutError("the broker did not acknowledge in time"))
-            elif delivery.cancelled():
-                batch.settle(KafkaError("delivery cancelled"))
+        for index, batch in enumerate(batches):
+            partition = batch.partition
+            try:
+                if batch.settled:  # expired before its turn
+                    continue
+                if producer is None:
+                    batch.settle(KafkaUnavailable("producer stopped with records collected"))
+                    continue
+                delivery = await producer.send_batch(
+                    batch.builder, self._topic, partition=partition
+                )
+            except KafkaError as exc:
+                batch.settle(exc)
+            except Exception as exc:  # a bug: answer 503 rather than leave the partition stuck
+                log.exception("handing a batch to the producer failed")
+                batch.settle(KafkaError(f"{type(exc).__name__}: {exc}"))
+            except BaseException:  # cancelled: nothing of this call will be handed over
+                for unsent in batches[index:]:
+                    unsent.settle(KafkaUnavailable("cancelled before it was handed over"))
+                    self._handing.discard(unsent.partition)
+                    if self._current.get(unsent.partition) is unsent:
+                        del self._current[unsent.partition]
+                raise
             else:
-                batch.settle(delivery.exception())
-        for batch in batches.values():  # not handed over before the deadline (or refused)
-            batch.settle(TimeoutError("the broker did not take the batch in time"))
+                delivery.add_done_callback(functools.partial(self._delivered, batch))
+            finally:
+                if self._current.get(partition) is batch and batch.settled:
+                    del self._current[partition]
+                self._handing.discard(partition)
+                self._turn(partition)
+        self._settled()
+
+    def _delivered(self, batch: _Batch, delivery: asyncio.Future[Any]) -> None:
+        """The broker answered for ``batch`` (or aiokafka gave it up): answer its requests."""
+        if self._current.get(batch.partition) is batch:  # given up before it was built
+            del self._current[batch.partition]
+        if delivery.cancelled():
+            batch.settle(KafkaError("delivery cancelled"))
+        else:
+            batch.settle(delivery.exception())
+        self._settled()
+
+    def _expire(self) -> None:
+        """Answer every batch whose deadline has passed, then wait for the next deadline."""
+        self._expiry = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        pending = self._pending
+        while pending and (pending[0].settled or pending[0].deadline <= now):
+            batch = pending.popleft()
+            if batch.settled:
+                continue
+            if self._current.get(batch.partition) is batch:  # takes no more records
+                del self._current[batch.partition]
+                self._due.discard(batch.partition)
+            batch.settle(TimeoutError("the broker did not acknowledge in time"))
+        if pending:
+            self._expiry = loop.call_at(pending[0].deadline, self._expire)
+        self._settled()
+
+    def _settled(self) -> None:
+        """Forget the settled batches at the queue's head; wake :meth:`stop` once none is left."""
+        pending = self._pending
+        while pending and pending[0].settled:
+            pending.popleft()
+        if not pending and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
 
 class KafkaUnavailable(RuntimeError):  # noqa: N818 - names the condition the caller answers 503 to
