@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-stamp
 ORDERS  ?= 2000
 
 .DEFAULT_GOAL := help
-.PHONY: help install test-tools lock lint typecheck test test-unit test-integration fuzz chaos demo dev-up dev-down bench bench-orders clean
+.PHONY: help install test-tools lock lint typecheck test test-unit test-integration fuzz chaos demo dev-up dev-down bench bench-orders bench-views bench-scaleout clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -64,6 +64,12 @@ bench: $(BENCH_STAMP) ## Benchmarks; results in bench/results/ (sinks: items/s p
 
 bench-orders: $(BENCH_STAMP) ## Order path vs bare Faust and a naive table agent (bench/results/orders.json, .png)
 	$(BIN)/python bench/orders.py
+
+bench-views: $(BENCH_STAMP) ## Views: worker CPU per order, sinks on vs off; lag to DynamoDB/Redis at 2k orders/s (bench/results/views.*)
+	$(BIN)/python bench/views.py
+
+bench-scaleout: $(BENCH_STAMP) ## 1, 2, 3 workers (and sink processes): throughput, CPU per order per process (bench/results/scaleout.*)
+	$(BIN)/python bench/scaleout.py
 
 demo: install ## The main job: local stack + worker, publish orders, watch them land
 	$(BIN)/cartloom dev demo --orders $(ORDERS)
