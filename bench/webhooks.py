@@ -3,15 +3,24 @@
     python bench/webhooks.py [--seconds 10] [--connections 64] [--out bench/results/webhooks.json]
 
 Starts a private Tansu broker, then measures with ``wrk`` (one thread, HTTP/1.1 keep-alive,
-distinct pre-signed Shopify deliveries) against, taking turns for ``--rounds`` rounds (each
+pre-signed Shopify deliveries) against, taking turns for ``--rounds`` rounds (each
 server reports its median round; every round's figure is kept):
 
 1. ``bare``: an aiohttp server that reads the body, checks the HMAC and answers 200;
 2. ``ingress``: ``cartloom shopify ingress``, CartLoom's receiver in a process of its own
    (:mod:`cartloom.shopify.ingress`): HMAC, header and JSON checks, resource key, then 200
-   only once the broker acknowledged the record (acks=all, batched by linger);
-3. ``worker`` (unless ``--no-worker``): a full ``cartloom worker`` process answering on
+   only once the broker acknowledged the record (acks=all, batched by linger), with
+   deliveries for distinct resources (distinct keys, spread over the partitions);
+3. ``ingress_hot`` (unless ``--no-hot``): the same ingress with every delivery for one
+   resource (one product, as in a flash sale: one key, one partition), measured right
+   after ``ingress`` in each round; the report gives its rate over ``ingress``'s
+   (``hot_vs_distinct``, target 0.7);
+4. ``worker`` (unless ``--no-worker``): a full ``cartloom worker`` process answering on
    ``/webhooks/shopify`` while its agents consume what it enqueues.
+
+Every contender's answers other than 200 are counted over all its rounds (``wrk``'s
+non-2xx count, with a 5 s timeout as Shopify's), and for CartLoom's servers the 503s from
+the server's own counter (``cartloom_shopify_webhooks_received_total{outcome="unavailable"}``).
 
 Each server runs in its own process; the machine's cores are shared by wrk, the server
 and the broker, as on the 2-core box the figures were taken on. After each receiver run
@@ -55,6 +64,10 @@ SECRET = "bench-secret"
 SHOP = "bench.myshopify.com"
 ROOT = Path(__file__).resolve().parent.parent
 LINGER_MS = Settings.model_fields["shopify_producer_linger_ms"].default
+#: wrk's wait for an answer: Shopify's (an answer later than this is a failed delivery).
+WRK_TIMEOUT = "5s"
+#: The ingress on one hot resource over the ingress on distinct ones, at least (issue #16).
+HOT_TARGET = 0.7
 
 
 # -- servers (run as subprocesses of this script) ------------------------------------------
@@ -74,16 +87,22 @@ def serve_bare(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
-def wrk_script(count: int, path: Path) -> None:
-    """A wrk Lua script cycling through ``count`` distinct signed product deliveries."""
+def wrk_script(count: int, path: Path, hot: bool = False) -> None:
+    """A wrk Lua script cycling through ``count`` distinct signed product deliveries.
+
+    Each delivery is of another product, or with ``hot`` all of one product (one Kafka key):
+    distinct webhook ids and ``updated_at``, bodies of the same size either way.
+    """
     lines = ["local reqs = {}"]
     for number in range(count):
+        product = 0 if hot else number
         payload = {
-            "id": 7_000_000 + number,
+            "id": 7_000_000 + product,
             "title": f"Bench product {number}",
             "status": "active",
-            "updated_at": "2026-11-25T10:00:00+00:00",
-            "variants": [{"id": 8_000_000 + number, "sku": f"B-{number}", "price": "9.90"}],
+            "updated_at": f"2026-11-25T{10 + number // 3600 % 10}:{number // 60 % 60:02d}:"
+            f"{number % 60:02d}+00:00",
+            "variants": [{"id": 8_000_000 + product, "sku": f"B-{product}", "price": "9.90"}],
         }
         event = WebhookEvent("products/update", payload, f"ev-{number}", "2026-11-25T10:00:00Z")
         delivery = signed(event, SHOP, SECRET, webhook_id=f"wh-{number}")
@@ -115,7 +134,10 @@ end
 def run_wrk(url: str, script: Path, seconds: int, connections: int) -> dict[str, Any]:
     """Run wrk and parse requests/s, latency percentiles and non-2xx answers."""
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        [
+            *("wrk", "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={WRK_TIMEOUT}"),
+            *("--latency", "-s", str(script), url),
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -123,6 +145,7 @@ def run_wrk(url: str, script: Path, seconds: int, connections: int) -> dict[str,
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     percentiles = {
         p: _ms(v) for p, v in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+\w+)", out, re.MULTILINE)
     }
@@ -130,6 +153,7 @@ def run_wrk(url: str, script: Path, seconds: int, connections: int) -> dict[str,
         "requests_per_second": round(rps),
         "requests": total,
         "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": sum(int(n) for n in errors.groups()) if errors else 0,
         "latency_ms": {f"p{p}": v for p, v in percentiles.items()},
     }
 
@@ -168,6 +192,23 @@ async def topic_count(bootstrap: str) -> int:
         await consumer.stop()
 
 
+async def unavailable_answers(port: int) -> int:
+    """The deliveries a CartLoom server answered 503 so far, from its own counter."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/metrics") as response,
+    ):
+        text = await response.text()
+    return round(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("cartloom_shopify_webhooks_received_total{")
+            and 'outcome="unavailable"' in line
+        )
+    )
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of ``pid`` (from /proc), to compare cost per request under load."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -190,12 +231,15 @@ async def measure(
         # warm up (connections, producer metadata, first batches)
         run_wrk(f"http://127.0.0.1:{port}/webhooks/shopify", script, 2, args.connections)
         after_warmup = await topic_count(bootstrap) if bootstrap else 0
+        unavailable_before = await unavailable_answers(port) if bootstrap else 0
         cpu_before = cpu_seconds(process.pid)
         result = run_wrk(
             f"http://127.0.0.1:{port}/webhooks/shopify", script, args.seconds, args.connections
         )
         used = cpu_seconds(process.pid) - cpu_before
         result["server_cpu_us_per_request"] = round(used / max(1, result["requests"]) * 1e6, 1)
+        if bootstrap:
+            result["answered_503"] = await unavailable_answers(port) - unavailable_before
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -212,8 +256,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     workdir = Path(tempfile.mkdtemp(prefix="cartloom-bench-"))
-    script = workdir / "deliveries.lua"
+    script, hot_script = workdir / "deliveries.lua", workdir / "hot-deliveries.lua"
     wrk_script(args.deliveries, script)
+    wrk_script(args.deliveries, hot_script, hot=True)
     broker_port = free_port()
     broker = spawn("bench-broker", broker_argv(broker_port), workdir, broker_port)
     bootstrap = f"127.0.0.1:{broker_port}"
@@ -253,14 +298,21 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         rounds: dict[str, list[dict[str, Any]]] = {}
         for turn in range(1, args.rounds + 1):
             print(f"round {turn}/{args.rounds}", flush=True)
-            # (name, argv, environment, the setting that takes the port, readiness path)
+            # (name, argv, environment, the setting that takes the port, readiness path, script)
+            ingress = [*cartloom, "shopify", "ingress"]
             servers = [
-                ("bare", [*me, "serve-bare"], None, None, "/healthz"),
-                ("ingress", [*cartloom, "shopify", "ingress"], env, "WEBHOOK_INGRESS", "/readyz"),
+                ("bare", [*me, "serve-bare"], None, None, "/healthz", script),
+                ("ingress", ingress, env, "WEBHOOK_INGRESS", "/readyz", script),
             ]
+            if not args.no_hot:
+                servers.append(
+                    ("ingress_hot", ingress, env, "WEBHOOK_INGRESS", "/readyz", hot_script)
+                )
             if not args.no_worker:
-                servers.append(("worker", [*cartloom, "worker"], worker_env, "WEB", "/readyz"))
-            for name, argv, server_env, port_setting, ready_path in servers:
+                servers.append(
+                    ("worker", [*cartloom, "worker"], worker_env, "WEB", "/readyz", script)
+                )
+            for name, argv, server_env, port_setting, ready_path, deliveries in servers:
                 port = free_port()
                 kw: dict[str, Any] = {"ready_path": ready_path}
                 if server_env is None:
@@ -270,9 +322,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         bootstrap=bootstrap,
                         env={**server_env, f"CARTLOOM_{port_setting}_PORT": str(port)},
                     )
-                result = await measure(name, argv, port, args, script, **kw)
+                result = await measure(name, argv, port, args, deliveries, **kw)
                 rounds.setdefault(name, []).append(result)
         results.update({name: median_round(each) for name, each in rounds.items()})
+        for name, each in rounds.items():
+            results[name]["non_200_all_rounds"] = sum(
+                r["non_2xx"] + r["socket_errors"] for r in each
+            )
+            if "answered_503" in each[0]:
+                results[name]["answered_503_all_rounds"] = sum(r["answered_503"] for r in each)
+        if "ingress_hot" in rounds:
+            results["hot_vs_distinct"] = hot_vs_distinct(rounds["ingress"], rounds["ingress_hot"])
     finally:
         stop(broker)
     return results
@@ -287,9 +347,31 @@ def median_round(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def hot_vs_distinct(distinct: list[dict[str, Any]], hot: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ingress's rate on one hot resource over its rate on distinct ones, and the verdict."""
+    median = (
+        median_round(hot)["requests_per_second"] / median_round(distinct)["requests_per_second"]
+    )
+    answered_503 = sum(r.get("answered_503", 0) for r in hot)
+    failed = sum(r["non_2xx"] + r["socket_errors"] for r in hot)
     return {
-        "what": "verified webhooks/s and latency, wrk -t1, keep-alive, distinct signed deliveries",
+        "ratio": round(median, 3),
+        "rounds_ratio": [
+            round(h["requests_per_second"] / d["requests_per_second"], 3)
+            for d, h in zip(distinct, hot, strict=True)
+        ],
+        "target": HOT_TARGET,
+        "hot_answered_503": answered_503,
+        "hot_non_200": failed,
+        "met": median >= HOT_TARGET and answered_503 == 0 and failed == 0,
+    }
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    hot = results.pop("hot_vs_distinct", None)
+    return {
+        "what": "verified webhooks/s and latency, wrk -t1, keep-alive, signed deliveries "
+        "(ingress_hot: all for one resource, the others: distinct resources)",
         "note": "server_cpu_us_per_request is the server process's CPU per answered request: "
         "less sensitive than requests/s to other load on the machine",
         "machine": {
@@ -301,16 +383,19 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "seconds": args.seconds,
         "rounds": args.rounds,
         "connections": args.connections,
+        "wrk_timeout": WRK_TIMEOUT,
         "linger_ms": args.linger_ms,
         "webhook_partitions": args.webhook_partitions or "topics.yaml",
         "target": {"requests_per_second": 10_000, "p99_ms": 20},
         "results": results,
+        "hot_vs_distinct": hot,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
-    """Webhooks/s per server (bars: median round, dots: each round), p99 on each bar."""
+    """Webhooks/s per server (bars: median round, dots: each round), p99 and non-200s on
+    each bar, the hot/distinct ratio in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -319,10 +404,12 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     results = summary["results"]
     names = list(results)
     rates = [results[name]["requests_per_second"] for name in names]
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    bars = ax.bar(names, rates, color=["#999999", "#3b7dd8", "#d98c4a"][: len(names)])
+    colours = {"bare": "#999999", "ingress": "#3b7dd8", "ingress_hot": "#1d4f91"}
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    bars = ax.bar(names, rates, color=[colours.get(name, "#d98c4a") for name in names])
     labels = [
         f"{rate:,}/s\np99 {results[n]['latency_ms']['p99']:.0f} ms"
+        f"\n{results[n].get('non_200_all_rounds', 0):,} non-200"
         for n, rate in zip(names, rates, strict=True)
     ]
     ax.bar_label(bars, labels=labels, label_type="center", color="white", fontweight="bold")
@@ -349,11 +436,17 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         * 1.18,
     )
     ax.set_ylabel("verified, enqueued webhooks/s")
-    ax.set_title(
+    title = (
         f"wrk -c{summary['connections']}, median of {summary.get('rounds', 1)} rounds"
-        " (dots: each round)",
-        fontsize=10,
+        " (dots: each round)"
     )
+    hot = summary.get("hot_vs_distinct")
+    if hot:
+        title += (
+            f"\ningress on one hot resource / on distinct ones: {hot['ratio']:.2f}"
+            f" (target >= {hot['target']:g}), {hot['hot_answered_503']} answered 503"
+        )
+    ax.set_title(title, fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -369,6 +462,7 @@ if __name__ == "__main__":
         parser.add_argument("--rounds", type=int, default=3, help="turns of every server")
         parser.add_argument("--deliveries", type=int, default=20_000)
         parser.add_argument("--no-worker", action="store_true")
+        parser.add_argument("--no-hot", action="store_true", help="no one-resource ingress run")
         parser.add_argument("--linger-ms", type=int, default=LINGER_MS)
         parser.add_argument("--webhook-partitions", type=int, default=0, help="0: topics.yaml")
         parser.add_argument("--out", type=Path, default=ROOT / "bench/results/webhooks.json")
