@@ -4,8 +4,8 @@ In a flash sale one inventory item's level changes with every order: all its del
 have one Kafka key, hence one partition. The ingress used to hand aiokafka a small batch
 per pass of its event loop; aiokafka takes one batch per partition at a time, so the
 batches queued behind one another, one per round trip, and those at the end of the queue
-ran out of time in aiokafka's ``add_batch`` (``KafkaTimeoutError``, answered 503). Now a
-partition's next batch collects until the broker has answered for the previous one.
+ran out of time in aiokafka's ``add_batch`` (``KafkaTimeoutError``, answered 503). Now the
+batch aiokafka has queued for the partition takes what arrives until it is sent.
 
 Many clients at once, each sending its share of the item's deliveries one after the other,
 against ``cartloom shopify ingress`` and a real broker (a private embedded one). The broker
