@@ -46,7 +46,6 @@ from tests.integration.test_shopify_webhooks import new_store
 
 pytestmark = pytest.mark.integration
 
-CLIENTS = 256
 #: How long the proxy holds each of the broker's answers back.
 ROUND_TRIP = 0.05
 
@@ -94,7 +93,7 @@ async def distant_broker(tmp_path: Path) -> AsyncIterator[str]:
 async def test_one_hot_item_every_delivery_200_and_in_order(
     stack: StackState, tmp_path: Path, distant_broker: str
 ) -> None:
-    """A flash sale: 4,000 level updates of one inventory item, small bodies."""
+    """A flash sale: 4,000 level updates of one inventory item from 256 clients, small bodies."""
     store, _ = new_store("hot")
     store.add_product("Flash Sale Tee", ["HOT-1"])
     first = len(store.history)
@@ -108,8 +107,8 @@ async def test_one_hot_item_every_delivery_200_and_in_order(
 async def test_one_hot_product_with_large_bodies_every_delivery_200_and_in_order(
     stack: StackState, tmp_path: Path, distant_broker: str
 ) -> None:
-    """600 updates of one product with 80 variants: bodies of about 20 KB, so a round trip
-    brings more than a batch holds and full batches queue for the partition."""
+    """600 updates of one product with 80 variants from 128 clients: bodies of about 20 KB,
+    so a round trip brings more than a batch holds and full batches queue for the partition."""
     store, tag = new_store("hotproduct")
     product = store.add_product("Flash Sale Hoodie", [f"HOODIE-{tag}-{n}" for n in range(80)])
     created = next(event for event in store.history if event.topic == "products/create")
@@ -123,13 +122,18 @@ async def test_one_hot_product_with_large_bodies_every_delivery_200_and_in_order
         for number in range(600)
     ]
     assert len(signed(events[0], store.domain, SHOPIFY_SECRET).body) > 15_000
-    await deliver_all_at_once(stack, tmp_path, distant_broker, store.domain, events)
+    await deliver_all_at_once(stack, tmp_path, distant_broker, store.domain, events, clients=128)
 
 
 async def deliver_all_at_once(
-    stack: StackState, tmp_path: Path, bootstrap: str, shop: str, events: list[WebhookEvent]
+    stack: StackState,
+    tmp_path: Path,
+    bootstrap: str,
+    shop: str,
+    events: list[WebhookEvent],
+    clients: int = 256,
 ) -> None:
-    """Deliver ``events`` (all of one resource) from CLIENTS clients at once, then check
+    """Deliver ``events`` (all of one resource) from ``clients`` clients at once, then check
     that every one was answered 200 and is in Kafka in an order the clients' answers allow.
     """
     keys = {resource_key(event.topic, shop, event.payload) for event in events}
@@ -146,17 +150,17 @@ async def deliver_all_at_once(
     started = start_ingress(stack.env, tmp_path, "hot-ingress", env)
     async with serving(started) as ingress:
         url = f"{ingress.url}/webhooks/shopify"
-        connector = aiohttp.TCPConnector(limit=CLIENTS)
+        connector = aiohttp.TCPConnector(limit=clients)
         async with aiohttp.ClientSession(connector=connector) as http:
 
             async def client(first_index: int) -> None:
-                """Sends deliveries first_index, +CLIENTS, ... one after the other."""
-                for index in range(first_index, len(deliveries), CLIENTS):
+                """Sends deliveries first_index, +clients, ... one after the other."""
+                for index in range(first_index, len(deliveries), clients):
                     sent_at[index] = next(clock)
                     statuses[index] = await post(http, url, deliveries[index])
                     answered_at[index] = next(clock)
 
-            await asyncio.gather(*(client(number) for number in range(CLIENTS)))
+            await asyncio.gather(*(client(number) for number in range(clients)))
 
     assert Counter(statuses.values()) == {200: len(deliveries)}
     webhook_ids = {delivery.webhook_id.encode(): index for index, delivery in enumerate(deliveries)}
