@@ -26,7 +26,6 @@ import os
 import platform
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,14 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
+from benchlib import SKUS, ChangelogTail, order, peak_rss_mib, percentiles
 
 from cartloom.kafka_admin import apply_topics
 from cartloom.kafka_clients import KafkaConnection
 from cartloom.topology import TopicSpec
 
 ROOT = Path(__file__).resolve().parent.parent
-SKUS = 200
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,19 +60,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only", choices=["bare", "naive", "cartloom"], action="append", help="run a subset"
     )
     return parser.parse_args(argv)
-
-
-def order(order_id: str, rnd: random.Random, created_at: str | None = None) -> dict[str, Any]:
-    lines = [
-        {"sku": f"bench-sku-{rnd.randrange(SKUS)}", "quantity": rnd.randint(1, 3)}
-        for _ in range(rnd.randint(1, 3))
-    ]
-    return {
-        "order_id": order_id,
-        "source": "bench",
-        "created_at": created_at or datetime.now(UTC).isoformat(),
-        "lines": lines,
-    }
 
 
 async def produce(bootstrap: str, topic: str, messages: Iterator[tuple[str, bytes]]) -> int:
@@ -111,20 +97,6 @@ async def paced(
         await producer.flush()
     finally:
         await producer.stop()
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def percentiles(samples: list[float]) -> dict[str, float | None]:
-    if len(samples) < 2:
-        return {"p50_ms": None, "p99_ms": None, "samples": len(samples)}
-    cuts = statistics.quantiles(samples, n=100, method="inclusive")
-    return {"p50_ms": cuts[49] * 1000, "p99_ms": cuts[98] * 1000, "samples": len(samples)}
 
 
 async def wait_for(probe: Callable[[], Any], limit: float, what: str, proc: Any) -> Any:
@@ -218,57 +190,6 @@ async def run_baseline(mode: str, env: dict[str, str], work: Path, args: Any) ->
         "latency": percentiles(final["latencies"]),
         "peak_rss_mib": rss,
     }
-
-
-class ChangelogTail:
-    """Newest value per key of a table changelog, read incrementally.
-
-    Polled every half second while the worker runs: reading the whole changelog from the
-    start each time would take a growing share of the machine's two cores from the worker.
-    """
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.topic = topic
-        self.latest: dict[bytes, Any] = {}
-        self.resolved: set[bytes] = set()
-        # Short metadata age: the changelog topic appears only once the worker creates it.
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, metadata_max_age_ms=500
-        )
-        self._assigned = False
-
-    async def start(self) -> None:
-        await self._consumer.start()
-
-    async def stop(self) -> None:
-        await self._consumer.stop()
-
-    async def poll(self) -> None:
-        """Read what was appended since the last poll."""
-        if not self._assigned:
-            await self._consumer.topics()
-            partitions = self._consumer.partitions_for_topic(self.topic) or ()
-            if not partitions:  # the worker has not created it yet
-                return
-            tps = [TopicPartition(self.topic, p) for p in partitions]
-            self._consumer.assign(tps)
-            await self._consumer.seek_to_beginning(*tps)
-            self._assigned = True
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=100, max_records=50_000)
-            if not batch:
-                return
-            for records in batch.values():
-                for record in records:
-                    if record.key is None or not record.value:
-                        continue
-                    view = orjson.loads(record.value)
-                    self.latest[record.key] = view
-                    if view["status"] != "received":
-                        self.resolved.add(record.key)
-
-    def views(self, prefix: bytes) -> dict[bytes, Any]:
-        return {k: self.latest[k] for k in self.resolved if k.startswith(prefix)}
 
 
 def resolved_at(view: dict[str, Any]) -> float | None:

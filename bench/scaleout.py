@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=1800.0, help="per run, seconds")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/scaleout.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench/results/scaleout.png")
+    parser.add_argument("--replot", action="store_true", help="only redraw --plot from --out")
     args = parser.parse_args(argv)
     args.worker_counts = [int(n) for n in args.workers.split(",") if n]
     args.form_names = [f for f in args.forms.split(",") if f]
@@ -183,6 +184,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.replot:
+        plot(json.loads(args.out.read_text()), args.plot)
+        print(f"written {args.plot}")
+        return
     started = datetime.now(UTC)
     before = machine()
     result = asyncio.run(run(args))

@@ -96,6 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-lag", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/views.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench/results/views.png")
+    parser.add_argument("--replot", action="store_true", help="only redraw --plot from --out")
     args = parser.parse_args(argv)
     for name in (*args.forms.split(","), *args.lag_forms.split(",")):
         if name and name not in FORMS:
@@ -401,8 +402,9 @@ async def lag(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             print(
                 f"  {store}: final p50 {fmt_ms(final['p50_ms'], final, 'p50_ms')},"
                 f" p99 {fmt_ms(final['p99_ms'], final, 'p99_ms')}"
-                f" ({final['samples']} of {figures['sampled']} sampled;"
-                f" {figures['not_final_at_the_end']} not there at the end)",
+                f" ({figures['sampled']} sampled, {final['not_there_by_the_end']} not there"
+                " by the end: counted as the time waited, so a figure at or above it is a"
+                " lower bound)",
                 flush=True,
             )
         cores = ", ".join(f"{k} {v:.2f}" for k, v in runs[name]["cores_phase"].items())
@@ -430,37 +432,64 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     part = summary.get("cost")
     if part:
         names = list(part["median"])
-        colours = {"off": "#999999", "worker": "#d98c4a", "split": "#3b7dd8"}
         worker = [part["median"][n]["worker_cpu_us_per_order"] or 0 for n in names]
         total = [part["median"][n]["cartloom_cpu_us_per_order"] or 0 for n in names]
-        bars = left.bar(names, worker, color=[colours[n] for n in names], label="worker")
+        left.bar(names, worker, color="#3b7dd8", label="worker")
         sinks = [t - w for t, w in zip(total, worker, strict=True)]
-        left.bar(names, sinks, bottom=worker, color="#8fb8ec", label="sink process")
+        bars = left.bar(names, sinks, bottom=worker, color="#8fb8ec", label="sink process")
         left.bar_label(bars, labels=[f"{t:,.0f} µs" for t in total], padding=2)
+        for index, name in enumerate(names):  # every round's worker figure
+            each = part["median"][name]["rounds_worker_cpu_us_per_order"]
+            left.scatter([index] * len(each), each, color="#222222", s=9, zorder=3)
         if "off" in part["median"] and part["median"]["off"]["worker_cpu_us_per_order"]:
             target = TARGET_RATIO * part["median"]["off"]["worker_cpu_us_per_order"]
             left.axhline(target, color="#222222", linestyle="--", linewidth=1)
-            left.annotate("target: 2x sinks off", (0, target), va="bottom")
-        left.set_yscale("log")
-        left.set_ylabel("CPU µs per order (log)")
+            left.annotate("target: 2x sinks off", (0, target), va="bottom", ha="center")
+        left.set_ylim(0, max(total) * 1.15)
+        left.set_xticks(
+            range(len(names)),
+            [
+                {"off": "sinks off", "worker": "sinks in worker", "split": "worker + sink"}[n]
+                for n in names
+            ],
+        )
+        left.set_ylabel("CPU µs per order (until resolved / stored)")
         ratio = part["worker_on_over_off"]["median"]
         left.set_title(
-            f"{part['orders']:,} orders, median of {len(part['rounds'][names[0]])} rounds\n"
-            f"worker, sinks on / off: {ratio}x",
+            f"{part['orders']:,} orders, median of {len(part['rounds'][names[0]])} rounds "
+            f"(dots: each round)\nworker CPU per order, sinks on / off: {ratio}x",
             fontsize=9,
         )
         left.legend(fontsize=8)
+    else:
+        left.axis("off")
     runs = summary.get("lag")
-    if runs:
-        labels, p50, p99 = [], [], []
+    if not runs:
+        right.axis("off")
+    else:
+        labels, p50, p99, p50_bound, p99_bound = [], [], [], [], []
         for name, run in runs.items():
             for store, figures in run["stores"].items():
+                final = figures["final"]
                 labels.append(f"{name}\n{store}")
-                p50.append((figures["final"]["p50_ms"] or 0) / 1000)
-                p99.append((figures["final"]["p99_ms"] or 0) / 1000)
+                p50.append((final["p50_ms"] or 0) / 1000)
+                p99.append((final["p99_ms"] or 0) / 1000)
+                p50_bound.append(bool(final.get("p50_ms_is_a_lower_bound")))
+                p99_bound.append(bool(final.get("p99_ms_is_a_lower_bound")))
         xs = range(len(labels))
-        right.bar([x - 0.2 for x in xs], p50, 0.4, label="p50", color="#3b7dd8")
-        right.bar([x + 0.2 for x in xs], p99, 0.4, label="p99", color="#d98c4a")
+        for offset, values, bounds, name, colour in (
+            (-0.2, p50, p50_bound, "p50", "#3b7dd8"),
+            (0.2, p99, p99_bound, "p99", "#d98c4a"),
+        ):
+            bars = right.bar([x + offset for x in xs], values, 0.4, label=name, color=colour)
+            right.bar_label(
+                bars,
+                labels=[
+                    f"{'≥' if bound else ''}{v:,.1f}s"
+                    for v, bound in zip(values, bounds, strict=True)
+                ],
+                fontsize=7,
+            )
         right.set_xticks(list(xs), labels, fontsize=8)
         right.set_yscale("log")
         right.set_ylabel("published -> final in the store, s (log)")
@@ -505,6 +534,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.replot:
+        plot(json.loads(args.out.read_text()), args.plot)
+        print(f"written {args.plot}")
+        return
     started = datetime.now(UTC)
     summary = asyncio.run(run(args))
     summary = {
