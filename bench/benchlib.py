@@ -253,12 +253,24 @@ class Stack:
         )
         return self._start(name, ["worker"], env, port)
 
-    def start_sink(self, name: str) -> Proc:
-        """``cartloom sink`` (both stores)."""
+    def start_sink(self, name: str, store: str | None = None) -> Proc:
+        """``cartloom sink``: both stores, or only ``store``'s (``--store``)."""
         from cartloom.devstack.processes import free_port
 
         port = free_port()
-        return self._start(name, ["sink"], self.cartloom_env(CARTLOOM_SINK_PORT=str(port)), port)
+        argv = ["sink", *(["--store", store] if store else [])]
+        return self._start(name, argv, self.cartloom_env(CARTLOOM_SINK_PORT=str(port)), port)
+
+    def start(self, form: Form) -> None:
+        """The processes of ``form``: its workers, then its sink processes."""
+        for n in range(1, form.workers + 1):
+            self.start_worker(f"worker-{n}", sinks=form.sinks == "worker")
+        for n in range(1, form.sink_processes + 1):
+            if form.per_store:
+                self.start_sink(f"sink-dynamodb-{n}", "dynamodb")
+                self.start_sink(f"sink-redis-{n}", "redis")
+            else:
+                self.start_sink(f"sink-{n}")
 
     async def ready(self, within: float = 180.0) -> None:
         """Until every started process answers ``GET /readyz`` 200 (before measuring only)."""
@@ -565,9 +577,16 @@ class Form:
     workers: int = 1
     sinks: str = "off"
     sink_processes: int = 0
+    #: split: each sink process is two, ``cartloom sink --store dynamodb`` and ``--store redis``
+    per_store: bool = False
 
     @property
     def label(self) -> str:
+        if self.sinks == "split" and self.per_store:
+            return (
+                f"{self.workers} worker(s) + {self.sink_processes} sink process(es)"
+                " per store (--store dynamodb, --store redis)"
+            )
         if self.sinks == "split":
             return f"{self.workers} worker(s) + {self.sink_processes} sink process(es)"
         where = "in the worker" if self.sinks == "worker" else "off"
@@ -614,10 +633,7 @@ async def backlog_run(
     """
     on_hand = 10 * orders  # every order can be reserved
     publish(stack.bootstrap, "inventory", stock(on_hand))
-    for n in range(1, form.workers + 1):
-        stack.start_worker(f"worker-{n}", sinks=form.sinks == "worker")
-    for n in range(1, form.sink_processes + 1):
-        stack.start_sink(f"sink-{n}")
+    stack.start(form)
     await stack.ready()
     meter = stack.meter()
     under_test = [proc.name for proc in stack.procs]
@@ -703,6 +719,7 @@ async def backlog_run(
         "workers": form.workers,
         "sinks": form.sinks,
         "sink_processes": form.sink_processes,
+        "sink_process_per_store": form.per_store,
         "orders": orders,
         "publish_seconds": round(published_s, 3),
         "idle_cores_before": round(idle, 3),
@@ -734,6 +751,10 @@ async def backlog_run(
             "seconds": round(seconds, 3),
             "orders_per_s": round(orders / seconds, 1),
             "seconds_per_store": {s: round(done_at[s] - mono0, 3) for s in pending},
+            # when each store was done: a store's sink process measured until its own end
+            "cpu_us_per_order_when_each_store_was_done": {
+                s: _per_order(CpuMeter.used(cpu0, cpu_at[s]), orders) for s in pending
+            },
             "cpu_seconds": cpu,
             "cpu_us_per_order": _per_order(cpu, orders),
         }

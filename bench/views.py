@@ -14,7 +14,9 @@ bench/benchlib.py), every figure taken from outside the processes under test:
      order in its final state, read from the stores (a sample of 1 in ``--sample-every``
      each second, then every order not yet seen final, until none is left);
    - ``split``: a worker with its sinks off and one ``cartloom sink`` process, counted the
-     same way.
+     same way;
+   - ``stores`` (not in the default ``--forms``): as ``split`` with one sink process per
+     store (``cartloom sink --store dynamodb`` and ``--store redis``), each store's cost.
 
    CPU per order of each process from ``/proc/<pid>/stat``. The figure the issue asks for is
    the ratio of the worker's CPU per order with sinks on to sinks off (target: within 2x),
@@ -76,6 +78,13 @@ FORMS = {
     "off": Form(1, "off"),
     "worker": Form(1, "worker"),
     "split": Form(1, "split", sink_processes=1),
+    "stores": Form(1, "split", sink_processes=1, per_store=True),
+}
+LABELS = {
+    "off": "sinks off",
+    "worker": "sinks in worker",
+    "split": "worker + sink",
+    "stores": "worker + sink\nper store",
 }
 TARGET_RATIO = 2.0
 
@@ -210,10 +219,7 @@ class Sampled:
 async def lag_run(stack: Stack, form: Form, args: argparse.Namespace) -> dict[str, Any]:
     total = int(args.rate * args.seconds)
     publish(stack.bootstrap, "inventory", stock(10 * total))
-    for n in range(1, form.workers + 1):
-        stack.start_worker(f"worker-{n}", sinks=form.sinks == "worker")
-    for n in range(1, form.sink_processes + 1):
-        stack.start_sink(f"sink-{n}")
+    stack.start(form)
     await stack.ready()
     meter = stack.meter()
     await wait_quiet(meter, [p.name for p in stack.procs])
@@ -428,8 +434,11 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    part = summary.get("cost")
+    part, runs = summary.get("cost"), summary.get("lag")
+    panels = int(bool(part)) + int(bool(runs))
+    fig, axes = plt.subplots(1, max(1, panels), figsize=(5 * max(1, panels), 3.8), squeeze=False)
+    left = axes[0][0]
+    right = axes[0][-1]
     if part:
         names = list(part["median"])
         worker = [part["median"][n]["worker_cpu_us_per_order"] or 0 for n in names]
@@ -448,25 +457,24 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         left.set_ylim(0, max(total) * 1.15)
         left.set_xticks(
             range(len(names)),
-            [
-                {"off": "sinks off", "worker": "sinks in worker", "split": "worker + sink"}[n]
-                for n in names
-            ],
+            [LABELS.get(n, n) for n in names],
         )
         left.set_ylabel("CPU µs per order (until resolved / stored)")
         ratio = part["worker_on_over_off"]["median"]
+        if ratio is not None:
+            headline = f"worker CPU per order, sinks on / off: {ratio}x"
+        elif "off" in names and len(names) > 1 and total[names.index("off")]:
+            headline = f"{LABELS.get(names[-1], names[-1])} / sinks off: ".replace("\n", " ")
+            headline += f"{total[-1] / total[names.index('off')]:.2f}x"
+        else:
+            headline = ""
         left.set_title(
             f"{part['orders']:,} orders, median of {len(part['rounds'][names[0]])} rounds "
-            f"(dots: each round)\nworker CPU per order, sinks on / off: {ratio}x",
+            f"(dots: each round)\n{headline}",
             fontsize=9,
         )
         left.legend(fontsize=8)
-    else:
-        left.axis("off")
-    runs = summary.get("lag")
-    if not runs:
-        right.axis("off")
-    else:
+    if runs:
         labels, p50, p99, p50_bound, p99_bound = [], [], [], [], []
         for name, run in runs.items():
             for store, figures in run["stores"].items():
