@@ -217,6 +217,15 @@ class Stack:
             # measure the order path and the views, not the deadline rejecting a backlog.
             CARTLOOM_SAGA_DEADLINE_SECONDS="3600",
         )
+        # BENCH_CARTLOOM_X=v sets CARTLOOM_X=v for every CartLoom process the bench starts
+        # (to compare a setting, e.g. BENCH_CARTLOOM_SINK_BATCH_MAX=5000).
+        env.update(
+            {
+                k.removeprefix("BENCH_"): v
+                for k, v in os.environ.items()
+                if k.startswith("BENCH_CARTLOOM_")
+            }
+        )
         env.update(extra)
         return env
 
