@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -10,6 +11,9 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "orders.py"
 
 
 def load() -> ModuleType:
+    # Run as a script, bench/orders.py finds its shared module (bench/benchlib.py) beside it.
+    if str(BENCH.parent) not in sys.path:
+        sys.path.insert(0, str(BENCH.parent))
     spec = importlib.util.spec_from_file_location("bench_orders", BENCH)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
