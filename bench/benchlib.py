@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import random
@@ -537,6 +538,22 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def write_report(
+    report: dict[str, Any], out: Path, plot_path: Path | None, plot: Callable[[Path], None]
+) -> None:
+    """Write ``report`` as JSON to ``out``, then the plot (matplotlib, the docs extra)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written {out}")
+    if plot_path is None:
+        return
+    try:
+        plot(plot_path)
+        print(f"written {plot_path}")
+    except ImportError:
+        print("no plot: matplotlib is in the docs extra (pip install -e '.[docs]')")
 
 
 def progress() -> Any:

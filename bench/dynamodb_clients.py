@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchlib import machine, write_report
 from dynamodb_servers import cpu_seconds, dynalite_argv
 
 from cartloom.devstack.processes import ServerProcess, free_port, spawn, stop, wait_until
@@ -258,11 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     result = summary(rounds)
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "load_average": os.getloadavg(),
-        },
+        "machine": machine(),
         "args": {
             "items": args.items,
             "rounds": args.rounds,
@@ -272,18 +267,15 @@ def main(argv: list[str] | None = None) -> None:
         **result,
         "rounds": rounds,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(
+        report, args.out, args.out.with_suffix(".png"), lambda path: plot(result, rounds, path)
+    )
     print(
         f"client CPU per conditional put, median of {args.rounds} rounds on {args.server}: "
         f"aiobotocore {result['median']['aiobotocore']['client_cpu_us_per_put']:,.0f} µs, "
         f"aiodynamo {result['median']['aiodynamo']['client_cpu_us_per_put']:,.0f} µs "
         f"({result['aiobotocore_over_aiodynamo_client_cpu']}x; rounds {result['ratio_per_round']})"
     )
-    try:
-        plot(result, rounds, args.out.with_suffix(".png"))
-    except ImportError:
-        print("no plot: matplotlib is in the docs extra (pip install -e '.[docs]')")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import shutil
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from aiobotocore.session import get_session
+from benchlib import write_report
 from botocore.exceptions import ClientError
 
 from cartloom.devstack.processes import ServerProcess, free_port, spawn, stop, wait_until
@@ -369,13 +369,8 @@ def main(argv: list[str] | None = None) -> None:
         **result,
         "rounds": rounds,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, args.out, args.out.with_suffix(".png"), lambda path: plot(result, path))
     print_table(result)
-    try:
-        plot(result, args.out.with_suffix(".png"))
-    except ImportError:
-        print("no plot: matplotlib is in the docs extra (pip install -e '.[docs]')")
 
 
 if __name__ == "__main__":

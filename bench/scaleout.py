@@ -33,7 +33,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchlib import ROOT, Form, backlog_run, cleanup, fresh_stack, machine, progress, workdir
+from benchlib import (
+    ROOT,
+    Form,
+    backlog_run,
+    cleanup,
+    fresh_stack,
+    machine,
+    progress,
+    workdir,
+    write_report,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -205,15 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         **result,
     }
     print_table(report["runs"])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written {args.out}")
-    if args.plot:
-        try:
-            plot(report, args.plot)
-            print(f"written {args.plot}")
-        except ImportError:
-            print("no plot: matplotlib is in the docs extra (pip install -e '.[docs]')")
+    write_report(report, args.out, args.plot, lambda path: plot(report, path))
 
 
 if __name__ == "__main__":

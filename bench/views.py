@@ -72,6 +72,7 @@ from benchlib import (
     stock,
     wait_quiet,
     workdir,
+    write_report,
 )
 
 FORMS = {
@@ -558,15 +559,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         **summary,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"written {args.out}")
-    if args.plot:
-        try:
-            plot(summary, args.plot)
-            print(f"written {args.plot}")
-        except ImportError:
-            print("no plot: matplotlib is in the docs extra (pip install -e '.[docs]')")
+    write_report(summary, args.out, args.plot, lambda path: plot(summary, path))
 
 
 if __name__ == "__main__":
