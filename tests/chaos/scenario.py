@@ -369,12 +369,15 @@ class Scenario:
         self.figures["stale_records_left_out"] = self.observer.stale
         self.problems.extend(verdict.problems(reject_plentiful=reject_plentiful))
         self._offenders = verdict.offenders()
-        if verdict.lost or verdict.stuck:
-            self.write_trails([*verdict.stuck[:TRAILS], *verdict.lost[:TRAILS]])
+        # A SKU whose stock and ledger part: every record about it (stock, ledger entries,
+        # commands, answers), so where they parted can be read off the results file.
+        skus = list(verdict.ledger_mismatches)[:TRAILS]
+        if verdict.lost or verdict.stuck or skus:
+            self.write_trails([*verdict.stuck[:TRAILS], *verdict.lost[:TRAILS], *skus])
         return verdict
 
     def write_trails(self, order_ids: list[str]) -> None:
-        """For a failed run: every record about each order, and the groups' commits.
+        """For a failed run: every record about each order (or SKU), and the groups' commits.
 
         Written to ``results/<name>-trails.json`` so a run that failed once can be
         explained without running it again.
