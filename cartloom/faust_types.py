@@ -128,7 +128,7 @@ class TunedConsumer(aiokafka_driver.Consumer):
     offsets one after another and looks again at a partition that stalls behind a record
     it handed out (why: :mod:`cartloom.offsets`). Private Faust attributes used here
     (``_acked``, ``_acked_index``, ``_committed_offset``, ``_unacked_messages``,
-    ``_new_offset``, ``_add_gap``) are pinned by
+    ``_read_offset``, ``_new_offset``, ``_add_gap``, ``Message.acked``) are pinned by
     tests/integration/test_commit_only_what_ran.py.
     """
 
@@ -141,6 +141,11 @@ class TunedConsumer(aiokafka_driver.Consumer):
         #: *next*, so every idle partition looked as if its committed record had been
         #: handed out, and was probed for seconds again and again for nothing.
         self._fetched: dict[TP, int] = {}
+        #: Per partition, (seek number, offset read from) of its last seek: where the
+        #: handlers' count of the next record starts again (:class:`cartloom.offsets.InOrder`).
+        self._read_from: dict[TP, tuple[int, int | None]] = {}
+        self._seeked_to: dict[TP, int | None] = {}  # the last seek_to_committed's offsets
+        self._seek_number = 0
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:  # noqa: ASYNC109
         """Faust's fetch loop, noting the highest offset handed out per partition.
@@ -159,12 +164,63 @@ class TunedConsumer(aiokafka_driver.Consumer):
     async def seek(self, partition: TP, offset: int) -> None:
         """Seek, and forget what was handed out of ``partition`` before."""
         self._fetched.pop(partition, None)
+        self._note_reads_from({partition: offset})
         await super().seek(partition, offset)
 
     async def perform_seek(self) -> None:
         """Seek every partition to its committed offset (recovery's end), forgetting the rest."""
         self._fetched.clear()
+        self._seeked_to = {}
         await super().perform_seek()
+        # The seek went to each assigned partition's committed offset, None where the
+        # group never committed there. The fetch then starts at the first offset held,
+        # but what Faust drops on the way to the streams around a rebalance (records
+        # 0-110 of a partition, seen in the zombie scenario) would go unnoticed, so the
+        # handlers' count starts from the broker's.
+        reads_from: dict[TP, int | None] = {
+            tp: offset if offset is not None and offset >= 0 else None
+            for tp, offset in self._seeked_to.items()
+        }
+        unknown = [
+            tp
+            for tp, offset in reads_from.items()
+            if offset is None and self.app.topics.acks_enabled_for(tp.topic)
+        ]
+        if unknown:
+            try:
+                await self._learn_committed_offsets(unknown)
+            except Exception:  # the stall check asks again; the first record sets the count
+                log.warning("could not read committed offsets after a seek", exc_info=True)
+            for tp in unknown:
+                committed = self._committed_offset.get(tp)
+                reads_from[tp] = committed if known(committed) else None
+        self._note_reads_from(reads_from)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """Faust's seek of every partition to its committed offset, remembering where to."""
+        offsets = await super().seek_to_committed()
+        self._seeked_to = {TP(tp.topic, tp.partition): offset for tp, offset in offsets.items()}
+        return offsets
+
+    def _note_reads_from(self, offsets: Mapping[TP, int | None]) -> None:
+        self._seek_number += 1
+        for tp, offset in offsets.items():
+            self._read_from[tp] = (self._seek_number, offset)
+
+    def read_from(self, tp: TP) -> tuple[int, int | None]:
+        """(seek number, offset) of ``tp``'s last seek; (0, None) before any."""
+        return self._read_from.get(tp, (0, None))
+
+    def refuse(self, message: Any) -> None:
+        """Leave ``message`` unacknowledged: nothing is committed from its offset on.
+
+        For a record handed out past one never handled (:class:`cartloom.offsets.InOrder`).
+        Faust acknowledges every event of a batch once the agent is done with it; marked
+        acknowledged already, this one is not counted, so the commit stands at the first
+        record never handled and the stall check reads the partition again from there.
+        """
+        message.acked = True
+        self._unacked_messages.discard(message)
 
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
         """Recovery's seek of its changelog partitions; a round a rebalance replaced restarts.
@@ -302,9 +358,19 @@ class TunedConsumer(aiokafka_driver.Consumer):
                 committed,
             )
             INPUT_REREADS.labels(tp.topic, "idle").inc()
-            self._buffered_partitions.discard(tp)
-            self.resume_partitions([tp])
-            await self.seek(tp, self._reading_start(tp, committed, broker.get(tp)))
+            await self._read_again(tp, self._reading_start(tp, committed, broker.get(tp)))
+
+    async def _read_again(self, tp: TP, offset: int) -> None:
+        """Fetch ``tp`` from ``offset`` again, with the fetcher asking for it.
+
+        Faust leaves a partition out of those it fetches after ``on_buffer_full`` until a
+        drain signal that a buffer cleared at a rebalance never gives; a seek alone then
+        handed nothing out for 30 s (the zombie scenario, after records were refused for
+        coming out of order).
+        """
+        self._buffered_partitions.discard(tp)
+        self.resume_partitions([tp])
+        await self.seek(tp, offset)
 
     def _reading_start(self, tp: TP, committed: int, broker: int | None) -> int:
         """Where to read an idle partition again: the lower of Faust's and the broker's commit.
@@ -390,7 +456,7 @@ class TunedConsumer(aiokafka_driver.Consumer):
                 else "",
             )
             INPUT_REREADS.labels(tp.topic, "reread").inc()
-            await self.seek(tp, committed)
+            await self._read_again(tp, committed)
             return
         log.info(
             "%s[%d]: no record at offsets %d..%d (transaction markers or removed records); skipped",

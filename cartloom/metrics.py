@@ -199,6 +199,13 @@ LIVE_QUERY_SECONDS = Histogram(
     ["entity", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+INPUT_OUT_OF_ORDER = Counter(
+    "cartloom_input_out_of_order_total",
+    "Input records an agent did not handle because they came out of offset order, by"
+    " outcome: ahead (handed out past a record never handled: refused, unacknowledged, read"
+    " again in order) or seen (at or before one handled since the partition's last seek).",
+    ["topic", "outcome"],
+)
 INPUT_REREADS = Counter(
     "cartloom_input_rereads_total",
     "Input partitions whose commit stood still behind a record that was handed out, by"

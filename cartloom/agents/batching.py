@@ -53,6 +53,8 @@ from cartloom.deadletter import send_item_to_dead_letter, send_to_dead_letter
 from cartloom.deliveries import acknowledged_all
 from cartloom.domain.errors import InvalidInput, RejectReason
 from cartloom.envelopes import ENVELOPE_MAX, pack
+from cartloom.faust_types import TunedConsumer
+from cartloom.offsets import HandOut, InOrder
 from cartloom.partitioning import key_partition
 
 log = logging.getLogger(__name__)
@@ -318,6 +320,33 @@ def event_key(event: faust.EventT[Any]) -> str:
     if isinstance(key, str):
         return key
     raise InvalidInput(RejectReason.KEY_MISMATCH, "message has no key")
+
+
+#: Per (agent, partition), the offset it handles next.
+_in_order = InOrder()
+
+
+def in_offset_order(
+    events: Sequence[faust.EventT[Any]], consumer: TunedConsumer, agent: str
+) -> list[faust.EventT[Any]]:
+    """The events of a batch ``agent`` may handle: each the next record of its partition.
+
+    A record handed out past one never handled is refused, unacknowledged, and read again
+    in order (:class:`cartloom.offsets.InOrder`); one at or before a record handled since
+    the partition's last seek was handled already.
+    """
+    taken = []
+    for event in events:
+        message = event.message
+        tp = message.tp
+        verdict = _in_order.judge((agent, tp), message.offset, consumer.read_from(tp))
+        if verdict is HandOut.TAKE:
+            taken.append(event)
+            continue
+        metrics.INPUT_OUT_OF_ORDER.labels(message.topic, verdict.value).inc()
+        if verdict is HandOut.AHEAD:
+            consumer.refuse(message)
+    return taken
 
 
 async def handle_batch(

@@ -16,7 +16,14 @@ from typing import Any, cast
 import faust
 
 from cartloom import metrics
-from cartloom.agents.batching import BatchHandler, Outbox, TableBatch, event_key, handle_batch
+from cartloom.agents.batching import (
+    BatchHandler,
+    Outbox,
+    TableBatch,
+    event_key,
+    handle_batch,
+    in_offset_order,
+)
 from cartloom.agents.routing import forward_if_elsewhere, forwarded_from
 from cartloom.app import app, settings, topology
 from cartloom.clock import utc_now_iso
@@ -45,6 +52,7 @@ from cartloom.domain.ledger import (
     sealed_entry,
 )
 from cartloom.domain.payloads import decode_json_object
+from cartloom.faust_types import TunedConsumer
 from cartloom.tables import inventory_by_sku, reservation_by_line
 from cartloom.topics import inventory_alerts_topic, reservation_results_topic, stock_inputs
 
@@ -53,7 +61,10 @@ from cartloom.topics import inventory_alerts_topic, reservation_results_topic, s
 async def reserve_stock(stream: faust.StreamT[bytes]) -> None:
     """Apply stock messages and ledger commands a batch at a time, per SKU partition."""
     batch_max, within = settings.order_batch_max, settings.order_batch_within_seconds
-    async for events in cast(Any, stream).take_events(batch_max, within):
+    async for batch in cast(Any, stream).take_events(batch_max, within):
+        events = in_offset_order(batch, cast(TunedConsumer, app.consumer), "stock")
+        if not events:
+            continue
         stock = TableBatch(inventory_by_sku, app.producer)
         ledger = TableBatch(reservation_by_line, app.producer)
         outbox = Outbox(app.producer)

@@ -26,6 +26,7 @@ from cartloom.agents.batching import (
     TableBatch,
     event_key,
     handle_batch,
+    in_offset_order,
     partition_for,
     stop_without_acknowledging,
 )
@@ -78,6 +79,7 @@ from cartloom.domain.saga import (
     settle_commands,
 )
 from cartloom.domain.shopify_state import personal_data, redacted
+from cartloom.faust_types import TunedConsumer
 from cartloom.tables import early_events_by_order, order_by_id
 from cartloom.topics import inventory_commands_topic, order_inputs, shopify_data_exports_topic
 
@@ -88,7 +90,10 @@ log = logging.getLogger(__name__)
 async def process_orders(stream: faust.StreamT[bytes]) -> None:
     """Handle order inputs a batch at a time; nothing is acknowledged without a trace."""
     batch_max, within = settings.order_batch_max, settings.order_batch_within_seconds
-    async for events in cast(Any, stream).take_events(batch_max, within):
+    async for batch in cast(Any, stream).take_events(batch_max, within):
+        events = in_offset_order(batch, cast(TunedConsumer, app.consumer), "orders")
+        if not events:
+            continue
         orders, outbox = TableBatch(order_by_id, app.producer), Outbox(app.producer)
         held = TableBatch(early_events_by_order, app.producer)
         handler = OrderHandler(orders, outbox, held)

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import TP
 
+from cartloom.agents.batching import in_offset_order
 from cartloom.faust_types import IDLE_PATIENCE_SECONDS, TunedConsumer
 from cartloom.metrics import INPUT_REREADS
 from tests.harness import eventually, in_process_app
@@ -198,5 +199,54 @@ async def test_a_partition_the_fetcher_stopped_asking_for_is_fetched_again(
         assert sorted(set(processed)) == list(range(10))
         assert INPUT_REREADS.labels(topic, "idle")._value.get() == 1
         assert "_buffered_partitions" in vars(consumer)  # the private set the fix clears
+    finally:
+        await app.stop()
+
+
+async def test_records_after_a_dropped_one_are_handled_only_after_it(
+    bootstrap: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient, tmp_path: Any
+) -> None:
+    """The agents' batches hold a partition's records in offset order, none skipped.
+
+    Handled past a dropped record, commands ran out of order: in the zombie scenario a
+    new owner applied a SKU's commands 122-188 before 19-121 (docs/crash-safety.md). With
+    :func:`cartloom.agents.batching.in_offset_order` the records after the drop are
+    refused, unacknowledged, until the partition is read again from the dropped one.
+    """
+    run = uuid.uuid4().hex[:8]
+    topic, group = f"order-{run}", f"order-app-{run}"
+    await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    tp = TopicPartition(topic, 0)
+    app = in_process_app(group, bootstrap, tmp_path, store="memory://", broker_commit_interval=0.2)
+    consumer = app.consumer
+    assert isinstance(consumer, TunedConsumer)
+    handled: list[int] = []
+
+    @app.agent(app.topic(topic, key_serializer="raw", value_serializer="raw"))
+    async def handle_in_order(stream: faust.StreamT[bytes]) -> None:
+        async for batch in stream.take_events(100, 0.05):
+            handled.extend(e.message.offset for e in in_offset_order(batch, consumer, run))
+
+    deliver = consumer.callback
+    dropped: list[int] = []
+
+    async def drop_once(message: Any) -> None:
+        if message.offset == DROPPED and not dropped:
+            dropped.append(message.offset)
+            return
+        await deliver(message)
+
+    consumer.callback = drop_once
+    for n in range(RECORDS):
+        await producer.send_and_wait(topic, key=b"k", value=f"r{n}".encode(), partition=0)
+
+    await app.start()
+    try:
+        await eventually(
+            lambda: committed_at_end(admin, group, tp), timeout=60, what="commit to the end"
+        )
+        assert dropped == [DROPPED]
+        assert handled == list(range(RECORDS))  # 12 before 13, each once
+        assert consumer._committed_offset[tp] == RECORDS
     finally:
         await app.stop()

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cartloom.offsets import StallWatch, advance, missed, waiting_for_records
+from cartloom.offsets import HandOut, InOrder, StallWatch, advance, missed, waiting_for_records
 
 
 def test_a_run_from_the_committed_offset_is_committed() -> None:
@@ -107,3 +107,28 @@ def test_a_record_still_in_flight_gets_the_longer_patience_not_forever() -> None
 )
 def test_waiting_for_records(committed: int, read: int | None, waiting: bool) -> None:
     assert waiting_for_records(committed, read) is waiting
+
+
+def test_records_are_taken_in_offset_order_from_the_last_seek() -> None:
+    order = InOrder()
+    tp = ("orders.accepted", 0)
+    assert order.judge(tp, 17, (1, 17)) is HandOut.TAKE
+    assert order.judge(tp, 18, (1, 17)) is HandOut.TAKE
+    # 19-121 dropped on their way to the stream: what comes after them is refused
+    assert order.judge(tp, 122, (1, 17)) is HandOut.AHEAD
+    assert order.judge(tp, 123, (1, 17)) is HandOut.AHEAD
+    assert order.judge(tp, 18, (1, 17)) is HandOut.SEEN  # handled already
+    # read again from the first one never handled
+    assert order.judge(tp, 19, (2, 19)) is HandOut.TAKE
+    assert order.judge(tp, 20, (2, 19)) is HandOut.TAKE
+
+
+def test_a_seek_back_takes_the_records_again_and_unknown_starts_take_the_first() -> None:
+    order = InOrder()
+    tp = ("inventory.commands", 5)
+    assert order.judge(tp, 40, (0, None)) is HandOut.TAKE  # no seek yet: the first sets it
+    assert order.judge(tp, 41, (0, None)) is HandOut.TAKE
+    assert order.judge(tp, 30, (3, 30)) is HandOut.TAKE  # a rebalance read from the commit
+    assert order.judge(tp, 29, (3, 30)) is HandOut.SEEN  # fetched before that seek
+    assert order.judge(tp, 33, (3, 30)) is HandOut.AHEAD
+    assert order.judge(("inventory.commands", 6), 7, (3, None)) is HandOut.TAKE  # its own
