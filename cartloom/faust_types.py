@@ -16,10 +16,10 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP, EventT
 from mode import Service
 
+from cartloom.domain.changelog_order import changelog_rank
 from cartloom.kafka_clients import KafkaConnection
 from cartloom.metrics import CHANGELOG_STALE_RECORDS, INPUT_REREADS
 from cartloom.offsets import StallWatch, advance, missed, waiting_for_records
-from cartloom.sinks.base import document_version
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,11 @@ class RawKeyTable(faust.Table):  # type: ignore[type-arg]
         A worker frozen past its session timeout (a zombie) can write the rest of its batch
         after its partitions moved, with no transactions to fence it, so a key's changelog
         can end on an older record than the one before it. Faust would recover that older
-        value. The rule is the sinks' (:func:`cartloom.sinks.base.coalesce`): a document
-        whose ``version`` is lower than the one the table holds is stale; a deletion always
-        applies; documents without a version apply as Faust would.
+        value. The rule is the sinks' (:func:`cartloom.sinks.base.coalesce`), with ledger
+        entries ranked by their command's offset
+        (:func:`cartloom.domain.changelog_order.changelog_rank`): a document ranked lower
+        than the one the table holds is stale; a deletion always applies; documents
+        without a rank apply as Faust would.
 
         With the in-memory store "holds" means the value before the batch, which came from
         this changelog. A RocksDB store can hold a value its changelog never got (written
@@ -66,27 +68,25 @@ class RawKeyTable(faust.Table):  # type: ignore[type-arg]
         only the records of one batch are compared with each other.
         """
         events = list(batch)
-        kept = newest_records(events, self._held_version)
+        kept = newest_records(events, self._held_rank)
         if len(kept) < len(events):
             CHANGELOG_STALE_RECORDS.labels(self.name).inc(len(events) - len(kept))
         super().apply_changelog_batch(kept)
 
-    def _held_version(self, key: Any) -> int:
+    def _held_rank(self, key: Any) -> int:
         if not isinstance(self.data, MemoryStore):
             return 0
         try:
             held = self.data[key]
         except KeyError:
             return 0
-        return document_version(held) if isinstance(held, dict) else 0
+        return changelog_rank(held) if isinstance(held, dict) else 0
 
 
-def newest_records(
-    events: list[EventT[Any]], held_version: Callable[[Any], int]
-) -> list[EventT[Any]]:
+def newest_records(events: list[EventT[Any]], held_rank: Callable[[Any], int]) -> list[EventT[Any]]:
     """``events`` without the documents older than what their key holds before them.
 
-    ``held_version(key)`` is the version the table holds before the batch (0: none).
+    ``held_rank(key)`` is the rank of what the table holds before the batch (0: none).
     """
     versions: dict[Any, int] = {}
     kept = []
@@ -96,8 +96,8 @@ def newest_records(
             versions[key] = 0
             kept.append(event)
             continue
-        version = document_version(value) if isinstance(value, dict) else 0
-        held = versions[key] if key in versions else held_version(key)
+        version = changelog_rank(value) if isinstance(value, dict) else 0
+        held = versions[key] if key in versions else held_rank(key)
         if version and version < held:
             continue
         versions[key] = version or held

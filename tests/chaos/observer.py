@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from cartloom.agents.intake import intake_group_id
-from cartloom.sinks.base import document_version
+from cartloom.domain.changelog_order import changelog_rank
 from cartloom.sinks.materialiser import sink_group_id
 from tests.harness import eventually
 
@@ -145,7 +145,7 @@ class Observer:
             if (
                 isinstance(value, dict)
                 and isinstance(held, dict)
-                and (document_version(value) < document_version(held))
+                and (changelog_rank(value) < changelog_rank(held))
             ):
                 self.stale += 1  # as a recovering worker does (RawKeyTable)
                 continue

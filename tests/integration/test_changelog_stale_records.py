@@ -5,10 +5,10 @@ its session timeout (a zombie): when it wakes it writes the rest of its batch af
 partitions moved, so a key's changelog can end on a record older than the one before it
 (the zombie scenario of the fault suite saw 6 such records). Faust recovers the last
 record. CartLoom's table (:class:`cartloom.faust_types.RawKeyTable`) leaves out a
-document whose ``version`` is lower than the one it holds, as the sinks do; a deletion
-still applies. Here a real Faust app recovers a changelog written that way, with each
-store CartLoom supports (see ``RawKeyTable.apply_changelog_batch`` for why RocksDB compares
-records of one batch only).
+document whose ``version`` is lower than the one it holds, as the sinks do, and a ledger
+entry whose command offset is lower; a deletion still applies. Here a real Faust app
+recovers a changelog written that way, with each store CartLoom supports (see
+``RawKeyTable.apply_changelog_batch`` for why RocksDB compares records of one batch only).
 """
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ CHANGELOG: list[tuple[str, dict[str, Any] | None]] = [
     ("k4", {"version": 1, "status": "received"}),  # after a deletion: a new start, kept
     ("k5", {"note": "no version"}),
     ("k5", {"note": "no version, later"}),  # documents without versions: the last one
+    # ledger entries rank by the offset of the command that last changed them
+    ("k6", {"command_offset": 3, "granted": 1, "released": 0}),
+    ("k6", {"command_offset": 7, "granted": 1, "released": 1}),
+    ("k6", {"command_offset": 3, "granted": 1, "released": 0}),  # stale: a zombie's reserve
 ]
 EXPECTED = {
     "k1": {"version": 3, "status": "reserved"},
@@ -50,6 +54,7 @@ EXPECTED = {
     "k3": {"version": 6, "status": "fulfilled"},
     "k4": {"version": 1, "status": "received"},
     "k5": {"note": "no version, later"},
+    "k6": {"command_offset": 7, "granted": 1, "released": 1},
 }
 
 
