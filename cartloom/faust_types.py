@@ -88,19 +88,19 @@ def newest_records(events: list[EventT[Any]], held_rank: Callable[[Any], int]) -
 
     ``held_rank(key)`` is the rank of what the table holds before the batch (0: none).
     """
-    versions: dict[Any, int] = {}
+    ranks: dict[Any, int] = {}
     kept = []
     for event in events:
         key, value = event.key, event.value
         if event.message.value is None:
-            versions[key] = 0
+            ranks[key] = 0
             kept.append(event)
             continue
-        version = changelog_rank(value) if isinstance(value, dict) else 0
-        held = versions[key] if key in versions else held_rank(key)
-        if version and version < held:
+        rank = changelog_rank(value) if isinstance(value, dict) else 0
+        held = ranks[key] if key in ranks else held_rank(key)
+        if rank and rank < held:
             continue
-        versions[key] = version or held
+        ranks[key] = rank or held
         kept.append(event)
     return kept
 
