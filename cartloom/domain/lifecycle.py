@@ -174,6 +174,13 @@ TERMINAL = frozenset(
 )
 
 
+#: Statuses after which nothing a storefront does depends on a fresh copy of the order:
+#: the terminal ones, and ``fulfilled``, which only a refund (whole or partial) leaves
+#: (each writes a new version). The sinks expire cached copies of these
+#: (``docs/sinks.md``); a later change writes the order again.
+CLOSED = TERMINAL | {Status.FULFILLED}
+
+
 def next_status(status: Status, trigger: Trigger) -> Status | None:
     """The status ``trigger`` moves ``status`` to, or None when the machine forbids it."""
     return TRANSITIONS.get((status, trigger))

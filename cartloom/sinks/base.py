@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from cartloom.domain.errors import RejectReason
+from cartloom.domain.lifecycle import CLOSED
 
 #: Materialised entities and the attribute that keys them.
 KEY_ATTRIBUTE: dict[str, str] = {
@@ -32,7 +33,7 @@ KEY_ATTRIBUTE: dict[str, str] = {
 }
 
 #: Order statuses after which nothing a storefront does depends on the cached copy.
-CLOSED_ORDER_STATUSES = frozenset({"rejected", "fulfilled", "cancelled", "refunded", "expired"})
+CLOSED_ORDER_STATUSES = frozenset(status.value for status in CLOSED)
 
 
 @dataclass(frozen=True, slots=True)

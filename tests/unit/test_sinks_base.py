@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from cartloom.sinks.base import ViewChange, coalesce, document_version
+from cartloom.domain.lifecycle import TERMINAL, TRANSITIONS, Status
+from cartloom.sinks.base import CLOSED_ORDER_STATUSES, ViewChange, coalesce, document_version
 from cartloom.sinks.memory import MemorySink
 
 
@@ -42,3 +43,12 @@ async def test_memory_sink_refuses_same_or_older_versions() -> None:
     newer = await sink.write([change("a", 3)])
     assert (first.written, again.written, again.stale, newer.written) == (1, 0, 2, 1)
     assert sink.get("orders", "a") == {"version": 3, "key": "a"}
+
+
+def test_the_sinks_closed_orders_are_the_domains() -> None:
+    """One home for "closed": every terminal status, and fulfilled, which only a refund leaves."""
+    assert {Status(s) for s in CLOSED_ORDER_STATUSES} == set(TERMINAL) | {Status.FULFILLED}
+    assert not any(
+        src is Status.FULFILLED and dst not in (Status.REFUNDED, Status.PARTIALLY_REFUNDED)
+        for (src, _), dst in TRANSITIONS.items()
+    )
