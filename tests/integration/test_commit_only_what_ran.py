@@ -67,6 +67,30 @@ def recording_app(
     return app, consumer, processed
 
 
+def drop_record_once(consumer: TunedConsumer) -> list[int]:
+    """Make the app's message callback drop record ``DROPPED`` once; the offsets dropped.
+
+    What Faust does to a record it fetched when a rebalance clears the buffers: after it
+    was fetched, before any stream saw it.
+    """
+    deliver = consumer.callback
+    dropped: list[int] = []
+
+    async def drop_once(message: Any) -> None:
+        if message.offset == DROPPED and not dropped:
+            dropped.append(message.offset)
+            return
+        await deliver(message)
+
+    consumer.callback = drop_once
+    return dropped
+
+
+async def send_records(producer: AIOKafkaProducer, topic: str, numbers: range) -> None:
+    for n in numbers:
+        await producer.send_and_wait(topic, key=b"k", value=f"r{n}".encode(), partition=0)
+
+
 async def test_a_dropped_record_is_read_again_and_never_committed_over(
     bootstrap: str, producer: AIOKafkaProducer, admin: AIOKafkaAdminClient, tmp_path: Any
 ) -> None:
@@ -76,19 +100,8 @@ async def test_a_dropped_record_is_read_again_and_never_committed_over(
     tp = TopicPartition(topic, 0)
 
     app, consumer, processed = recording_app(bootstrap, tmp_path, topic, group)
-    deliver = consumer.callback
-    dropped: list[int] = []
-
-    async def drop_once(message: Any) -> None:
-        # What Faust does to a record it fetched when a rebalance clears the buffers.
-        if message.offset == DROPPED and not dropped:
-            dropped.append(message.offset)
-            return
-        await deliver(message)
-
-    consumer.callback = drop_once
-    for n in range(RECORDS):
-        await producer.send_and_wait(topic, key=b"k", value=f"r{n}".encode(), partition=0)
+    dropped = drop_record_once(consumer)
+    await send_records(producer, topic, range(RECORDS))
 
     async def last_processed() -> bool:
         return bool(dropped) and max(processed, default=-1) == RECORDS - 1
@@ -178,8 +191,7 @@ async def test_a_partition_the_fetcher_stopped_asking_for_is_fetched_again(
     await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
     tp = TopicPartition(topic, 0)
     app, consumer, processed = recording_app(bootstrap, tmp_path, topic, group)
-    for n in range(5):
-        await producer.send_and_wait(topic, key=b"k", value=f"r{n}".encode(), partition=0)
+    await send_records(producer, topic, range(5))
     await app.start()
     try:
 
@@ -190,8 +202,7 @@ async def test_a_partition_the_fetcher_stopped_asking_for_is_fetched_again(
         faust_tp = TP(topic, 0)
         consumer.on_buffer_full(faust_tp)  # ...and the buffer's drain is never signalled
         assert faust_tp not in consumer._get_active_partitions()
-        for n in range(5, 10):
-            await producer.send_and_wait(topic, key=b"k", value=f"r{n}".encode(), partition=0)
+        await send_records(producer, topic, range(5, 10))
         started = time.monotonic()
         await consumer.look_again_at_stalled_partitions(now=started)
         await consumer.look_again_at_stalled_partitions(now=started + IDLE_PATIENCE_SECONDS + 1)
@@ -227,18 +238,8 @@ async def test_records_after_a_dropped_one_are_handled_only_after_it(
         async for batch in stream.take_events(100, 0.05):
             handled.extend(e.message.offset for e in in_offset_order(batch, consumer, run))
 
-    deliver = consumer.callback
-    dropped: list[int] = []
-
-    async def drop_once(message: Any) -> None:
-        if message.offset == DROPPED and not dropped:
-            dropped.append(message.offset)
-            return
-        await deliver(message)
-
-    consumer.callback = drop_once
-    for n in range(RECORDS):
-        await producer.send_and_wait(topic, key=b"k", value=f"r{n}".encode(), partition=0)
+    dropped = drop_record_once(consumer)
+    await send_records(producer, topic, range(RECORDS))
 
     await app.start()
     try:
