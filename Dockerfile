@@ -21,7 +21,7 @@ COPY pyproject.toml constraints.txt README.md topics.yaml ./
 COPY cartloom ./cartloom
 # A regular (non-editable) install: the wheel carries topics.yaml inside the package.
 RUN /opt/cartloom/bin/pip install -c constraints.txt ".[rocksdb]" \
-    && /opt/cartloom/bin/python -c "import cartloom.cli, rocksdict, faust.stores.rocksdb"
+    && /opt/cartloom/bin/python -c "import cartloom.cli.main, rocksdict, faust.stores.rocksdb"
 
 # ---- runtime: the venv only, no compiler, no source tree, no pip cache ----
 FROM ${PYTHON_IMAGE} AS runtime

@@ -201,7 +201,7 @@ class Stack:
         return self.env["CARTLOOM_BROKER_URL"].split("://", 1)[1]
 
     def settings(self) -> Any:
-        from cartloom.settings import Settings
+        from cartloom.core.settings import Settings
 
         return Settings(
             broker_url=self.env["CARTLOOM_BROKER_URL"],
@@ -415,7 +415,7 @@ class StoreProbe:
     async def __aenter__(self) -> StoreProbe:
         from aiobotocore.session import get_session
 
-        from cartloom.redis_keys import RedisKeys
+        from cartloom.core.redis_keys import RedisKeys
         from cartloom.sinks.dynamodb import dynamodb_client_config
         from cartloom.sinks.redis import redis_client
 

@@ -49,9 +49,9 @@ from aiobotocore.session import get_session
 from benchlib import write_report
 from botocore.exceptions import ClientError
 
+from cartloom.core.settings import Settings
 from cartloom.devstack.processes import ServerProcess, free_port, spawn, stop, wait_until
 from cartloom.devstack.stack import LOCAL_AWS_ENV, moto_argv
-from cartloom.settings import Settings
 from cartloom.sinks.base import ViewChange
 from cartloom.sinks.dynamodb import DynamoDBSink, dynamodb_client_config, to_item
 from cartloom.sinks.dynamodb_tables import ensure_tables

@@ -40,9 +40,9 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from benchlib import SKUS, ChangelogTail, order, peak_rss_mib, percentiles
 
-from cartloom.kafka_admin import apply_topics
-from cartloom.kafka_clients import KafkaConnection
-from cartloom.topology import TopicSpec
+from cartloom.core.topology import TopicSpec
+from cartloom.ops.kafka_admin import apply_topics
+from cartloom.stream.kafka_clients import KafkaConnection
 
 ROOT = Path(__file__).resolve().parent.parent
 

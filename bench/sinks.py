@@ -43,9 +43,9 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from redis.asyncio import Redis
 
+from cartloom.core.settings import Settings
 from cartloom.devstack.processes import free_port, spawn, stop, wait_until
 from cartloom.devstack.stack import LOCAL_AWS_ENV, moto_argv, redis_argv
-from cartloom.settings import Settings
 from cartloom.sinks.base import ViewChange, coalesce
 from cartloom.sinks.dynamodb import GUARD, DynamoDBSink, dynamodb_client_config, to_item
 from cartloom.sinks.dynamodb_tables import ensure_tables

@@ -50,15 +50,15 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import SecretStr
 
+from cartloom.core.settings import Settings
+from cartloom.core.topology import TopicSpec, load_topology
 from cartloom.devstack.processes import free_port, spawn, stop
 from cartloom.devstack.stack import _broker_ready, broker_argv
-from cartloom.kafka_admin import apply_topics
-from cartloom.kafka_clients import KafkaConnection
-from cartloom.settings import Settings
+from cartloom.ops.kafka_admin import apply_topics
 from cartloom.shopify.delivery import signed
 from cartloom.shopify.signatures import SignatureVerifier
 from cartloom.shopify.store import WebhookEvent
-from cartloom.topology import TopicSpec, load_topology
+from cartloom.stream.kafka_clients import KafkaConnection
 
 SECRET = "bench-secret"
 SHOP = "bench.myshopify.com"

@@ -1,5 +1,5 @@
 """``python -m cartloom``: the same CLI as the ``cartloom`` command."""
 
-from cartloom.cli import main
+from cartloom.cli.main import main
 
 main()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-# The unit tests import cartloom.app, which reads settings once; keep them independent of
+# The unit tests import cartloom.stream.app, which reads settings once; keep them independent of
 # whatever CARTLOOM_* variables the developer's shell happens to hold.
 for _name in [n for n in os.environ if n.startswith("CARTLOOM_")]:
     del os.environ[_name]

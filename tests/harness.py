@@ -28,8 +28,8 @@ def in_process_app(group: str, bootstrap: str, datadir: Path, **options: Any) ->
     For tests that pin the Faust behaviour CartLoom's consumer and tables change; web and
     topic declaration off. ``options`` add Faust settings (``store`` among them).
     """
-    from cartloom.app import CartloomApp  # Faust, only for the tests that use it
-    from cartloom.kafka_clients import KafkaConnection
+    from cartloom.stream.app import CartloomApp  # Faust, only for the tests that use it
+    from cartloom.stream.kafka_clients import KafkaConnection
 
     app = CartloomApp(
         group,
@@ -67,7 +67,7 @@ async def eventually(
 
 def settings_from_env(env: dict[str, str], **overrides: Any) -> Any:
     """The ``Settings`` a process started with ``env`` (``CARTLOOM_*`` variables) reads."""
-    from cartloom.settings import Settings
+    from cartloom.core.settings import Settings
 
     fields = {
         name.removeprefix("CARTLOOM_").lower(): value

@@ -31,13 +31,8 @@ import faust
 import orjson
 from faust.streams import _current_event
 
-from cartloom import metrics
-from cartloom.agents.batching import TableBatch
-from cartloom.app import app, settings
-from cartloom.clock import utc_now_iso
-from cartloom.deadletter import dead_letter_headers
-from cartloom.deliveries import acknowledged_all
-from cartloom.dlq import dead_letter_topic_name
+from cartloom.core import metrics
+from cartloom.core.clock import utc_now_iso
 from cartloom.domain.early_events import (
     HELD_NUDGE,
     EventOrigin,
@@ -49,8 +44,12 @@ from cartloom.domain.early_events import (
 from cartloom.domain.errors import RejectReason
 from cartloom.domain.instants import is_before, posix
 from cartloom.domain.schedule import DueSchedule
-from cartloom.tables import ReseedAfterRecovery, early_events_by_order
-from cartloom.topics import order_timeouts_topic
+from cartloom.stream.app import app, settings
+from cartloom.stream.batching import TableBatch
+from cartloom.stream.deadletter import dead_letter_headers, dead_letter_topic_name
+from cartloom.stream.deliveries import acknowledged_all
+from cartloom.stream.tables import ReseedAfterRecovery, early_events_by_order
+from cartloom.stream.topics import order_timeouts_topic
 
 RENUDGE_AFTER_SECONDS = 30.0
 #: Most nudges one tick sends; the rest wait for the next tick.
@@ -89,7 +88,7 @@ class _Origin:
 async def settle_held_events(settled: dict[str, HeldSettlement]) -> None:
     """Dead-letter what a batch gave up, wait until the broker has it all, then drop it.
 
-    Runs in the orders agent after :func:`~cartloom.agents.batching.handle_batch` (so
+    Runs in the orders agent after :func:`~cartloom.stream.batching.handle_batch` (so
     after the batch's order writes were handed to the producer), before the batch's
     offsets are acknowledged. Raises if a dead letter could not be delivered: the held
     events stay, the batch is not acknowledged.

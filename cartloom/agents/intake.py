@@ -13,7 +13,7 @@ here once: the orders agent reads envelope orders without checking them again. T
 then handles hundreds of orders in one Faust event, with its tables and changelogs as
 before.
 
-Envelopes are capped by their encoded size (:data:`cartloom.envelopes.ENVELOPE_MAX_BYTES`),
+Envelopes are capped by their encoded size (:data:`cartloom.stream.envelopes.ENVELOPE_MAX_BYTES`),
 not only by count: orders carry a ``customer`` object of any size. An order too large to
 travel even alone is dead-lettered with reason ``too_large``, not retried.
 
@@ -35,16 +35,16 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from cartloom import metrics
-from cartloom.agents.batching import partition_for
-from cartloom.app import app, settings, topology
-from cartloom.deadletter import DEAD_LETTER_MAX_REQUEST_BYTES, dead_letter_headers
-from cartloom.deliveries import Deliveries, DeliveryFailed
+from cartloom.core import metrics
 from cartloom.domain.errors import InvalidInput, RejectReason
 from cartloom.domain.orders import accepted_order_json, parse_order
 from cartloom.domain.payloads import decode_json_object
-from cartloom.envelopes import ENVELOPE_MAX, ENVELOPE_MAX_BYTES, fits_alone, pack
-from cartloom.kafka_clients import kafka_connection
+from cartloom.stream.app import app, settings, topology
+from cartloom.stream.batching import partition_for
+from cartloom.stream.deadletter import DEAD_LETTER_MAX_REQUEST_BYTES, dead_letter_headers
+from cartloom.stream.deliveries import Deliveries, DeliveryFailed
+from cartloom.stream.envelopes import ENVELOPE_MAX, ENVELOPE_MAX_BYTES, fits_alone, pack
+from cartloom.stream.kafka_clients import kafka_connection
 
 log = logging.getLogger(__name__)
 

@@ -15,19 +15,9 @@ from typing import Any, cast
 
 import faust
 
-from cartloom import metrics
-from cartloom.agents.batching import (
-    BatchHandler,
-    Outbox,
-    TableBatch,
-    event_key,
-    handle_batch,
-    in_offset_order,
-)
 from cartloom.agents.routing import forward_if_elsewhere, forwarded_from
-from cartloom.app import app, settings, topology
-from cartloom.clock import utc_now_iso
-from cartloom.dlq import dead_letter_topic
+from cartloom.core import metrics
+from cartloom.core.clock import utc_now_iso
 from cartloom.domain.inventory import (
     InventoryView,
     StockOutcome,
@@ -52,9 +42,19 @@ from cartloom.domain.ledger import (
     sealed_entry,
 )
 from cartloom.domain.payloads import decode_json_object
-from cartloom.faust_types import TunedConsumer
-from cartloom.tables import inventory_by_sku, reservation_by_line
-from cartloom.topics import inventory_alerts_topic, reservation_results_topic, stock_inputs
+from cartloom.stream.app import app, settings, topology
+from cartloom.stream.batching import (
+    BatchHandler,
+    Outbox,
+    TableBatch,
+    event_key,
+    handle_batch,
+    in_offset_order,
+)
+from cartloom.stream.deadletter import dead_letter_topic
+from cartloom.stream.faust_types import TunedConsumer
+from cartloom.stream.tables import inventory_by_sku, reservation_by_line
+from cartloom.stream.topics import inventory_alerts_topic, reservation_results_topic, stock_inputs
 
 
 @app.agent(stock_inputs)

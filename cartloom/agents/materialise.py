@@ -10,11 +10,11 @@ import asyncio
 
 import mode
 
-from cartloom.app import app, settings, topology
 from cartloom.sinks.base import Sink
 from cartloom.sinks.materialiser import Materialiser
 from cartloom.sinks.runner import STORES, SinkSupervisor
 from cartloom.sinks.runner import build_materialiser as build_for
+from cartloom.stream.app import app, settings, topology
 
 
 def build_materialiser(sink: Sink) -> Materialiser:

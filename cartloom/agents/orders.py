@@ -19,17 +19,6 @@ from typing import Any, cast
 
 import faust
 
-from cartloom import metrics
-from cartloom.agents.batching import (
-    BatchHandler,
-    Outbox,
-    TableBatch,
-    event_key,
-    handle_batch,
-    in_offset_order,
-    partition_for,
-    stop_without_acknowledging,
-)
 from cartloom.agents.early_events import (
     HeldSettlement,
     origin_of,
@@ -38,9 +27,8 @@ from cartloom.agents.early_events import (
 )
 from cartloom.agents.routing import forward_if_elsewhere
 from cartloom.agents.saga import decision_clock, inputs, nudge_ignored, schedule_order
-from cartloom.app import app, settings, topology
-from cartloom.clock import utc_now_iso
-from cartloom.dlq import dead_letter_topic
+from cartloom.core import metrics
+from cartloom.core.clock import utc_now_iso
 from cartloom.domain.early_events import (
     HELD_NUDGE,
     HeldApplication,
@@ -78,10 +66,26 @@ from cartloom.domain.saga import (
     resolve_timeout,
     settle_commands,
 )
-from cartloom.domain.shopify_state import personal_data, redacted
-from cartloom.faust_types import TunedConsumer
-from cartloom.tables import early_events_by_order, order_by_id
-from cartloom.topics import inventory_commands_topic, order_inputs, shopify_data_exports_topic
+from cartloom.domain.shopify.state import personal_data, redacted
+from cartloom.stream.app import app, settings, topology
+from cartloom.stream.batching import (
+    BatchHandler,
+    Outbox,
+    TableBatch,
+    event_key,
+    handle_batch,
+    in_offset_order,
+    partition_for,
+    stop_without_acknowledging,
+)
+from cartloom.stream.deadletter import dead_letter_topic
+from cartloom.stream.faust_types import TunedConsumer
+from cartloom.stream.tables import early_events_by_order, order_by_id
+from cartloom.stream.topics import (
+    inventory_commands_topic,
+    order_inputs,
+    shopify_data_exports_topic,
+)
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from cartloom import metrics
-from cartloom.agents.batching import Outbox, partition_for
-from cartloom.app import topology
+from cartloom.core import metrics
 from cartloom.domain.errors import InvalidInput, RejectReason
+from cartloom.stream.app import topology
+from cartloom.stream.batching import Outbox, partition_for
 
 #: Header of a forwarded copy: the original's ``partition:offset`` on the same topic.
 FORWARDED_FROM_HEADER = "cartloom-forwarded-from"

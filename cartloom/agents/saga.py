@@ -4,7 +4,7 @@ The orders agent holds every order it changes until its next due time
 (:func:`schedule_order`), on the clock of the input that could still change the outcome,
 for the order's partition: the answers on ``reservation.results`` for a deadline, the
 lifecycle events on ``order.events`` for an expiry. That clock is how far the agent has
-read the partition, in event time (:mod:`cartloom.agents.clocks`), so an order is not
+read the partition, in event time (:mod:`cartloom.stream.clocks`), so an order is not
 nudged while a record that could change its fate waits unread, however late the wall
 clock. A timer on every worker pops the orders whose clock has passed their due time
 (:class:`~cartloom.domain.schedule.NudgeSchedule`) and sends one nudge each on
@@ -31,17 +31,21 @@ from typing import Any
 import orjson
 from faust.types import TP
 
-from cartloom import metrics
-from cartloom.agents.batching import partition_for, topic_facts
-from cartloom.agents.clocks import InputClocks
-from cartloom.app import app, settings
-from cartloom.clock import utc_now_iso
+from cartloom.core import metrics
+from cartloom.core.clock import utc_now_iso
 from cartloom.domain.instants import posix
 from cartloom.domain.orders import OrderView
 from cartloom.domain.saga import Timeout, next_timeout
 from cartloom.domain.schedule import NudgeSchedule
-from cartloom.tables import ReseedAfterRecovery, order_by_id
-from cartloom.topics import order_events_topic, order_timeouts_topic, reservation_results_topic
+from cartloom.stream.app import app, settings
+from cartloom.stream.batching import partition_for, topic_facts
+from cartloom.stream.clocks import InputClocks
+from cartloom.stream.tables import ReseedAfterRecovery, order_by_id
+from cartloom.stream.topics import (
+    order_events_topic,
+    order_timeouts_topic,
+    reservation_results_topic,
+)
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Three thin agents, each the single writer of its table:
   drops duplicates and stale retries, then publishes to ``orders``, ``order.events``,
   ``shopify.catalog``, ``shopify.inventory_items`` and ``shopify.redactions``.
 - ``update_catalog`` (``shopify.catalog``, table ``product_by_id``, materialised as products):
-  checks each product change (:mod:`cartloom.domain.shopify_catalog`) before storing it.
+  checks each product change (:mod:`cartloom.domain.shopify.catalog`) before storing it.
 - ``map_inventory_items`` (``shopify.inventory_items``, table ``sku_by_inventory_item``):
   maps inventory items to SKUs, parks levels whose SKU is unknown, publishes ``inventory``.
 
@@ -27,25 +27,29 @@ from typing import Any
 import faust
 import orjson
 
-from cartloom import metrics
-from cartloom.agents.batching import stop_without_acknowledging
-from cartloom.app import app, settings
-from cartloom.deadletter import dead_letter_headers
-from cartloom.deliveries import DeliveryFailed, acknowledged_all
+from cartloom.core import metrics
 from cartloom.domain.errors import InvalidInput, RejectReason
 from cartloom.domain.payloads import decode_json_object
-from cartloom.domain.shopify import (
+from cartloom.domain.shopify.catalog import read_catalog_change
+from cartloom.domain.shopify.dedupe import Verdict, admit
+from cartloom.domain.shopify.normalise import (
     KNOWN_TOPICS,
     Delivery,
     Output,
     WebhookReason,
     normalise,
 )
-from cartloom.domain.shopify_catalog import read_catalog_change
-from cartloom.domain.shopify_dedupe import Verdict, admit
-from cartloom.domain.shopify_state import apply_catalog_change, apply_item_message
-from cartloom.tables import product_by_id, shopify_delivery_by_resource, sku_by_inventory_item
-from cartloom.topics import (
+from cartloom.domain.shopify.state import apply_catalog_change, apply_item_message
+from cartloom.stream.app import app, settings
+from cartloom.stream.batching import stop_without_acknowledging
+from cartloom.stream.deadletter import dead_letter_headers
+from cartloom.stream.deliveries import DeliveryFailed, acknowledged_all
+from cartloom.stream.tables import (
+    product_by_id,
+    shopify_delivery_by_resource,
+    sku_by_inventory_item,
+)
+from cartloom.stream.topics import (
     inventory_topic,
     order_events_topic,
     orders_topic,

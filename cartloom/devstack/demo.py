@@ -24,14 +24,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cartloom.core.redis_keys import RedisKeys
+from cartloom.core.settings import Settings, load_settings
 from cartloom.devstack.processes import free_port
 from cartloom.devstack.stack import StackState, up
-from cartloom.kafka_clients import kafka_connection
-from cartloom.loadgen import LoadPlan, is_valid_index, publish, sample_orders, sample_stock
-from cartloom.redis_keys import RedisKeys
-from cartloom.settings import Settings, load_settings
+from cartloom.ops.loadgen import LoadPlan, is_valid_index, publish, sample_orders, sample_stock
 from cartloom.sinks.dynamodb import dynamodb_client_config
 from cartloom.sinks.redis import redis_client
+from cartloom.stream.kafka_clients import kafka_connection
 
 
 async def run_demo(state_dir: Path, orders: int, console: Console) -> bool:

@@ -21,6 +21,8 @@ from pathlib import Path
 import aiohttp
 from redis.asyncio import Redis
 
+from cartloom.core.settings import Settings
+from cartloom.core.topology import load_topology
 from cartloom.devstack.processes import (
     ServerProcess,
     StackError,
@@ -30,11 +32,9 @@ from cartloom.devstack.processes import (
     stop,
     wait_until,
 )
-from cartloom.kafka_admin import apply_topics
-from cartloom.kafka_clients import KafkaConnection
-from cartloom.settings import Settings
+from cartloom.ops.kafka_admin import apply_topics
 from cartloom.sinks.dynamodb_tables import ensure_tables
-from cartloom.topology import load_topology
+from cartloom.stream.kafka_clients import KafkaConnection
 
 STATE_FILE = "stack.json"
 ENV_FILE = "dev.env"

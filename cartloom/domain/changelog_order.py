@@ -12,7 +12,7 @@ record by what it says, not by where it landed.
   version hold the same document.
 - A reservation ledger entry has no version. It changes only when a command about its
   line is applied; a line's commands travel on one partition, and the agents apply a
-  partition's records in offset order (``cartloom.agents.batching.in_offset_order``), so
+  partition's records in offset order (``cartloom.stream.batching.in_offset_order``), so
   its ``command_offset`` ranks it. Read back by position instead, a zombie's late entry (a
   reserve at offset 20) outlived the new owner's release of the same line (offset 23); a
   later release (92) then released the units again, and the SKU's stock fell 2 short of

@@ -9,7 +9,7 @@ states that rule in JSON Schema (draft 2020-12). The parsers of ``orders``,
 :mod:`cartloom.domain.schemas` renders the same declarations as the published schemas,
 so a limit changed here changes both (``tests/unit/test_contract_schemas.py`` holds them
 to each other). The internal ``shopify.catalog`` is checked the same way
-(:mod:`cartloom.domain.shopify_catalog`), without a published schema. Pure: no I/O.
+(:mod:`cartloom.domain.shopify.catalog`), without a published schema. Pure: no I/O.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each is an allow-list (:class:`~cartloom.domain.public_shapes.View`) over the ta
 value: :data:`ORDER` over ``order_by_id`` (:class:`~cartloom.domain.orders.OrderView`),
 :data:`STOCK` over ``inventory_by_sku``
 (:class:`~cartloom.domain.inventory.InventoryView`) and :data:`PRODUCT` over
-``product_by_id`` (:mod:`cartloom.domain.shopify_catalog`). What they leave out is the
+``product_by_id`` (:mod:`cartloom.domain.shopify.catalog`). What they leave out is the
 stream processor's bookkeeping, free to change without notice:
 
 - orders: ``deferred`` (events kept until the reservation resolves), ``recent_events``,
@@ -44,7 +44,7 @@ from cartloom.domain.public_shapes import (
     Value,
     View,
 )
-from cartloom.domain.shopify_catalog import SHOPIFY_TEXT_MAX_LEN
+from cartloom.domain.shopify.catalog import SHOPIFY_TEXT_MAX_LEN
 
 ID = Value.of(Text(ID_MAX_LEN))
 COUNT = Value.of(Integer(minimum=0))

@@ -20,8 +20,8 @@ import aiohttp
 import orjson
 from redis.asyncio import Redis
 
-from cartloom import metrics
-from cartloom.redis_keys import RedisKeys
+from cartloom.core import metrics
+from cartloom.core.redis_keys import RedisKeys
 
 log = logging.getLogger(__name__)
 

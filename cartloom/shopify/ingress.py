@@ -10,7 +10,7 @@ ingress process runs the same :class:`~cartloom.shopify.receiver.WebhookReceiver
 - on aiohttp's low-level server (no router, no middlewares, no application: it serves
   four fixed paths, and the router cost a tenth of a delivery),
 - with its own batching producer (acks=all; 200 only once the broker has the record),
-- on the tuned garbage collector of :mod:`cartloom.runtime`.
+- on the tuned garbage collector of :mod:`cartloom.core.runtime`.
 
 It holds no state, so replicas scale with the delivery rate (``deploy/k8s``). Paths:
 ``POST /webhooks/shopify``; ``GET /healthz`` (the process runs); ``GET /readyz`` (the

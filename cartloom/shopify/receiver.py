@@ -1,6 +1,6 @@
 """The webhook receiver's core: verify, check, enqueue durably, answer with the right status.
 
-Framework-neutral (plain aiohttp): the Faust web view (:mod:`cartloom.shopify.webhooks`)
+Framework-neutral (plain aiohttp): the Faust web view (:mod:`cartloom.agents.shopify_webhooks`)
 and the benchmark both call :meth:`WebhookReceiver.handle`. A delivery is answered 200
 only after the Kafka broker acknowledged it (``acks=all``); concurrent requests share
 batches (``linger_ms``), so durability costs one batch round trip, not one per request.
@@ -23,13 +23,13 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from cartloom import metrics
+from cartloom.core import metrics
+from cartloom.core.partitioning import key_partition
+from cartloom.core.settings import Settings
 from cartloom.domain.errors import InvalidInput
-from cartloom.domain.shopify import KNOWN_TOPICS, check_fits_topic, resource_key
-from cartloom.kafka_clients import KafkaConnection, kafka_connection
-from cartloom.partitioning import key_partition
-from cartloom.settings import Settings
+from cartloom.domain.shopify.normalise import KNOWN_TOPICS, check_fits_topic, resource_key
 from cartloom.shopify.signatures import SignatureVerifier
+from cartloom.stream.kafka_clients import KafkaConnection, kafka_connection
 
 log = logging.getLogger(__name__)
 

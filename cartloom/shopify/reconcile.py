@@ -3,7 +3,7 @@
 Orders updated since a cursor kept in Redis (``cartloom:shopify:reconcile:cursor:{shop}``)
 and every inventory item's levels are read through the throttled Admin API client;
 CartLoom's side is read from the materialised views as any reader does
-(:class:`cartloom.read.ViewReader`: Redis, and DynamoDB where Redis has nothing). Redis is a
+(:class:`cartloom.sinks.read.ViewReader`: Redis, and DynamoDB where Redis has nothing). Redis is a
 cache: after it lost its data every view read from it alone looked missing, and every order
 was republished and Shopify's ``available`` published as every SKU's level. Losing the
 cursor only makes the next run read every order again. What differs is corrected by
@@ -22,19 +22,19 @@ from typing import Any, Protocol
 import orjson
 from redis.asyncio import Redis
 
-from cartloom import metrics
-from cartloom.domain.shopify import Output
-from cartloom.domain.shopify_reconcile import (
+from cartloom.core import metrics
+from cartloom.core.redis_keys import RedisKeys
+from cartloom.core.settings import Settings
+from cartloom.domain.shopify.normalise import Output
+from cartloom.domain.shopify.reconcile import (
     Drift,
     cartloom_order_id,
     inventory_corrections,
     order_corrections,
 )
-from cartloom.kafka_clients import KafkaConnection, kafka_connection
-from cartloom.read import ViewReader
-from cartloom.redis_keys import RedisKeys
-from cartloom.settings import Settings
 from cartloom.shopify.admin_client import AdminClient, RedisRateBudget
+from cartloom.sinks.read import ViewReader
+from cartloom.stream.kafka_clients import KafkaConnection, kafka_connection
 
 log = logging.getLogger(__name__)
 PAGE = 50
@@ -77,7 +77,7 @@ class Report:
 
 
 class Views(Protocol):
-    """Where reconciliation reads CartLoom's views (:class:`cartloom.read.ViewReader`)."""
+    """Where reconciliation reads CartLoom's views (:class:`cartloom.sinks.read.ViewReader`)."""
 
     async def get(self, entity: str, key: str) -> dict[str, Any] | None:
         """The view of ``entity`` ``key`` or None."""

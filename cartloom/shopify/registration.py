@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from cartloom.domain.shopify import KNOWN_TOPICS, PRIVACY_TOPICS
+from cartloom.domain.shopify.normalise import KNOWN_TOPICS, PRIVACY_TOPICS
 from cartloom.shopify.admin_client import AdminApiError, AdminClient
 
 SUBSCRIBABLE = sorted(KNOWN_TOPICS - PRIVACY_TOPICS)

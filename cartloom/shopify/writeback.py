@@ -37,14 +37,14 @@ import orjson
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from cartloom import metrics
-from cartloom.deadletter import queue_dead_letter
-from cartloom.deliveries import Deliveries
+from cartloom.core import metrics
 from cartloom.domain.errors import InvalidInput, RejectReason
-from cartloom.domain.shopify import ORDER_PREFIX
+from cartloom.domain.shopify.normalise import ORDER_PREFIX
 from cartloom.shopify.admin_client import AdminApiError, AdminApiUnavailable, AdminClient
 from cartloom.shopify.writeback_progress import LineProgress, ProgressListener, WritebackProgress
 from cartloom.sinks.redis import store_unavailable as redis_unavailable
+from cartloom.stream.deadletter import queue_dead_letter
+from cartloom.stream.deliveries import Deliveries
 
 log = logging.getLogger(__name__)
 MAX_CAS_ATTEMPTS = 10

@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 
-from cartloom.kafka_clients import KafkaConnection
+from cartloom.stream.kafka_clients import KafkaConnection
 
 log = logging.getLogger(__name__)
 #: Seconds to read a progress partition to its end before giving up (the runner restarts).

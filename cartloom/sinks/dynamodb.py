@@ -32,7 +32,7 @@ from aiodynamo.errors import (
 from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
-from cartloom.settings import Settings
+from cartloom.core.settings import Settings
 from cartloom.sinks.base import (
     KEY_ATTRIBUTE,
     TTL_ATTRIBUTE,

@@ -45,7 +45,7 @@ from aiodynamo.http.types import HttpImplementation
 from aiodynamo.models import DecorelatedJitterRetry, RetryTimeout
 from yarl import URL
 
-from cartloom.settings import Settings
+from cartloom.core.settings import Settings
 
 #: Errors of the table, the account or the service, not of one item (see
 #: :func:`cartloom.sinks.dynamodb.store_unavailable`).

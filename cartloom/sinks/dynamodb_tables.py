@@ -7,7 +7,7 @@ from typing import Any
 
 from aiobotocore.session import get_session
 
-from cartloom.settings import Settings
+from cartloom.core.settings import Settings
 from cartloom.sinks.base import KEY_ATTRIBUTE
 from cartloom.sinks.dynamodb import dynamodb_client_config
 

@@ -30,11 +30,8 @@ import orjson
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from cartloom import metrics
-from cartloom.deadletter import DEAD_LETTER_MAX_REQUEST_BYTES, STORE_HEADER, queue_dead_letter
-from cartloom.deliveries import Deliveries
+from cartloom.core import metrics
 from cartloom.domain.errors import InvalidInput, RejectReason
-from cartloom.kafka_clients import KafkaConnection
 from cartloom.sinks.base import (
     ChangeRefused,
     PartialWrite,
@@ -45,6 +42,13 @@ from cartloom.sinks.base import (
     coalesce,
     document_version,
 )
+from cartloom.stream.deadletter import (
+    DEAD_LETTER_MAX_REQUEST_BYTES,
+    STORE_HEADER,
+    queue_dead_letter,
+)
+from cartloom.stream.deliveries import Deliveries
+from cartloom.stream.kafka_clients import KafkaConnection
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +249,7 @@ class Materialiser:
     ) -> None:
         """Copy what was set aside to the dead-letter topic; return once the broker has it.
 
-        Raises :class:`~cartloom.deliveries.DeliveryFailed` (the batch is then not
+        Raises :class:`~cartloom.stream.deliveries.DeliveryFailed` (the batch is then not
         committed: the materialiser crashes and its supervisor starts it again).
         """
         letters = [(u.record, u.reason, u.detail) for u in unusable]

@@ -23,9 +23,9 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from cartloom.settings import Settings
+from cartloom.core.settings import Settings
+from cartloom.core.topology import Topology
 from cartloom.sinks.runner import SinkSupervisor
-from cartloom.topology import Topology
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cartloom.redis_keys import RedisKeys
-from cartloom.settings import Settings
+from cartloom.core.redis_keys import RedisKeys
+from cartloom.core.settings import Settings
 from cartloom.sinks.base import (
     PartialWrite,
     StoredView,

@@ -11,14 +11,14 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from cartloom import metrics
-from cartloom.kafka_clients import kafka_connection
-from cartloom.settings import Settings
+from cartloom.core import metrics
+from cartloom.core.settings import Settings
+from cartloom.core.topology import Topology
 from cartloom.sinks.base import Sink
 from cartloom.sinks.dynamodb import DynamoDBSink
 from cartloom.sinks.materialiser import SINK_DEAD_LETTER_TOPIC, Materialiser, sink_group_id
 from cartloom.sinks.redis import RedisSink
-from cartloom.topology import Topology
+from cartloom.stream.kafka_clients import kafka_connection
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import mode
 
-from cartloom.app import app, settings
+from cartloom.stream.app import app, settings
 
 
 def target_document(host: str, port: int) -> list[dict[str, Any]]:

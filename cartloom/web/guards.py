@@ -24,8 +24,8 @@ from typing import Any
 from aiohttp import web
 from faust.web.drivers import aiohttp as faust_aiohttp
 
-from cartloom import metrics
-from cartloom.settings import Settings
+from cartloom.core import metrics
+from cartloom.core.settings import Settings
 
 #: The whole answer to a connection over the limit: written raw, before any request.
 BUSY_ANSWER = (

@@ -17,7 +17,7 @@ from typing import Any
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from cartloom.metrics import WORKER_READY
+from cartloom.core.metrics import WORKER_READY
 
 #: A broker answer this recent counts as "reachable" (seconds).
 BROKER_CHECK_TTL = 2.0
@@ -120,7 +120,7 @@ def register_health(app: Any, probe: BrokerProbe, stuck_after: float) -> None:
         """``GET /metrics``: Faust's and CartLoom's metrics, one registry, Prometheus text."""
 
         async def get(self, request: Request) -> Response:
-            """Render the default registry (Faust's sensor and cartloom.metrics share it)."""
+            """Render the default registry (Faust's sensor and cartloom.core.metrics share it)."""
             await readiness(self.app, probe, stuck_after)
             headers = {"Content-Type": CONTENT_TYPE_LATEST}
             return self.bytes(generate_latest(REGISTRY), headers=headers)

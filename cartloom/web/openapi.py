@@ -24,8 +24,8 @@ from cartloom import __version__
 from cartloom.domain.inventory import StockLevel, apply_stock, empty_inventory
 from cartloom.domain.orders import ORDER_MESSAGE, new_order_view, parse_order
 from cartloom.domain.public_views import PUBLIC_VIEWS
-from cartloom.domain.shopify_catalog import CATALOG_CHANGE, read_catalog_change
-from cartloom.domain.shopify_state import apply_catalog_change
+from cartloom.domain.shopify.catalog import CATALOG_CHANGE, read_catalog_change
+from cartloom.domain.shopify.state import apply_catalog_change
 from cartloom.web.queries import MAX_VERSION, PARTITION_HEADER, SERVED_BY_HEADER
 from cartloom.web.resources import RESOURCES, Resource
 

@@ -26,9 +26,9 @@ from typing import Any
 import aiohttp
 from faust.web import Request, Response, View
 
+from cartloom.core.metrics import LIVE_QUERIES, LIVE_QUERY_SECONDS
+from cartloom.core.settings import Settings
 from cartloom.domain.public_shapes import View as PublicView
-from cartloom.metrics import LIVE_QUERIES, LIVE_QUERY_SECONDS
-from cartloom.settings import Settings
 from cartloom.web.routing import Placement, locate
 
 FORWARDED_HEADER = "X-CartLoom-Forwarded-By"

@@ -18,7 +18,7 @@ class Resource:
     """One queryable resource: ``GET /{collection}/{param}`` answers ``view`` of ``table``."""
 
     collection: str  #: the first path segment (``orders``)
-    table: str  #: the table's name in :mod:`cartloom.tables`
+    table: str  #: the table's name in :mod:`cartloom.stream.tables`
     param: str  #: the path parameter holding the key
     entity: str  #: the metric label and the OpenAPI tag
     view: View  #: the public view answered (an allow-list of the table value's fields)

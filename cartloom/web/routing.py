@@ -24,7 +24,7 @@ from typing import Any
 
 from faust.types import TP
 
-from cartloom.partitioning import key_partition
+from cartloom.core.partitioning import key_partition
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 from faust.web import Request, Response, View
 
 from cartloom.domain.schemas import INPUT_CONTRACTS
-from cartloom.schema_files import file_name, schema_texts
+from cartloom.web.schema_files import file_name, schema_texts
 
 #: The media type of a JSON Schema document.
 SCHEMA_CONTENT_TYPE = "application/schema+json"

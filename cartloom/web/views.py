@@ -1,8 +1,8 @@
 """Every worker's web views: live queries per table, schemas, the API document, health, metrics.
 
-Importing this module (it is in ``cartloom.app.AUTODISCOVER``) registers the pages and
+Importing this module (it is in ``cartloom.stream.app.AUTODISCOVER``) registers the pages and
 installs Faust's Prometheus monitor. A live query is registered for each queryable resource
-(:data:`cartloom.web.resources.RESOURCES`) whose table :mod:`cartloom.tables` declares; it
+(:data:`cartloom.web.resources.RESOURCES`) whose table :mod:`cartloom.stream.tables` declares; it
 answers the resource's public view (see :mod:`cartloom.web.queries` for the routing).
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from cartloom import tables
-from cartloom.app import app, settings
-from cartloom.metrics import WORKER_INFO
-from cartloom.observability import install_prometheus_monitor
+from cartloom.core.metrics import WORKER_INFO
+from cartloom.stream import tables
+from cartloom.stream.app import app, settings
+from cartloom.stream.observability import install_prometheus_monitor
 from cartloom.web import discovery
 from cartloom.web.health import BrokerProbe, register_health
 from cartloom.web.openapi import register_openapi

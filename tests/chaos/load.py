@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from cartloom.partitioning import key_partition
+from cartloom.core.partitioning import key_partition
 
 PARTITIONS = 8  # topics.yaml: every saga topic has the default partition count
 PLENTIFUL_UNITS = 1_000_000

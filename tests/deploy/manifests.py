@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 from pydantic import SecretStr
 
-from cartloom.settings import Settings, env_name
-from cartloom.topology import Topology, load_topology
+from cartloom.core.settings import Settings, env_name
+from cartloom.core.topology import Topology, load_topology
 from tests.pki import CLIENT_KEY_PASSWORD, TlsFiles, make_pki
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -329,7 +329,7 @@ def _is_secret(annotation: Any) -> bool:
 
 
 def setting_names() -> set[str]:
-    """Every ``CARTLOOM_*`` variable cartloom/settings.py reads."""
+    """Every ``CARTLOOM_*`` variable cartloom/core/settings.py reads."""
     return {env_name(name) for name in Settings.model_fields}
 
 

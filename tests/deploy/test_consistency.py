@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from cartloom.agents.intake import intake_group_id
-from cartloom.app import create_app
-from cartloom.settings import Settings
+from cartloom.core.settings import Settings
+from cartloom.stream.app import create_app
 from tests.deploy.manifests import (
     OVERLAYS,
     ROOT,
@@ -45,7 +45,7 @@ COMPOSE_PER_CONTAINER = {
 }
 
 
-#: What `cartloom shopify ingress` reads (cartloom/cli.py, build_receiver): each must be set
+#: What `cartloom shopify ingress` reads (cartloom/cli/main.py, build_receiver): each must be set
 #: for it in every deployment, from the ConfigMap, the Secret or the compose environment.
 INGRESS_SETTINGS = {
     "CARTLOOM_BROKER_URL",
@@ -69,7 +69,7 @@ def env_names(container: Doc) -> set[str]:
 
 def test_the_ingress_settings_are_real_settings() -> None:
     unknown = INGRESS_SETTINGS - setting_names()
-    assert not unknown, f"renamed or removed in cartloom/settings.py: {sorted(unknown)}"
+    assert not unknown, f"renamed or removed in cartloom/core/settings.py: {sorted(unknown)}"
 
 
 def test_env_example_lists_every_setting() -> None:

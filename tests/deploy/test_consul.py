@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from cartloom.settings import Settings
+from cartloom.core.settings import Settings
 from tests.deploy.manifests import K8S, ROOT, tool
 
 CONSUL = ROOT / "deploy" / "consul"

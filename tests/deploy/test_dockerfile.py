@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from cartloom.settings import Settings
+from cartloom.core.settings import Settings
 from tests.deploy.manifests import ROOT, tool
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()

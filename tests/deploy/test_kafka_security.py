@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from cartloom.kafka_clients import kafka_connection
-from cartloom.settings import KAFKA_SASL_PROTOCOLS, KAFKA_TLS_PROTOCOLS, Settings
+from cartloom.core.settings import KAFKA_SASL_PROTOCOLS, KAFKA_TLS_PROTOCOLS, Settings
+from cartloom.stream.kafka_clients import kafka_connection
 from tests.deploy.manifests import (
     KAFKA_FILE_SETTINGS,
     OVERLAYS,

@@ -13,11 +13,11 @@ import typing
 
 import pytest
 
-from cartloom.settings import Settings
+from cartloom.core.settings import Settings
+from cartloom.core.topology import Topology, load_topology
 from cartloom.sinks.materialiser import sink_group_id
 from cartloom.sinks.process import sink_app
 from cartloom.sinks.runner import STORES, SinkSupervisor, changelog_entities
-from cartloom.topology import Topology, load_topology
 from tests.deploy.manifests import (
     RENDERS,
     ROOT,

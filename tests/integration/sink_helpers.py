@@ -20,15 +20,15 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
 
-from cartloom.audit import changelog_entities
-from cartloom.kafka_admin import apply_topics
-from cartloom.kafka_clients import kafka_connection
-from cartloom.settings import Settings
+from cartloom.core.settings import Settings
+from cartloom.core.topology import Topology, load_topology
+from cartloom.ops.audit import changelog_entities
+from cartloom.ops.kafka_admin import apply_topics
 from cartloom.sinks.dynamodb import DynamoDBSink
 from cartloom.sinks.dynamodb_tables import ensure_tables
 from cartloom.sinks.materialiser import Materialiser, sink_group_id
 from cartloom.sinks.redis import RedisSink
-from cartloom.topology import Topology, load_topology
+from cartloom.stream.kafka_clients import kafka_connection
 from tests.harness import settings_from_env
 
 

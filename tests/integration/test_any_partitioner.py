@@ -30,9 +30,9 @@ from aiobotocore.session import get_session
 from confluent_kafka import Producer
 from redis.asyncio import Redis
 
+from cartloom.core.partitioning import key_partition
+from cartloom.core.topology import load_topology
 from cartloom.devstack.stack import StackState
-from cartloom.partitioning import key_partition
-from cartloom.topology import load_topology
 from tests.harness import WorkerProcess, eventually, local_stack, start_worker, wait_ready
 from tests.integration.saga_helpers import now_iso, order_message, read_topic
 

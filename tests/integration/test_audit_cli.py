@@ -10,11 +10,11 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from cartloom.audit import run_audit
+from cartloom.core.settings import Settings
+from cartloom.core.topology import load_topology
 from cartloom.devstack.stack import StackState
-from cartloom.settings import Settings
+from cartloom.ops.audit import run_audit
 from cartloom.sinks.redis import redis_client
-from cartloom.topology import load_topology
 from tests.harness import WorkerProcess, eventually
 from tests.integration.sink_helpers import (
     Namespace,

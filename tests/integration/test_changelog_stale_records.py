@@ -4,7 +4,7 @@ With no transactions on the embedded broker nothing fences a worker that was fro
 its session timeout (a zombie): when it wakes it writes the rest of its batch after its
 partitions moved, so a key's changelog can end on a record older than the one before it
 (the zombie scenario of the fault suite saw 6 such records). Faust recovers the last
-record. CartLoom's table (:class:`cartloom.faust_types.RawKeyTable`) leaves out a
+record. CartLoom's table (:class:`cartloom.stream.faust_types.RawKeyTable`) leaves out a
 document whose ``version`` is lower than the one it holds, as the sinks do, and a ledger
 entry whose command offset is lower; a deletion still applies. Here a real Faust app
 recovers a changelog written that way, with each store CartLoom supports (see
@@ -23,7 +23,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from cartloom.faust_types import RawKeyTable
+from cartloom.stream.faust_types import RawKeyTable
 from tests.harness import eventually, in_process_app
 
 pytestmark = pytest.mark.integration
@@ -95,7 +95,7 @@ async def test_recovery_keeps_the_newest_version_of_each_key(
         bootstrap,
         tmp_path,
         store=store,
-        key_serializer="raw",  # as cartloom.app.create_app configures it
+        key_serializer="raw",  # as cartloom.stream.app.create_app configures it
         value_serializer="json",
         Table=RawKeyTable,
     )

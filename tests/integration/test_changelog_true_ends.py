@@ -4,7 +4,7 @@ The embedded broker (Tansu 0.6) reports a partition's end as the base offset of 
 record batch plus one. A worker SIGKILLed between a changelog batch and its one-record
 tail leaves such an end, and Faust's recovery stopped there: the next owner of the table
 went on without its previous owner's last records. CartLoom's consumer reads the true
-end (:func:`cartloom.faust_types.read_true_ends`), which recovery uses for its highwaters.
+end (:func:`cartloom.stream.faust_types.read_true_ends`), which recovery uses for its highwaters.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import TP
 
-from cartloom.faust_types import read_true_ends
+from cartloom.stream.faust_types import read_true_ends
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ At a rebalance Faust can drop records it already handed out of the fetcher (``ge
 stops on a new generation, ``flow_control.clear()`` empties the stream buffers) while the
 client's fetch position has moved past them; its commit then bridges the hole, and the
 record is lost (seen under SIGKILL: four orders committed over and never applied). Here a
-real Faust app on CartLoom's consumer (:class:`cartloom.faust_types.TunedConsumer`) runs
+real Faust app on CartLoom's consumer (:class:`cartloom.stream.faust_types.TunedConsumer`) runs
 one agent over a one-partition topic on the real broker; the app's message callback
 drops one record exactly as Faust does (after it was fetched, before any stream saw it).
 The group must not commit past it, and the record must still be processed.
@@ -25,9 +25,9 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.types import TP
 
-from cartloom.agents.batching import in_offset_order
-from cartloom.faust_types import IDLE_PATIENCE_SECONDS, TunedConsumer
-from cartloom.metrics import INPUT_REREADS
+from cartloom.core.metrics import INPUT_REREADS
+from cartloom.stream.batching import in_offset_order
+from cartloom.stream.faust_types import IDLE_PATIENCE_SECONDS, TunedConsumer
 from tests.harness import eventually, in_process_app
 
 pytestmark = pytest.mark.integration
@@ -221,7 +221,7 @@ async def test_records_after_a_dropped_one_are_handled_only_after_it(
 
     Handled past a dropped record, commands ran out of order: in the zombie scenario a
     new owner applied a SKU's commands 122-188 before 19-121 (docs/crash-safety.md). With
-    :func:`cartloom.agents.batching.in_offset_order` the records after the drop are
+    :func:`cartloom.stream.batching.in_offset_order` the records after the drop are
     refused, unacknowledged, until the partition is read again from the dropped one.
     """
     run = uuid.uuid4().hex[:8]

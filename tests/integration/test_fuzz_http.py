@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cartloom.devstack.stack import StackState
-from cartloom.domain.shopify import KNOWN_TOPICS
+from cartloom.domain.shopify.normalise import KNOWN_TOPICS
 from cartloom.shopify.signatures import sign
 from tests.fuzz_cases import FUZZ_SETTINGS
 from tests.harness import WorkerProcess, serving, start_worker

@@ -12,8 +12,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from cartloom.devstack.stack import StackState
-from cartloom.dlq import REPLAYED_FROM_HEADER, replay_dead_letters
-from cartloom.kafka_clients import KafkaConnection
+from cartloom.ops.dlq import REPLAYED_FROM_HEADER, replay_dead_letters
+from cartloom.stream.kafka_clients import KafkaConnection
 from tests.harness import WorkerProcess, eventually, run_cartloom
 from tests.integration.saga_helpers import (
     now_iso,

@@ -16,11 +16,11 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from cartloom.core.partitioning import key_partition
+from cartloom.core.topology import load_topology
 from cartloom.devstack.stack import StackState
-from cartloom.kafka_admin import apply_topics
-from cartloom.kafka_clients import KafkaConnection
-from cartloom.partitioning import key_partition
-from cartloom.topology import load_topology
+from cartloom.ops.kafka_admin import apply_topics
+from cartloom.stream.kafka_clients import KafkaConnection
 from tests.harness import WorkerProcess, eventually, serving, start_worker
 from tests.integration.kafka_proxy import SizedBroker, sized_broker
 from tests.integration.saga_helpers import read_topic, table_values

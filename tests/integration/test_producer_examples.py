@@ -21,10 +21,10 @@ import aiohttp
 import pytest
 from jsonschema import Draft202012Validator
 
+from cartloom.core.partitioning import key_partition
+from cartloom.core.topology import load_topology
 from cartloom.domain.schemas import input_schemas
-from cartloom.partitioning import key_partition
-from cartloom.schema_files import CHECKOUT_DOC
-from cartloom.topology import load_topology
+from cartloom.web.schema_files import CHECKOUT_DOC
 from tests.harness import WorkerProcess, eventually
 from tests.integration.examples import Example, marked_examples, run_example
 from tests.integration.saga_helpers import read_topic

@@ -22,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.tables.recovery import RebalanceAgain, Recovery
 from faust.types import TP
 
-from cartloom.faust_types import TunedConsumer
+from cartloom.stream.faust_types import TunedConsumer
 from tests.harness import eventually, in_process_app
 
 pytestmark = pytest.mark.integration

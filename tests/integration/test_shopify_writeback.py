@@ -21,14 +21,14 @@ from aiohttp.test_utils import TestServer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from redis.asyncio import Redis
 
-from cartloom.kafka_admin import apply_topics
-from cartloom.kafka_clients import KafkaConnection
+from cartloom.core.topology import TopicSpec
+from cartloom.ops.kafka_admin import apply_topics
 from cartloom.shopify.admin_client import AdminClient
 from cartloom.shopify.simulator import ShopSimulator
 from cartloom.shopify.store import SimulatedStore
 from cartloom.shopify.writeback import InventoryWriteback, WritebackRunner
 from cartloom.shopify.writeback_progress import WritebackProgress
-from cartloom.topology import TopicSpec
+from cartloom.stream.kafka_clients import KafkaConnection
 from tests.harness import eventually
 from tests.integration.saga_helpers import read_topic
 

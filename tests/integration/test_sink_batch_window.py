@@ -17,11 +17,11 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from cartloom.audit import changelog_entities
 from cartloom.devstack.stack import StackState
-from cartloom.kafka_clients import kafka_connection
+from cartloom.ops.audit import changelog_entities
 from cartloom.sinks.materialiser import Materialiser, sink_group_id
 from cartloom.sinks.memory import MemorySink
+from cartloom.stream.kafka_clients import kafka_connection
 from tests.harness import eventually
 from tests.integration.sink_helpers import make_namespace, order_document, produce_changelog
 

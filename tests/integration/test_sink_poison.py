@@ -14,8 +14,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from cartloom.core.redis_keys import RedisKeys
 from cartloom.devstack.stack import StackState
-from cartloom.redis_keys import RedisKeys
 from cartloom.sinks.dynamodb import read_items
 from cartloom.sinks.redis import read_views, redis_client
 from tests.harness import eventually

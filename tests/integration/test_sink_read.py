@@ -1,4 +1,4 @@
-"""``cartloom.read``: views from Redis, DynamoDB on a miss, and a refill that never regresses."""
+"""``cartloom.sinks.read``: views from Redis, DynamoDB on a miss, a refill that never regresses."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from cartloom.audit import run_audit
 from cartloom.devstack.processes import free_port
 from cartloom.devstack.stack import StackState
-from cartloom.read import ViewReader
+from cartloom.ops.audit import run_audit
+from cartloom.sinks.read import ViewReader
 from cartloom.sinks.redis import redis_client
 from tests.harness import eventually
 from tests.integration.sink_helpers import (

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from cartloom.audit import run_audit
 from cartloom.devstack.stack import StackState
+from cartloom.ops.audit import run_audit
 from cartloom.sinks.dynamodb import read_items
 from cartloom.sinks.redis import read_views, redis_client
 from tests.harness import eventually

@@ -14,14 +14,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from cartloom.core.topology import load_topology
 from cartloom.devstack.processes import free_port, spawn, stop
 from cartloom.devstack.stack import StackState, _broker_ready, broker_argv
-from cartloom.domain.shopify import resource_key
-from cartloom.kafka_admin import apply_topics
-from cartloom.kafka_clients import KafkaConnection
+from cartloom.domain.shopify.normalise import resource_key
+from cartloom.ops.kafka_admin import apply_topics
 from cartloom.shopify.delivery import DeliveryPlan, SignedDelivery, post, signed
 from cartloom.shopify.store import WebhookEvent
-from cartloom.topology import load_topology
+from cartloom.stream.kafka_clients import KafkaConnection
 from tests.harness import (
     WorkerProcess,
     eventually,

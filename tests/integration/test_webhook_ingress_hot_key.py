@@ -28,13 +28,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from cartloom.core.topology import load_topology
 from cartloom.devstack.stack import StackState
-from cartloom.domain.shopify import resource_key
-from cartloom.kafka_admin import apply_topics
-from cartloom.kafka_clients import KafkaConnection
+from cartloom.domain.shopify.normalise import resource_key
+from cartloom.ops.kafka_admin import apply_topics
 from cartloom.shopify.delivery import post, signed
 from cartloom.shopify.store import WebhookEvent
-from cartloom.topology import load_topology
+from cartloom.stream.kafka_clients import KafkaConnection
 from tests.harness import serving, start_ingress
 from tests.integration.conftest import SHOPIFY_RECEIVER_ENV, SHOPIFY_SECRET
 from tests.integration.kafka_proxy import sized_broker

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cartloom import topology_diagram
-from cartloom.topology import TopicSpec, Topology, TopologyError, load_topology
+from cartloom.core.topology import TopicSpec, Topology, TopologyError, load_topology
+from cartloom.ops import topology_diagram
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ def test_the_architecture_doc_holds_the_generated_diagram(topology: Topology) ->
     readme = (ROOT / "docs" / "architecture.md").read_text()
     assert topology_diagram.readme_block(readme) == topology_diagram.mermaid(topology), (
         "docs/architecture.md's dataflow diagram is out of date: "
-        "run `python -m cartloom.topology_diagram --write docs/architecture.md`"
+        "run `python -m cartloom.ops.topology_diagram --write docs/architecture.md`"
     )
 
 

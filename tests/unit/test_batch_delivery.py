@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from cartloom.agents import batching
-from cartloom.agents.batching import BatchHandler, Outbox, TableBatch, handle_batch
+from cartloom.stream import batching
+from cartloom.stream.batching import BatchHandler, Outbox, TableBatch, handle_batch
 
 
 class RefusedError(Exception):

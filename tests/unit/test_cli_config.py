@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from cartloom.cli_config import (
+from cartloom.cli.config import (
     MASK,
     env_file_names,
     mask,
@@ -15,7 +15,7 @@ from cartloom.cli_config import (
     setting_rows,
     shown,
 )
-from cartloom.settings import Settings
+from cartloom.core.settings import Settings
 
 
 def test_short_secrets_show_nothing_long_ones_their_last_two_characters() -> None:

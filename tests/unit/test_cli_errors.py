@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError, NoRegionEr
 from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from cartloom.cli_errors import (
+from cartloom.cli.errors import (
     EXIT_FAILED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
@@ -21,11 +21,11 @@ from cartloom.cli_errors import (
     explain,
     report,
 )
-from cartloom.cli_logging import faust_loglevel
-from cartloom.loadgen import LoadPlan
-from cartloom.settings import SettingsError
+from cartloom.cli.log_setup import faust_loglevel
+from cartloom.core.settings import SettingsError
+from cartloom.core.topology import TopologyError
+from cartloom.ops.loadgen import LoadPlan
 from cartloom.shopify.admin_client import AdminApiError, AdminApiUnavailable
-from cartloom.topology import TopologyError
 
 
 @pytest.fixture(autouse=True)

@@ -39,7 +39,13 @@ from cartloom.domain.fields import (
 )
 from cartloom.domain.payloads import decode_json_object
 from cartloom.domain.schemas import INPUT_CONTRACTS, PARSERS, json_schema
-from cartloom.schema_files import CHECKOUT_DIR, CHECKOUT_DOC, DOC_MARKER, file_name, stale_schemas
+from cartloom.web.schema_files import (
+    CHECKOUT_DIR,
+    CHECKOUT_DOC,
+    DOC_MARKER,
+    file_name,
+    stale_schemas,
+)
 
 TOPICS = sorted(INPUT_CONTRACTS)
 SCHEMAS = {topic: json_schema(contract) for topic, contract in INPUT_CONTRACTS.items()}

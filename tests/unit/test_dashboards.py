@@ -2,7 +2,7 @@
 
 Grafana is not installable here, so the dashboard JSON is checked as data: its layout, its
 datasource, and every metric its queries (and the alert and recording rules) name must be
-one the worker really exports. The conventions of ``cartloom/metrics.py`` are checked on the
+one the worker really exports. The conventions of ``cartloom/core/metrics.py`` are checked on the
 live registry: ``_total`` counters, histograms in base units, bounded label names.
 """
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cartloom.envelopes import ItemTooLarge, fits_alone, pack
+from cartloom.stream.envelopes import ItemTooLarge, fits_alone, pack
 
 
 def items(sizes: list[int]) -> list[bytes]:

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from cartloom.domain.errors import InvalidInput
 from cartloom.domain.payloads import decode_json_object
 from cartloom.domain.schemas import INPUT_CONTRACTS, PARSERS
-from cartloom.domain.shopify import (
+from cartloom.domain.shopify.normalise import (
     KNOWN_TOPICS,
     Delivery,
     check_fits_topic,

@@ -1,6 +1,6 @@
 """Pins the two private hops into Faust that the saga's input clocks read through.
 
-:class:`cartloom.agents.clocks.InputClocks` reads the Kafka consumer inside Faust's consumer
+:class:`cartloom.stream.clocks.InputClocks` reads the Kafka consumer inside Faust's consumer
 thread (``Consumer._thread._consumer``, then aiokafka's public ``assignment``,
 ``highwater`` and ``last_poll_timestamp``) and the offset Faust sought each partition to
 (``Consumer._committed_offset``). If a Faust or aiokafka upgrade moves either, these fail
@@ -14,8 +14,8 @@ import inspect
 from aiokafka import AIOKafkaConsumer
 from faust.types import TP
 
-from cartloom.agents.clocks import InputClocks
-from cartloom.app import app
+from cartloom.stream.app import app
+from cartloom.stream.clocks import InputClocks
 
 
 async def test_faust_remembers_the_offset_it_sought_each_partition_to() -> None:

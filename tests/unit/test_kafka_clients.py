@@ -3,7 +3,7 @@
 Three layers, each able to fail on its own:
 
 - a scan of ``cartloom/`` (AST): no module builds an aiokafka client, or a connection,
-  except through :mod:`cartloom.kafka_clients`;
+  except through :mod:`cartloom.stream.kafka_clients`;
 - the factory per protocol and mechanism: the keyword arguments of real aiokafka clients
   and Faust's credentials (the very function Faust's driver feeds its own clients with);
 - every entry point that builds a client, run with secured settings and the client classes
@@ -28,9 +28,11 @@ from aiokafka.errors import AuthenticationFailedError, KafkaConnectionError
 from faust.auth import OAuthCredentials, SASLCredentials, SSLCredentials
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from cartloom import kafka_clients
-from cartloom.app import create_app
-from cartloom.kafka_clients import (
+from cartloom.core.settings import Settings, SettingsError, load_settings
+from cartloom.core.topology import load_topology
+from cartloom.stream import kafka_clients
+from cartloom.stream.app import create_app
+from cartloom.stream.kafka_clients import (
     ConnectionFailures,
     KafkaConnection,
     KafkaSecurityError,
@@ -38,13 +40,11 @@ from cartloom.kafka_clients import (
     kafka_connection,
     load_token_provider,
 )
-from cartloom.settings import Settings, SettingsError, load_settings
-from cartloom.topology import load_topology
 from tests.pki import CLIENT_KEY_PASSWORD, TlsFiles, make_pki
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "cartloom"
-FACTORY = PACKAGE / "kafka_clients.py"
+FACTORY = PACKAGE / "stream" / "kafka_clients.py"
 CLIENT_CLASSES = {"AIOKafkaProducer", "AIOKafkaConsumer", "AIOKafkaAdminClient", "AIOKafkaClient"}
 #: The one module allowed a connection without TLS or SASL: the embedded local broker's.
 PLAINTEXT_ALLOWED = {PACKAGE / "devstack" / "stack.py"}
@@ -109,8 +109,8 @@ def test_no_module_builds_a_kafka_client_except_through_the_factory() -> None:
     found = [
         problem for path in package_modules() for problem in violations(path.read_text(), path)
     ]
-    assert not found, "use cartloom.kafka_clients (kafka_connection(settings)):\n" + "\n".join(
-        found
+    assert not found, (
+        "use cartloom.stream.kafka_clients (kafka_connection(settings)):\n" + "\n".join(found)
     )
 
 
@@ -148,7 +148,7 @@ def test_the_faust_app_gets_the_broker_credentials() -> None:
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.Call) and _called_name(node) in {"App", "CartloomApp"}
     ]
-    assert calls, "cartloom/app.py builds the app"
+    assert calls, "cartloom/stream/app.py builds the app"
     for call in calls:
         assert any(k.arg == "broker_credentials" for k in call.keywords)
 
@@ -565,19 +565,20 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, Any]]
 
 def _entry_points(settings: Settings) -> dict[str, Callable[[], Awaitable[Any]]]:
     """Module -> a call of its code that builds its Kafka clients from ``settings``."""
-    from cartloom import faust_types
     from cartloom.agents import intake, materialise
-    from cartloom.audit import ChangelogReader, sink_group_consumer
-    from cartloom.dlq import replay_dead_letters
-    from cartloom.domain.shopify import Output
-    from cartloom.kafka_admin import apply_topics, check_topics
-    from cartloom.loadgen import publish
-    from cartloom.shopify import jobs, receiver, reconcile
+    from cartloom.agents import shopify_jobs as jobs
+    from cartloom.domain.shopify.normalise import Output
+    from cartloom.ops.audit import ChangelogReader, sink_group_consumer
+    from cartloom.ops.dlq import replay_dead_letters
+    from cartloom.ops.kafka_admin import apply_topics, check_topics
+    from cartloom.ops.loadgen import publish
+    from cartloom.shopify import receiver, reconcile
     from cartloom.shopify.writeback_progress import WritebackProgress
     from cartloom.sinks.comparison import ChangelogState
     from cartloom.sinks.materialiser import Materialiser
     from cartloom.sinks.memory import MemorySink
     from cartloom.sinks.runner import build_materialiser
+    from cartloom.stream import faust_types
 
     kafka = kafka_connection(settings)
     topics = load_topology().all_topics(settings.app_id)
@@ -614,21 +615,21 @@ def _entry_points(settings: Settings) -> dict[str, Callable[[], Awaitable[Any]]]
             batch_max=10,
             retry_max_seconds=0.1,
         ).run(),
-        "cartloom/shopify/jobs.py": writeback,
+        "cartloom/agents/shopify_jobs.py": writeback,
         "cartloom/shopify/writeback_progress.py": lambda: WritebackProgress(
             kafka, None, "shopify.writeback.progress"
         ).load([0]),
-        "cartloom/faust_types.py": faust_probe,
+        "cartloom/stream/faust_types.py": faust_probe,
         "cartloom/shopify/receiver.py": lambda: receiver.build_receiver(settings).enqueuer.start(),
         "cartloom/shopify/reconcile.py": lambda: reconcile.publish(
             kafka, [Output("orders", "o-1", {"order_id": "o-1"})]
         ),
-        "cartloom/audit.py": audit,
-        "cartloom/dlq.py": lambda: replay_dead_letters(kafka, "orders", group_id="unit"),
-        "cartloom/loadgen.py": lambda: publish(kafka, "orders", iter([])),
-        "cartloom/kafka_admin.py": lambda: apply_topics(kafka, topics),
-        "cartloom/kafka_admin.py check": lambda: check_topics(kafka, topics),
-        "cartloom/kafka_clients.py": lambda: kafka_clients.check_connection(kafka),
+        "cartloom/ops/audit.py": audit,
+        "cartloom/ops/dlq.py": lambda: replay_dead_letters(kafka, "orders", group_id="unit"),
+        "cartloom/ops/loadgen.py": lambda: publish(kafka, "orders", iter([])),
+        "cartloom/ops/kafka_admin.py": lambda: apply_topics(kafka, topics),
+        "cartloom/ops/kafka_admin.py check": lambda: check_topics(kafka, topics),
+        "cartloom/stream/kafka_clients.py": lambda: kafka_clients.check_connection(kafka),
     }
 
 
@@ -654,8 +655,8 @@ def modules_using_the_factory() -> set[str]:
 #: credentials, tested above), the CLI and the demo (they pass kafka_connection(settings) on to
 #: the entry points below), the local stack (its embedded broker, PLAINTEXT on purpose).
 PASSES_IT_ON = {
-    "cartloom/app.py",
-    "cartloom/cli.py",
+    "cartloom/stream/app.py",
+    "cartloom/cli/main.py",
     "cartloom/devstack/demo.py",
     "cartloom/devstack/stack.py",
 }
@@ -675,7 +676,7 @@ async def test_every_client_of_every_entry_point_gets_the_security(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from cartloom.agents import intake, materialise
-    from cartloom.shopify import jobs
+    from cartloom.agents import shopify_jobs as jobs
 
     settings = secured(
         pki,

@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cartloom.offsets import HandOut, InOrder, StallWatch, advance, missed, waiting_for_records
+from cartloom.stream.offsets import (
+    HandOut,
+    InOrder,
+    StallWatch,
+    advance,
+    missed,
+    waiting_for_records,
+)
 
 
 def test_a_run_from_the_committed_offset_is_committed() -> None:

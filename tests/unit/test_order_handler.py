@@ -16,9 +16,9 @@ import orjson
 import pytest
 
 from cartloom.agents import orders as orders_agent
-from cartloom.agents.batching import TableBatch, partition_for
 from cartloom.agents.orders import OrderHandler
 from cartloom.domain.errors import RejectReason
+from cartloom.stream.batching import TableBatch, partition_for
 
 PARTITIONS = 8
 T0 = "2026-11-25T10:00:00.000+00:00"
@@ -152,7 +152,7 @@ def test_a_redaction_and_order_changes_in_one_batch_both_survive() -> None:
 
 def test_the_orders_agent_is_the_only_reader_of_privacy_jobs() -> None:
     """No agent of the worker but ``process_orders`` consumes ``shopify.redactions``."""
-    from cartloom.app import AUTODISCOVER, app
+    from cartloom.stream.app import AUTODISCOVER, app
 
     for module in AUTODISCOVER:  # what the worker imports: every agent is registered
         importlib.import_module(module)

@@ -7,10 +7,10 @@ from typing import Any
 import orjson
 from aiokafka import ConsumerRecord
 
-from cartloom.agents.batching import partition_for
 from cartloom.agents.intake import IntakeBatch
 from cartloom.domain.errors import RejectReason
-from cartloom.envelopes import ENVELOPE_MAX, ENVELOPE_MAX_BYTES
+from cartloom.stream.batching import partition_for
+from cartloom.stream.envelopes import ENVELOPE_MAX, ENVELOPE_MAX_BYTES
 
 
 def record(key: bytes | None, value: bytes | None, offset: int = 0, ts: int = 1_000) -> Any:

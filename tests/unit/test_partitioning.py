@@ -3,7 +3,7 @@ from aiokafka.partitioner import murmur2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cartloom.partitioning import key_partition
+from cartloom.core.partitioning import key_partition
 
 
 @given(st.binary(max_size=200), st.integers(min_value=1, max_value=256))

@@ -44,8 +44,8 @@ from cartloom.domain.public_views import (
     public_stock,
 )
 from cartloom.domain.saga import apply_reservation_result
-from cartloom.domain.shopify_catalog import CATALOG_CHANGE, PRODUCT_FIELDS, read_catalog_change
-from cartloom.domain.shopify_state import apply_catalog_change, redacted
+from cartloom.domain.shopify.catalog import CATALOG_CHANGE, PRODUCT_FIELDS, read_catalog_change
+from cartloom.domain.shopify.state import apply_catalog_change, redacted
 from cartloom.web.api_files import stale_api_files
 from cartloom.web.openapi import examples, openapi_document
 from cartloom.web.resources import RESOURCES

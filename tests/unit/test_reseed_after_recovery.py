@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from cartloom.tables import ReseedAfterRecovery
+from cartloom.stream.tables import ReseedAfterRecovery
 
 
 class Table:

@@ -3,7 +3,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from cartloom.runtime import tune_garbage_collector
+from cartloom.core.runtime import tune_garbage_collector
 
 
 @pytest.fixture

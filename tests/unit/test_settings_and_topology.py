@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cartloom.kafka_admin import compare_topics
-from cartloom.settings import Settings, SettingsError, load_settings
-from cartloom.topology import TopologyError, load_topology
+from cartloom.core.settings import Settings, SettingsError, load_settings
+from cartloom.core.topology import TopologyError, load_topology
+from cartloom.ops.kafka_admin import compare_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,7 @@ def test_dynamodb_tables_use_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None
 def test_faust_environment_variables_do_not_override_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from cartloom.app import create_app
+    from cartloom.stream.app import create_app
 
     monkeypatch.setenv("BROKER_URL", "kafka://wrong-host:1")
     monkeypatch.setenv("STORE", "rocksdb://")
@@ -54,7 +54,7 @@ def test_faust_environment_variables_do_not_override_settings(
 
 @pytest.mark.parametrize("check", [True, False])
 def test_the_recovery_consistency_check_reaches_faust(check: bool) -> None:
-    from cartloom.app import create_app
+    from cartloom.stream.app import create_app
 
     app = create_app(Settings(recovery_consistency_check=check), load_topology())
     assert app.conf.recovery_consistency_check is check
@@ -75,8 +75,8 @@ def test_env_example_lists_every_setting() -> None:
 
 
 def test_tables_are_co_partitioned_with_their_source_topics() -> None:
-    from cartloom import tables as declared
-    from cartloom.app import app, topology
+    from cartloom.stream import tables as declared
+    from cartloom.stream.app import app, topology
 
     tables = {
         table.name: table
@@ -93,8 +93,8 @@ def test_tables_are_co_partitioned_with_their_source_topics() -> None:
 
 
 def test_faust_topics_take_partitions_from_topics_yaml() -> None:
-    from cartloom import topics
-    from cartloom.app import topology
+    from cartloom.stream import topics
+    from cartloom.stream.app import topology
 
     declared = [v for v in vars(topics).values() if hasattr(v, "get_topic_name")]
     assert declared

@@ -20,12 +20,12 @@ from prometheus_client import REGISTRY
 from cartloom.agents import shopify as shopify_agent
 from cartloom.domain.errors import InvalidInput, RejectReason
 from cartloom.domain.schemas import json_schema
-from cartloom.domain.shopify import Delivery, normalise
-from cartloom.domain.shopify_catalog import (
+from cartloom.domain.shopify.catalog import (
     CATALOG_CHANGE,
     SHOPIFY_TEXT_MAX_LEN,
     read_catalog_change,
 )
+from cartloom.domain.shopify.normalise import Delivery, normalise
 from cartloom.shopify.store import SimulatedStore
 
 SHOP = "cartloom-sim.myshopify.com"

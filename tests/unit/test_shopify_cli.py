@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from cartloom.cli import cli
+from cartloom.cli.main import cli
 
 
 @pytest.mark.parametrize(

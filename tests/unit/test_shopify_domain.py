@@ -8,15 +8,15 @@ from typing import Any
 import pytest
 
 from cartloom.domain.errors import InvalidInput
-from cartloom.domain.shopify import (
+from cartloom.domain.shopify.dedupe import Verdict, admit
+from cartloom.domain.shopify.normalise import (
     KNOWN_TOPICS,
     Delivery,
     Output,
     normalise,
     resource_key,
 )
-from cartloom.domain.shopify_dedupe import Verdict, admit
-from cartloom.domain.shopify_state import (
+from cartloom.domain.shopify.state import (
     apply_catalog_change,
     apply_item_message,
     redacted,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cartloom.domain.shopify_reconcile import (
+from cartloom.domain.shopify.reconcile import (
     inventory_corrections,
     known_events,
     order_corrections,
@@ -72,7 +72,7 @@ def test_stock_that_differs_is_corrected_with_the_units_counted() -> None:
 
 
 def test_privacy_jobs_run_where_the_order_lives() -> None:
-    from cartloom.app import topology
+    from cartloom.stream.app import topology
 
     assert topology.topic("shopify.redactions").partitions == topology.topic("orders").partitions
     assert topology.tables["product_by_id"].source == "shopify.catalog"

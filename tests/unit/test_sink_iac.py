@@ -9,7 +9,7 @@ import pytest
 from cfnlint.api import ManualArgs, lint_file
 from cfnlint.decode import decode
 
-from cartloom.settings import Settings
+from cartloom.core.settings import Settings
 from cartloom.sinks.base import KEY_ATTRIBUTE
 from cartloom.sinks.dynamodb_tables import TTL_ATTRIBUTE, table_definition
 

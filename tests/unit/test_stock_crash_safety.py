@@ -17,9 +17,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cartloom.agents.batching import partition_for
 from cartloom.agents.inventory import StockHandler
-from cartloom.app import topology
 from cartloom.domain.inventory import empty_inventory, with_counts
 from cartloom.domain.ledger import (
     Command,
@@ -31,6 +29,8 @@ from cartloom.domain.ledger import (
     effective_entry,
     held,
 )
+from cartloom.stream.app import topology
+from cartloom.stream.batching import partition_for
 
 SKU = "A"
 NOW = "2026-12-03T10:00:00+00:00"

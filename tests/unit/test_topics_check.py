@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from cartloom.kafka_admin import Unreported, compare_settings
-from cartloom.topology import TopicSpec, load_topology
+from cartloom.core.topology import TopicSpec, load_topology
+from cartloom.ops.kafka_admin import Unreported, compare_settings
 
 SPECS = load_topology().all_topics("cartloom")
 BY_NAME = {spec.name: spec for spec in SPECS}

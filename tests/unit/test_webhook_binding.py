@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from cartloom.domain.errors import InvalidInput
-from cartloom.domain.shopify import (
+from cartloom.domain.shopify.normalise import (
     KNOWN_TOPICS,
     LEVEL_TOPICS,
     ORDER_TOPICS,

@@ -3,7 +3,7 @@
 The zombie handled a batch from the changelog as it stood, then froze; the group moved
 its partition to a new owner, which recovered that same state and went on. When the
 zombie wakes it writes its batch's records after the new owner's. Read back as a
-recovering worker reads it (:func:`cartloom.faust_types.newest_records`), the changelog
+recovering worker reads it (:func:`cartloom.stream.faust_types.newest_records`), the changelog
 must give the state one clean run gives: no unit oversold, none leaked.
 """
 
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from cartloom.agents.inventory import StockHandler
 from cartloom.domain.changelog_order import changelog_rank
 from cartloom.domain.ledger import Command, Release, ReleaseReason, Reserve
-from cartloom.faust_types import newest_records
+from cartloom.stream.faust_types import newest_records
 from tests.unit.test_stock_crash_safety import (
     SKU,
     Answers,
