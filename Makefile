@@ -72,13 +72,13 @@ bench-scaleout: $(BENCH_STAMP) ## 1, 2, 3 workers (and sink processes): throughp
 	$(BIN)/python bench/scaleout.py
 
 demo: install ## The main job: local stack + worker, publish orders, watch them land
-	$(BIN)/cartloom dev demo --orders $(ORDERS)
+	$(BIN)/python -m devstack demo --orders $(ORDERS)
 
 dev-up: install ## Start the embedded local stack (broker, redis-server, moto_server)
-	$(BIN)/cartloom dev up
+	$(BIN)/python -m devstack up
 
 dev-down: install ## Stop the local stack
-	$(BIN)/cartloom dev down
+	$(BIN)/python -m devstack down
 
 # ---- Deployment (docs/deploy.md): Docker Compose on Apache Kafka, then Kubernetes ----
 WORKERS ?= 3

@@ -3,7 +3,7 @@
 Used by bench/orders.py, bench/views.py and bench/scaleout.py:
 
 - a fresh embedded local stack per run (:func:`fresh_stack`: broker, redis-server and
-  the DynamoDB endpoint (moto) from :mod:`cartloom.devstack`), and ``cartloom worker`` /
+  the DynamoDB endpoint (moto) from :mod:`devstack`), and ``cartloom worker`` /
   ``cartloom sink`` processes started against it (:meth:`Stack.start_worker`,
   :meth:`Stack.start_sink`);
 - per-process CPU from ``/proc/<pid>/stat`` (:class:`CpuMeter`): the kernel's accounting,
@@ -253,7 +253,7 @@ class Stack:
 
     def start_worker(self, name: str, sinks: bool) -> Proc:
         """``cartloom worker`` with its sinks on or off, its own data dir and web port."""
-        from cartloom.devstack.processes import free_port
+        from devstack.processes import free_port
 
         port = free_port()
         env = self.cartloom_env(
@@ -265,7 +265,7 @@ class Stack:
 
     def start_sink(self, name: str, store: str | None = None) -> Proc:
         """``cartloom sink``: both stores, or only ``store``'s (``--store``)."""
-        from cartloom.devstack.processes import free_port
+        from devstack.processes import free_port
 
         port = free_port()
         argv = ["sink", *(["--store", store] if store else [])]
@@ -328,7 +328,7 @@ class Stack:
 @asynccontextmanager
 async def fresh_stack(work: Path, name: str) -> AsyncIterator[Stack]:
     """A new local stack in ``work/name`` (stopped on exit): no topic of an earlier run."""
-    from cartloom.devstack.stack import LOCAL_AWS_ENV, down, up
+    from devstack.stack import LOCAL_AWS_ENV, down, up
 
     for key, value in LOCAL_AWS_ENV.items():
         os.environ.setdefault(key, value)

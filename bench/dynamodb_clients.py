@@ -41,10 +41,10 @@ from benchlib import machine, write_report
 from dynamodb_servers import cpu_seconds, dynalite_argv
 
 from cartloom.core.settings import Settings
-from cartloom.devstack.processes import ServerProcess, free_port, spawn, stop, wait_until
-from cartloom.devstack.stack import LOCAL_AWS_ENV, moto_argv
 from cartloom.sinks.base import ViewChange
 from cartloom.sinks.dynamodb_tables import ensure_tables
+from devstack.processes import ServerProcess, free_port, spawn, stop, wait_until
+from devstack.stack import LOCAL_AWS_ENV, moto_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = ("aiobotocore", "aiodynamo")

@@ -1,7 +1,7 @@
 """Local DynamoDB servers side by side: moto (two ways) against dynalite, for the sinks' calls.
 
 The servers: ``moto`` as the local stack runs it (moto's application behind waitress,
-keep-alive: ``cartloom/devstack/dynamodb_server.py``), ``moto-werkzeug`` (``python -m
+keep-alive: ``devstack/dynamodb_server.py``), ``moto-werkzeug`` (``python -m
 moto.server``, werkzeug's development server, which closes the connection after every
 answer; what the local stack ran until 2026-12-04), and dynalite.
 
@@ -50,11 +50,11 @@ from benchlib import write_report
 from botocore.exceptions import ClientError
 
 from cartloom.core.settings import Settings
-from cartloom.devstack.processes import ServerProcess, free_port, spawn, stop, wait_until
-from cartloom.devstack.stack import LOCAL_AWS_ENV, moto_argv
 from cartloom.sinks.base import ViewChange
 from cartloom.sinks.dynamodb import DynamoDBSink, dynamodb_client_config, to_item
 from cartloom.sinks.dynamodb_tables import ensure_tables
+from devstack.processes import ServerProcess, free_port, spawn, stop, wait_until
+from devstack.stack import LOCAL_AWS_ENV, moto_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 DYNALITE_VERSION = "4.0.0"

@@ -1,6 +1,6 @@
 """Order-path benchmark: Faust's bare ceiling, the naive table agent, and CartLoom's order path.
 
-One run on the embedded broker (started with cartloom.devstack in a temporary state
+One run on the embedded broker (started with devstack in a temporary state
 directory). For each contender a worker process starts against a pre-filled topic of
 ``--orders`` messages; throughput is backlog size / (last - first event handled, on the
 worker's clock). Then ``--paced-rate`` messages per second arrive for ``--paced-seconds``
@@ -200,7 +200,7 @@ def resolved_at(view: dict[str, Any]) -> float | None:
 
 
 async def run_cartloom(env: dict[str, str], work: Path, args: Any) -> dict[str, Any]:
-    from cartloom.devstack.processes import free_port
+    from devstack.processes import free_port
 
     bootstrap = env["CARTLOOM_BROKER_URL"].split("://", 1)[1]
     rnd = random.Random("cartloom")
@@ -282,7 +282,7 @@ async def run_cartloom(env: dict[str, str], work: Path, args: Any) -> dict[str, 
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from cartloom.devstack.stack import down, up
+    from devstack.stack import down, up
 
     contenders = args.only or ["bare", "naive", "cartloom"]
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in contenders}

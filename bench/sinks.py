@@ -1,6 +1,6 @@
 """Sink benchmark: items/s into Redis and DynamoDB, PutItem vs TransactWriteItems, coalescing.
 
-Starts its own redis-server and moto_server (cartloom.devstack, temporary directory) and
+Starts its own redis-server and moto_server (devstack, temporary directory) and
 drives CartLoom's sinks directly, without Kafka, so the figures are the stores' cost:
 
 - redis: ``RedisSink.write`` (one pipeline of version-checking Lua calls per batch).
@@ -44,12 +44,12 @@ from aiobotocore.session import get_session
 from redis.asyncio import Redis
 
 from cartloom.core.settings import Settings
-from cartloom.devstack.processes import free_port, spawn, stop, wait_until
-from cartloom.devstack.stack import LOCAL_AWS_ENV, moto_argv, redis_argv
 from cartloom.sinks.base import ViewChange, coalesce
 from cartloom.sinks.dynamodb import GUARD, DynamoDBSink, dynamodb_client_config, to_item
 from cartloom.sinks.dynamodb_tables import ensure_tables
 from cartloom.sinks.redis import RedisSink
+from devstack.processes import free_port, spawn, stop, wait_until
+from devstack.stack import LOCAL_AWS_ENV, moto_argv, redis_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -52,13 +52,13 @@ from pydantic import SecretStr
 
 from cartloom.core.settings import Settings
 from cartloom.core.topology import TopicSpec, load_topology
-from cartloom.devstack.processes import free_port, spawn, stop
-from cartloom.devstack.stack import _broker_ready, broker_argv
 from cartloom.ops.kafka_admin import apply_topics
-from cartloom.shopify.delivery import signed
 from cartloom.shopify.signatures import SignatureVerifier
-from cartloom.shopify.store import WebhookEvent
 from cartloom.stream.kafka_clients import KafkaConnection
+from devstack.processes import free_port, spawn, stop
+from devstack.shopify_store import WebhookEvent
+from devstack.stack import _broker_ready, broker_argv
+from devstack.webhook_deliveries import signed
 
 SECRET = "bench-secret"
 SHOP = "bench.myshopify.com"

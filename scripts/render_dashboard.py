@@ -7,7 +7,8 @@ Grafana is not packaged for Debian, so this draws the dashboard's own queries
     python scripts/render_dashboard.py --prometheus http://127.0.0.1:PORT --minutes 15 \
         --out docs/img/dashboard.png
 
-The Prometheus port is in ``cartloom dev status`` after ``cartloom dev up --with-prometheus``.
+The Prometheus port is in ``python -m devstack status`` after
+``python -m devstack up --with-prometheus``.
 """
 
 from __future__ import annotations

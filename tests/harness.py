@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from cartloom.devstack.processes import free_port
-from cartloom.devstack.stack import StackState, down, up
+from devstack.processes import free_port
+from devstack.stack import StackState, down, up
 
 T = TypeVar("T")
 
@@ -232,6 +232,25 @@ def run_cartloom(
     base = {k: v for k, v in os.environ.items() if not k.startswith("CARTLOOM_")}
     return subprocess.run(
         [sys.executable, "-m", "cartloom", "--env-file", str(state_dir / "none.env"), *args],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def run_devstack(
+    state_dir: Path, env: dict[str, str], *args: str, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """``python -m devstack ARGS`` as a developer runs it: the settings in ``env`` and nothing else.
+
+    The test process's own ``CARTLOOM_*`` variables are left out, and ``--env-file`` names
+    a file that does not exist, so no ``.cartloom/dev.env`` is read either.
+    """
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CARTLOOM_")}
+    return subprocess.run(
+        [sys.executable, "-m", "devstack", "--env-file", str(state_dir / "none.env"), *args],
         env={**base, **env},
         capture_output=True,
         text=True,

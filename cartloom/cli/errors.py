@@ -32,7 +32,7 @@ EXIT_UNAVAILABLE = 3
 #: the orchestrator restarts the worker (``EX_TEMPFAIL``, cartloom/stream/batching.py).
 EXIT_UNDELIVERED = 75
 
-DEV_UP = "start the local stack with `cartloom dev up` (it writes .cartloom/dev.env)"
+DEV_UP = "start the local stack with `python -m devstack up` (it writes .cartloom/dev.env)"
 
 
 class CliError(Exception):
@@ -139,7 +139,6 @@ def _message(exc: BaseException) -> str:
 def _configuration(exc: BaseException, _: list[BaseException]) -> CliError | None:
     from cartloom.core.settings import SettingsError
     from cartloom.core.topology import TopologyError
-    from cartloom.devstack.processes import StackError
 
     if isinstance(exc, SettingsError):
         hint = (
@@ -150,9 +149,6 @@ def _configuration(exc: BaseException, _: list[BaseException]) -> CliError | Non
     if isinstance(exc, TopologyError):
         hint = "topics.yaml (or the file in CARTLOOM_TOPICS_FILE) declares the topics"
         return CliError(str(exc), hint, EXIT_USAGE)
-    if isinstance(exc, StackError):
-        hint = "see the servers' logs in .cartloom/logs/; `cartloom dev down` stops what started"
-        return CliError(str(exc), hint, EXIT_FAILED)
     return None
 
 
@@ -272,7 +268,7 @@ def _shopify(exc: BaseException, _: list[BaseException]) -> CliError | None:
         return CliError(
             f"cannot use the Shopify Admin API at {where} (CARTLOOM_SHOPIFY_API_URL): {exc}",
             "check CARTLOOM_SHOPIFY_API_URL, CARTLOOM_SHOPIFY_ACCESS_TOKEN (and its scopes) and"
-            " CARTLOOM_SHOPIFY_API_VERSION; `cartloom shopify simulate` runs a local shop",
+            " CARTLOOM_SHOPIFY_API_VERSION; `python -m devstack simulate` runs a local shop",
             EXIT_UNAVAILABLE,
         )
     if isinstance(exc, AdminApiError):

@@ -1,4 +1,4 @@
-"""The ``cartloom`` command line (typer): worker, dev stack, topics and load generation.
+"""The ``cartloom`` command line (typer): worker, sinks, ingress, topics, tables and operator tools.
 
 Errors go to stderr as ``error:`` and ``hint:`` lines with documented exit codes
 (cartloom/cli/errors.py, docs/cli.md); results go to stdout.
@@ -7,7 +7,6 @@ Errors go to stderr as ``error:`` and ``hint:`` lines with documented exit codes
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -34,15 +33,13 @@ cli = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-dev_cli = typer.Typer(
-    help="The embedded local stack (broker, redis-server, moto_server).", no_args_is_help=True
-)
 topics_cli = typer.Typer(help="Kafka topics as declared in topics.yaml.", no_args_is_help=True)
-cli.add_typer(dev_cli, name="dev")
 cli.add_typer(topics_cli, name="topics")
 dynamodb_cli = typer.Typer(help="The DynamoDB tables the sinks write.", no_args_is_help=True)
 cli.add_typer(dynamodb_cli, name="dynamodb")
-shopify_cli = typer.Typer(help="Shopify: webhooks and the simulator.", no_args_is_help=True)
+shopify_cli = typer.Typer(
+    help="Shopify: webhook registration and the ingress.", no_args_is_help=True
+)
 cli.add_typer(shopify_cli, name="shopify")
 dlq_cli = typer.Typer(help="Dead-letter topics: send what failed back.", no_args_is_help=True)
 cli.add_typer(dlq_cli, name="dlq")
@@ -138,72 +135,6 @@ def worker(
     tune_garbage_collector(settings.gc_young_threshold)
     sys.argv = ["cartloom", "worker", "--loglevel", faust_loglevel(loglevel or settings.log_level)]
     app.main()
-
-
-@dev_cli.command("up")
-def dev_up(
-    state_dir: StateDir = DEFAULT_STATE_DIR,
-    with_prometheus: Annotated[
-        bool, typer.Option(help="Also run Debian's Prometheus, scraping every local worker.")
-    ] = False,
-) -> None:
-    """Start the local stack on free loopback ports (no-op if it already runs)."""
-    from cartloom.devstack.stack import API_TOKEN_ENV, ENV_FILE, up
-
-    state, started = asyncio.run(up(state_dir, with_prometheus=with_prometheus))
-    console.print("started" if started else "already running", style="bold")
-    for name, server in state.servers.items():
-        console.print(f"  {name:<10} pid {server.pid:<7} 127.0.0.1:{server.port}")
-    console.print(f"settings written to {state_dir / ENV_FILE}:")
-    for name, value in state.env.items():
-        console.print(f"  {name}={value}")
-    if API_TOKEN_ENV in state.env:
-        console.print(
-            "the query API wants the token: curl -H "
-            f"'Authorization: Bearer {state.env[API_TOKEN_ENV]}' 127.0.0.1:6066/orders/<id>"
-        )
-
-
-@dev_cli.command("down")
-def dev_down(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
-    """Stop exactly the servers ``dev up`` started."""
-    from cartloom.devstack.stack import down
-
-    stopped = down(state_dir)
-    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
-
-
-@dev_cli.command("status")
-def dev_status(state_dir: StateDir = DEFAULT_STATE_DIR) -> None:
-    """Show the local stack's servers; exit 1 if it is not running."""
-    from cartloom.devstack.processes import is_running
-    from cartloom.devstack.stack import load_state
-
-    state = load_state(state_dir)
-    if state is None:
-        console.print("not running")
-        raise typer.Exit(1)
-    for name, server in state.servers.items():
-        alive = "running" if is_running(server) else "DEAD"
-        console.print(f"  {name:<10} pid {server.pid:<7} 127.0.0.1:{server.port}  {alive}")
-    if not state.running():
-        raise typer.Exit(1)
-
-
-@dev_cli.command("demo")
-def dev_demo(
-    orders: Annotated[int, typer.Option(min=1, help="How many orders to publish.")] = 2000,
-    state_dir: StateDir = DEFAULT_STATE_DIR,
-) -> None:
-    """Start stack and worker, publish orders, and watch them land in DynamoDB and Redis."""
-    from cartloom.devstack.demo import run_demo
-
-    if not asyncio.run(run_demo(state_dir, orders, console)):
-        fail(
-            "not every order arrived in time",
-            f"see the worker's and servers' logs in {state_dir / 'logs'}",
-        )
-    console.print("every valid order is in DynamoDB and Redis", style="bold green")
 
 
 @topics_cli.command("apply")
@@ -410,7 +341,7 @@ def shopify_ingress() -> None:
     from cartloom.core.settings import load_settings
     from cartloom.shopify.ingress import serve
     from cartloom.shopify.receiver import build_receiver
-    from cartloom.web.guards import ConnectionLimits
+    from cartloom.stream.web_guards import ConnectionLimits
 
     settings = load_settings()
     configure_logging(settings.log_level)  # a server: info unless CARTLOOM_LOG_LEVEL says
@@ -451,50 +382,6 @@ def sink(
     configure_logging(settings.log_level)  # a server: info unless CARTLOOM_LOG_LEVEL says
     topology = load_topology(settings.topics_file, settings.topic_prefix)
     asyncio.run(serve_sinks(settings, topology, chosen))
-
-
-@shopify_cli.command("simulate")
-def shopify_simulate(
-    port: Annotated[
-        int, typer.Option(min=1, max=65535, help="Port of the simulated Admin API.")
-    ] = 6070,
-    products: Annotated[int, typer.Option(min=1, help="Products (two SKUs each).")] = 20,
-    orders: Annotated[int, typer.Option(min=0, help="Orders in varied states.")] = 200,
-    deliver_to: Annotated[
-        str | None, typer.Option(help="Deliver the store's webhooks to this URL.")
-    ] = None,
-    drop_share: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Share of webhooks never sent (0 to 1).")
-    ] = 0.0,
-    duplicate_share: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Share sent twice (0 to 1).")
-    ] = 0.0,
-    shuffle: Annotated[bool, typer.Option(help="Deliver out of order.")] = False,
-    bind: Annotated[str, typer.Option(help="Listen address (0.0.0.0 in Docker).")] = "127.0.0.1",
-) -> None:
-    """Run a simulated shop: Admin API on --bind:--port and signed webhooks to CartLoom."""
-    from cartloom.core.settings import load_settings
-    from cartloom.shopify.delivery import DeliveryPlan
-    from cartloom.shopify.simulator import ShopSimulator, serve_simulation
-    from cartloom.shopify.store import SimulatedStore, populate
-
-    settings = load_settings()
-    secrets = settings.shopify_webhook_secret
-    if not secrets or settings.shopify_access_token is None:
-        fail(
-            "the simulator needs CARTLOOM_SHOPIFY_WEBHOOK_SECRET and CARTLOOM_SHOPIFY_ACCESS_TOKEN",
-            "set CARTLOOM_SHOPIFY_WEBHOOK_SECRET (signs the webhooks) and"
-            " CARTLOOM_SHOPIFY_ACCESS_TOKEN (the API accepts it), to any values",
-            EXIT_USAGE,
-        )
-    token = settings.shopify_access_token.get_secret_value()
-    store = SimulatedStore()
-    populate(store, products, orders)
-    secret = secrets[-1].get_secret_value()
-    simulator = ShopSimulator(store, access_token=token, webhook_secret=secret)
-    plan = DeliveryPlan(duplicate_share=duplicate_share, drop_share=drop_share, shuffle=shuffle)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_simulation(simulator, port, deliver_to, plan, console.print, bind))
 
 
 @dlq_cli.command("replay")

@@ -1,6 +1,6 @@
 """CartLoom's settings: the one home of every ``CARTLOOM_*`` environment variable.
 
-Values come from the process environment only. ``cartloom dev up`` writes the local
+Values come from the process environment only. ``python -m devstack up`` writes the local
 stack's addresses to ``.cartloom/dev.env`` and the CLI loads that file into the
 environment before reading settings (real environment variables win), so the same
 class serves the local stack, the tests and production.

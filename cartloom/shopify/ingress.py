@@ -30,7 +30,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from cartloom.shopify.receiver import WebhookReceiver
-from cartloom.web.guards import ConnectionLimits, cap_connections
+from cartloom.stream.web_guards import ConnectionLimits, cap_connections
 
 log = logging.getLogger(__name__)
 

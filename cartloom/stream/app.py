@@ -16,7 +16,7 @@ from cartloom.core.topology import Topology, load_topology
 from cartloom.stream.deadletter import DEAD_LETTER_MAX_REQUEST_BYTES
 from cartloom.stream.faust_types import RawKeyTable, TunedTransport
 from cartloom.stream.kafka_clients import KafkaConnection, kafka_connection
-from cartloom.web.guards import ConnectionLimits, GuardedWeb
+from cartloom.stream.web_guards import ConnectionLimits, GuardedWeb
 
 #: Modules whose decorators register agents, tables, services and web views.
 AUTODISCOVER = [
@@ -44,7 +44,7 @@ class CartloomApp(faust.App):
     connection_limits: ConnectionLimits | None = None
 
     def _new_web(self) -> Any:
-        """The web server with CartLoom's connection limits (``cartloom.web.guards``)."""
+        """The web server with CartLoom's connection limits (``cartloom.stream.web_guards``)."""
         return GuardedWeb(self)
 
     def _new_transport(self) -> Any:

@@ -1,6 +1,6 @@
 """Self-registration for Prometheus ``file_sd``: each worker writes its own target file.
 
-With ``CARTLOOM_PROMETHEUS_TARGETS_DIR`` set (``cartloom dev up --with-prometheus`` sets it
+With ``CARTLOOM_PROMETHEUS_TARGETS_DIR`` set (``python -m devstack up --with-prometheus`` sets it
 in ``dev.env``), a worker writes ``<dir>/<app_id>-<host>-<port>.json`` when it starts and
 removes it when it stops, so a Prometheus watching ``<dir>/*.json`` finds every worker
 without configuration. A worker that crashes leaves its file behind: Prometheus then shows

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cartloom.devstack.stack import StackState
+from devstack.stack import StackState
 from tests.chaos.scenario import RESULTS_DIR, SCALES, SUMMARIES, Scale
 from tests.harness import start_local_stack, stop_local_stack
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cartloom.devstack.stack import StackState
+from devstack.stack import StackState
 from tests.chaos.checks import RESOLVED, Verdict, judge
 from tests.chaos.cluster import Cluster
 from tests.chaos.load import PARTITIONS, Catalog, Publisher, key_on_partition, make_catalog

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 
-from cartloom.devstack.stack import StackState
+from devstack.stack import StackState
 from tests.chaos.load import OrderStream
 from tests.chaos.scenario import Scale, Scenario, percentiles
 

@@ -23,7 +23,7 @@ import orjson
 import pytest
 
 from cartloom.core.topology import load_topology
-from cartloom.devstack.stack import StackState
+from devstack.stack import StackState
 from tests.chaos.load import PARTITIONS, key_on_partition, now_iso
 from tests.chaos.load import order_bytes as make_order
 from tests.chaos.observer import APP_ID

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cartloom.devstack.stack import StackState
+from devstack.stack import StackState
 from tests.chaos.load import OrderStream
 from tests.chaos.scenario import Scale, Scenario
 

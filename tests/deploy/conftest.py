@@ -24,13 +24,13 @@ def deploy_stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def deploy_stack(deploy_stack_dir: Path) -> Iterator[dict[str, str]]:
-    """`cartloom dev up` on free ports; yields the settings it wrote (CARTLOOM_*, AWS_*)."""
+    """`python -m devstack up` on free ports; yields the settings it wrote (CARTLOOM_*, AWS_*)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("CARTLOOM_")}
-    cli = [sys.executable, "-m", "cartloom"]
-    started = run([*cli, "dev", "up", "--state-dir", str(deploy_stack_dir)], base)
+    cli = [sys.executable, "-m", "devstack"]
+    started = run([*cli, "up", "--state-dir", str(deploy_stack_dir)], base)
     assert started.returncode == 0, started.stdout + started.stderr
     try:
         values = dotenv_values(deploy_stack_dir / "dev.env")
         yield {k: v for k, v in values.items() if v is not None}
     finally:
-        run([*cli, "dev", "down", "--state-dir", str(deploy_stack_dir)], base)
+        run([*cli, "down", "--state-dir", str(deploy_stack_dir)], base)

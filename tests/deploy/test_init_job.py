@@ -20,8 +20,8 @@ def init_env(deploy_stack: dict[str, str]) -> dict[str, str]:
     """The stack's settings with `cartloom` on PATH, as inside the image."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARTLOOM_")}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", os.defpath)])
-    # `dev up` prepares its own app's topics and tables: a fresh app id and table prefix
-    # leave changelogs and tables for the init job to create.
+    # `python -m devstack up` prepares its own app's topics and tables: a fresh app id and
+    # table prefix leave changelogs and tables for the init job to create.
     return {
         **env,
         **deploy_stack,

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from cartloom.devstack.processes import ServerProcess, is_running
+from devstack.processes import ServerProcess, is_running
 from tests.harness import (
     eventually,
     run_cartloom,
+    run_devstack,
     serving,
     start_ingress,
     start_local_stack,
@@ -28,14 +29,13 @@ from tests.harness import (
 pytestmark = pytest.mark.integration
 
 
-def cartloom(
-    *args: str,
-    env: dict[str, str] | None = None,
-    cwd: Path | None = None,
+def run_module(
+    module: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """``python -m MODULE ARGS`` without the test process's ``CARTLOOM_*`` settings."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("CARTLOOM_")}
     return subprocess.run(
-        [sys.executable, "-m", "cartloom", *args],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         env={**base, **(env or {})},
@@ -43,6 +43,18 @@ def cartloom(
         timeout=120,
         check=False,
     )
+
+
+def cartloom(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return run_module("cartloom", *args, env=env, cwd=cwd)
+
+
+def devstack(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return run_module("devstack", *args, env=env, cwd=cwd)
 
 
 def recorded_servers(state_dir: Path) -> list[ServerProcess]:
@@ -53,7 +65,7 @@ def recorded_servers(state_dir: Path) -> list[ServerProcess]:
 def test_dev_up_and_down_twice_in_a_row(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     for _ in range(2):
-        first = cartloom("dev", "up", "--state-dir", str(state_dir))
+        first = devstack("up", "--state-dir", str(state_dir))
         assert first.returncode == 0, first.stderr
         assert "started" in first.stdout
         servers = recorded_servers(state_dir)
@@ -65,28 +77,28 @@ def test_dev_up_and_down_twice_in_a_row(tmp_path: Path) -> None:
         (token,) = re.findall(r"^CARTLOOM_API_TOKEN=(\S{24,})$", env_file, re.M)
         assert f"Authorization: Bearer {token}" in first.stdout.replace("\n", "")
 
-        again = cartloom("dev", "up", "--state-dir", str(state_dir))
+        again = devstack("up", "--state-dir", str(state_dir))
         assert again.returncode == 0, again.stderr
         assert "already running" in again.stdout
         assert recorded_servers(state_dir) == servers  # no second copy
 
-        assert cartloom("dev", "status", "--state-dir", str(state_dir)).returncode == 0
-        down = cartloom("dev", "down", "--state-dir", str(state_dir))
+        assert devstack("status", "--state-dir", str(state_dir)).returncode == 0
+        down = devstack("down", "--state-dir", str(state_dir))
         assert down.returncode == 0, down.stderr
         assert not any(is_running(s) for s in servers)
         assert not (state_dir / "dev.env").exists()
-        assert cartloom("dev", "status", "--state-dir", str(state_dir)).returncode == 1
+        assert devstack("status", "--state-dir", str(state_dir)).returncode == 1
 
 
 def test_down_without_a_stack_stops_nothing(tmp_path: Path) -> None:
-    result = cartloom("dev", "down", "--state-dir", str(tmp_path))
+    result = devstack("down", "--state-dir", str(tmp_path))
     assert result.returncode == 0
     assert "nothing was running" in result.stdout
 
 
 def test_topics_apply_then_check_reports_drift(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
-    assert cartloom("dev", "up", "--state-dir", str(state_dir)).returncode == 0
+    assert devstack("up", "--state-dir", str(state_dir)).returncode == 0
     try:
         env_file = str(state_dir / "dev.env")
         ok = cartloom("--env-file", env_file, "topics", "check")
@@ -110,7 +122,7 @@ def test_topics_apply_then_check_reports_drift(tmp_path: Path) -> None:
         after = cartloom("--env-file", env_file, "topics", "check", env=env)
         assert "brand.new" not in after.stdout
     finally:
-        cartloom("dev", "down", "--state-dir", str(state_dir))
+        devstack("down", "--state-dir", str(state_dir))
 
 
 def test_invalid_setting_is_a_clear_error_not_a_traceback() -> None:
@@ -128,8 +140,7 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "cartloom",
-                "dev",
+                "devstack",
                 "demo",
                 "--orders",
                 "300",
@@ -156,7 +167,7 @@ def test_demo_runs_the_main_job_end_to_end(tmp_path: Path) -> None:
         assert counts["reserved"] > 0 and counts["rejected"] > 0, summary  # demand > stock
         assert sum(counts.values()) == 294, summary
     finally:
-        cartloom("dev", "down", "--state-dir", str(state_dir))
+        devstack("down", "--state-dir", str(state_dir))
 
 
 # -- what a newcomer sees (issue #14): errors on stderr, hints, exit codes ------------------
@@ -214,10 +225,7 @@ def test_version_prints_the_package_version(tmp_path: Path) -> None:
         (["loadgen", "--orders", "-5"], "--orders"),
         (["loadgen", "--skus", "0"], "--skus"),
         (["loadgen", "--invalid-share", "1.5"], "--invalid-share"),
-        (["dev", "demo", "--orders", "0"], "--orders"),
         (["dynamodb", "create-tables", "--within", "-1"], "--within"),
-        (["shopify", "simulate", "--port", "0"], "--port"),
-        (["shopify", "simulate", "--drop-share", "2"], "--drop-share"),
         (["shopify", "register-webhooks", "--address", "cartloom.example"], "--address"),
         (["worker", "--loglevel", "loud"], "--loglevel"),
     ],
@@ -230,6 +238,22 @@ def test_bad_arguments_are_refused_before_anything_runs(
     assert f"cartloom {args[0]}" in said  # the hint names the command's help
 
 
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["demo", "--orders", "0"], "--orders"),
+        (["simulate", "--port", "0"], "--port"),
+        (["simulate", "--drop-share", "2"], "--drop-share"),
+    ],
+)
+def test_the_local_stack_refuses_bad_arguments_too(
+    tmp_path: Path, closed_port: int, args: list[str], option: str
+) -> None:
+    result = run_devstack(tmp_path, nowhere(closed_port), *args)
+    said = assert_clear_error(result, 2, option, "--help")
+    assert f"python -m devstack {args[0]}" in said  # the hint names the command's help
+
+
 def test_an_unknown_command_is_a_usage_error(tmp_path: Path) -> None:
     assert_clear_error(run_cartloom(tmp_path, {}, "lodgen"), 2, "lodgen", "cartloom --help")
 
@@ -240,7 +264,7 @@ def test_an_unreachable_broker_names_the_setting_and_dev_up(
 ) -> None:
     env = {**nowhere(closed_port), "CARTLOOM_DATA_DIR": str(tmp_path / "data")}
     result = run_cartloom(tmp_path, env, *command.split())
-    said = assert_clear_error(result, 3, "CARTLOOM_BROKER_URL", "`cartloom dev up`")
+    said = assert_clear_error(result, 3, "CARTLOOM_BROKER_URL", "`python -m devstack up`")
     assert f"127.0.0.1:{closed_port}" in said
 
 
@@ -248,7 +272,7 @@ def test_an_unreachable_redis_names_the_setting_without_its_password(
     tmp_path: Path, closed_port: int
 ) -> None:
     result = run_cartloom(tmp_path, nowhere(closed_port), "reconcile")
-    said = assert_clear_error(result, 3, "CARTLOOM_REDIS_URL", "`cartloom dev up`")
+    said = assert_clear_error(result, 3, "CARTLOOM_REDIS_URL", "`python -m devstack up`")
     assert f"Redis at 127.0.0.1:{closed_port}" in said
 
 
@@ -256,7 +280,7 @@ def test_an_unreachable_dynamodb_endpoint_names_the_setting(
     tmp_path: Path, closed_port: int
 ) -> None:
     result = run_cartloom(tmp_path, nowhere(closed_port), "dynamodb", "create-tables")
-    assert_clear_error(result, 3, "CARTLOOM_DYNAMODB_ENDPOINT", "`cartloom dev up`")
+    assert_clear_error(result, 3, "CARTLOOM_DYNAMODB_ENDPOINT", "`python -m devstack up`")
 
 
 def test_a_missing_aws_region_says_which_variable_to_set(tmp_path: Path, closed_port: int) -> None:

@@ -164,6 +164,6 @@ def test_make_demo_on_a_fresh_clone_without_root_or_test_tools(sandbox: Path) ->
         assert "local stack started" in demo.stdout
         assert "orders by status:" in demo.stdout, demo.stdout[-4000:]
     finally:  # the demo leaves the stack running (README); stop exactly its servers
-        cartloom = clone / ".venv" / "bin" / "cartloom"
-        if cartloom.exists():
-            run([str(cartloom), "dev", "down"], timeout=120)
+        python = clone / ".venv" / "bin" / "python"
+        if python.exists():
+            run([str(python), "-m", "devstack", "down"], timeout=120)

@@ -11,7 +11,7 @@ from aiobotocore.session import get_session
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
-from cartloom.devstack.stack import StackState
+from devstack.stack import StackState
 from tests.harness import WorkerProcess, local_stack, serving, start_ingress, start_worker
 
 pytestmark = pytest.mark.integration

@@ -26,7 +26,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol import produce
 
-from cartloom.devstack.processes import ServerProcess, free_port, spawn, stop, wait_until
+from devstack.processes import ServerProcess, free_port, spawn, stop, wait_until
 
 MESSAGE_TOO_LARGE = 10
 NOT_ENOUGH_REPLICAS = 19

@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 
 from cartloom.core.partitioning import key_partition
 from cartloom.core.topology import load_topology
-from cartloom.devstack.stack import StackState
+from devstack.stack import StackState
 from tests.harness import WorkerProcess, eventually, local_stack, start_worker, wait_ready
 from tests.integration.saga_helpers import now_iso, order_message, read_topic
 

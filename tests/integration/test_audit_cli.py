@@ -12,9 +12,9 @@ from aiokafka import AIOKafkaProducer
 
 from cartloom.core.settings import Settings
 from cartloom.core.topology import load_topology
-from cartloom.devstack.stack import StackState
 from cartloom.ops.audit import run_audit
 from cartloom.sinks.redis import redis_client
+from devstack.stack import StackState
 from tests.harness import WorkerProcess, eventually
 from tests.integration.sink_helpers import (
     Namespace,

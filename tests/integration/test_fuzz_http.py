@@ -21,9 +21,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cartloom.devstack.stack import StackState
 from cartloom.domain.shopify.normalise import KNOWN_TOPICS
 from cartloom.shopify.signatures import sign
+from devstack.stack import StackState
 from tests.fuzz_cases import FUZZ_SETTINGS
 from tests.harness import WorkerProcess, serving, start_worker
 from tests.integration.conftest import SHOPIFY_MAX_BYTES, SHOPIFY_SECRET

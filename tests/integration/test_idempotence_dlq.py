@@ -11,9 +11,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from cartloom.devstack.stack import StackState
 from cartloom.ops.dlq import REPLAYED_FROM_HEADER, replay_dead_letters
 from cartloom.stream.kafka_clients import KafkaConnection
+from devstack.stack import StackState
 from tests.harness import WorkerProcess, eventually, run_cartloom
 from tests.integration.saga_helpers import (
     now_iso,

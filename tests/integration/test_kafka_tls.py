@@ -25,9 +25,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from redis.asyncio import Redis
 
-from cartloom.devstack.stack import StackState
 from cartloom.ops.dlq import REPLAYED_FROM_HEADER
 from cartloom.sinks.dynamodb_tables import ensure_tables
+from devstack.stack import StackState
 from tests.harness import WorkerProcess, eventually, serving, settings_from_env, start_worker
 from tests.integration.tls_broker import TlsBroker, tls_broker
 from tests.pki import client_ssl_context, make_pki

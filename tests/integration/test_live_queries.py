@@ -24,12 +24,12 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from cartloom.core.topology import load_topology
-from cartloom.devstack.stack import StackState
 from cartloom.domain.schemas import INPUT_CONTRACTS
 from cartloom.web.openapi import openapi_document
 from cartloom.web.queries import FORWARDED_HEADER, PARTITION_HEADER, SERVED_BY_HEADER
 from cartloom.web.routing import key_partition
 from cartloom.web.schema_files import CHECKOUT_DIR, file_name
+from devstack.stack import StackState
 from tests.harness import WorkerProcess, eventually, first_answers, start_worker, wait_ready
 from tests.integration.openapi_check import ApiDocument
 

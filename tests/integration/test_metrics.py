@@ -13,9 +13,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from cartloom.devstack.processes import free_port
-from cartloom.devstack.stack import StackState
 from cartloom.web.health import BrokerProbe
+from devstack.processes import free_port
+from devstack.stack import StackState
 from tests.harness import WorkerProcess, eventually
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ import aiohttp
 import pytest
 import yaml
 
-from cartloom.devstack.processes import is_running, stop
-from cartloom.devstack.prometheus import local_config, start_prometheus, write_config
-from cartloom.devstack.stack import ENV_FILE, down, up
 from cartloom.web.discovery import target_document, target_path, write_target
+from devstack.processes import is_running, stop
+from devstack.prometheus import local_config, start_prometheus, write_config
+from devstack.stack import ENV_FILE, down, up
 from tests.harness import WorkerProcess, eventually
 
 pytestmark = pytest.mark.integration

@@ -24,7 +24,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
-from cartloom.devstack.stack import StackState
+from devstack.stack import StackState
 from tests.harness import WorkerProcess, eventually, run_cartloom, start_worker, wait_ready
 from tests.integration.saga_helpers import now_iso, order_message, read_topic
 

@@ -18,9 +18,9 @@ from aiokafka import AIOKafkaProducer
 
 from cartloom.core.partitioning import key_partition
 from cartloom.core.topology import load_topology
-from cartloom.devstack.stack import StackState
 from cartloom.ops.kafka_admin import apply_topics
 from cartloom.stream.kafka_clients import KafkaConnection
+from devstack.stack import StackState
 from tests.harness import WorkerProcess, eventually, serving, start_worker
 from tests.integration.kafka_proxy import SizedBroker, sized_broker
 from tests.integration.saga_helpers import read_topic, table_values

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from cartloom.devstack.stack import StackState
+from devstack.stack import StackState
 from tests.harness import eventually, start_worker, wait_ready
 
 pytestmark = pytest.mark.integration

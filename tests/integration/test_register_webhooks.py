@@ -16,8 +16,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from cartloom.shopify.registration import SUBSCRIBABLE, topic_enum
-from cartloom.shopify.simulator import ShopSimulator
-from cartloom.shopify.store import SimulatedStore
+from devstack.shopify_simulator import ShopSimulator
+from devstack.shopify_store import SimulatedStore
 from tests.harness import run_cartloom
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,8 @@ from redis.asyncio import Redis
 from cartloom.shopify.admin_client import AdminApiError, AdminClient, RedisRateBudget
 from cartloom.shopify.reconcile import ITEMS_QUERY, ORDERS_QUERY, pages
 from cartloom.shopify.registration import SUBSCRIBABLE, register
-from cartloom.shopify.simulator import CostBucket, ShopSimulator
-from cartloom.shopify.store import SimulatedStore, populate
+from devstack.shopify_simulator import CostBucket, ShopSimulator
+from devstack.shopify_store import SimulatedStore, populate
 
 pytestmark = pytest.mark.integration
 

@@ -16,14 +16,14 @@ from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
 from cartloom.core.settings import Settings
-from cartloom.devstack.stack import StackState
 from cartloom.domain.shopify.normalise import lifecycle_of
 from cartloom.shopify.admin_client import AdminClient
-from cartloom.shopify.delivery import DeliveryPlan
 from cartloom.shopify.reconcile import find_drift, reconcile
-from cartloom.shopify.simulator import ShopSimulator
-from cartloom.shopify.store import SimulatedStore, WebhookEvent, populate
 from cartloom.sinks.read import ViewReader
+from devstack.shopify_simulator import ShopSimulator
+from devstack.shopify_store import SimulatedStore, WebhookEvent, populate
+from devstack.stack import StackState
+from devstack.webhook_deliveries import DeliveryPlan
 from tests.harness import WorkerProcess, eventually, settings_from_env
 from tests.integration.conftest import SHOPIFY_SECRET
 from tests.integration.shopify_helpers import TopicReader

@@ -16,15 +16,15 @@ from aiohttp.test_utils import RawTestServer
 from pydantic import SecretStr
 
 from cartloom.core.topology import load_topology
-from cartloom.devstack.processes import ServerProcess, free_port, spawn, stop
-from cartloom.devstack.stack import _broker_ready, broker_argv
 from cartloom.ops.kafka_admin import apply_topics
-from cartloom.shopify.delivery import post, signed
 from cartloom.shopify.ingress import Ingress
 from cartloom.shopify.receiver import KafkaEnqueuer, WebhookReceiver
 from cartloom.shopify.signatures import SignatureVerifier
-from cartloom.shopify.store import SimulatedStore
 from cartloom.stream.kafka_clients import KafkaConnection
+from devstack.processes import ServerProcess, free_port, spawn, stop
+from devstack.shopify_store import SimulatedStore
+from devstack.stack import _broker_ready, broker_argv
+from devstack.webhook_deliveries import post, signed
 from tests.harness import eventually
 
 pytestmark = pytest.mark.integration

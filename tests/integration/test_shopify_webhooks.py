@@ -17,9 +17,9 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from cartloom.shopify.delivery import DeliveryPlan, SignedDelivery, post, signed
 from cartloom.shopify.signatures import sign
-from cartloom.shopify.store import SimulatedStore, WebhookEvent
+from devstack.shopify_store import SimulatedStore, WebhookEvent
+from devstack.webhook_deliveries import DeliveryPlan, SignedDelivery, post, signed
 from tests.harness import WorkerProcess, eventually
 from tests.integration.conftest import SHOPIFY_MAX_BYTES, SHOPIFY_SECRET
 from tests.integration.shopify_helpers import TopicReader

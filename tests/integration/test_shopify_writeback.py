@@ -24,11 +24,11 @@ from redis.asyncio import Redis
 from cartloom.core.topology import TopicSpec
 from cartloom.ops.kafka_admin import apply_topics
 from cartloom.shopify.admin_client import AdminClient
-from cartloom.shopify.simulator import ShopSimulator
-from cartloom.shopify.store import SimulatedStore
 from cartloom.shopify.writeback import InventoryWriteback, WritebackRunner
 from cartloom.shopify.writeback_progress import WritebackProgress
 from cartloom.stream.kafka_clients import KafkaConnection
+from devstack.shopify_simulator import ShopSimulator
+from devstack.shopify_store import SimulatedStore
 from tests.harness import eventually
 from tests.integration.saga_helpers import read_topic
 

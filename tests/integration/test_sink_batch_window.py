@@ -17,13 +17,13 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from cartloom.devstack.stack import StackState
 from cartloom.ops.audit import changelog_entities
 from cartloom.sinks.materialiser import Materialiser, sink_group_id
-from cartloom.sinks.memory import MemorySink
 from cartloom.stream.kafka_clients import kafka_connection
+from devstack.stack import StackState
 from tests.harness import eventually
 from tests.integration.sink_helpers import make_namespace, order_document, produce_changelog
+from tests.memory_sink import MemorySink
 
 pytestmark = pytest.mark.integration
 

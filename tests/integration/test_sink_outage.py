@@ -23,9 +23,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from redis.asyncio import Redis
 
-from cartloom.devstack.processes import ServerProcess, free_port, spawn, stop, wait_until
-from cartloom.devstack.stack import StackState, moto_argv, redis_argv
 from cartloom.sinks.materialiser import sink_group_id
+from devstack.processes import ServerProcess, free_port, spawn, stop, wait_until
+from devstack.stack import StackState, moto_argv, redis_argv
 from tests.harness import eventually
 from tests.integration.sink_helpers import (
     Namespace,

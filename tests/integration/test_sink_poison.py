@@ -15,9 +15,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from cartloom.core.redis_keys import RedisKeys
-from cartloom.devstack.stack import StackState
 from cartloom.sinks.dynamodb import read_items
 from cartloom.sinks.redis import read_views, redis_client
+from devstack.stack import StackState
 from tests.harness import eventually
 from tests.integration.saga_helpers import read_topic
 from tests.integration.sink_helpers import (

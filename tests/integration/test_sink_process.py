@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from cartloom.devstack.stack import StackState
+from devstack.stack import StackState
 from tests.harness import eventually, run_cartloom, start_worker, wait_ready
 from tests.integration.saga_helpers import now_iso, order_message
 

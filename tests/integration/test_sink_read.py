@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from cartloom.devstack.processes import free_port
-from cartloom.devstack.stack import StackState
 from cartloom.ops.audit import run_audit
 from cartloom.sinks.read import ViewReader
 from cartloom.sinks.redis import redis_client
+from devstack.processes import free_port
+from devstack.stack import StackState
 from tests.harness import eventually
 from tests.integration.sink_helpers import (
     Namespace,

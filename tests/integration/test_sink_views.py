@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from cartloom.devstack.stack import StackState
 from cartloom.ops.audit import run_audit
 from cartloom.sinks.dynamodb import read_items
 from cartloom.sinks.redis import read_views, redis_client
+from devstack.stack import StackState
 from tests.harness import eventually
 from tests.integration.sink_helpers import (
     cartloom_audit,

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from cartloom.devstack.stack import StackState
+from devstack.stack import StackState
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +101,7 @@ def test_retention_and_cleanup_policy_are_checked_and_unreported_settings_named(
 def test_the_topics_cartloom_creates_match_in_every_setting(
     stack: StackState, tmp_path: Path
 ) -> None:
-    """The shared stack's topics, created by `dev up`, report and match every setting."""
+    """The shared stack's topics (`python -m devstack up` made them) match every setting."""
     ok = cartloom(stack.env, tmp_path, "topics", "check")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "not compared" not in ok.stdout

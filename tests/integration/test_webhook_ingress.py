@@ -15,13 +15,13 @@ import aiohttp
 import pytest
 
 from cartloom.core.topology import load_topology
-from cartloom.devstack.processes import free_port, spawn, stop
-from cartloom.devstack.stack import StackState, _broker_ready, broker_argv
 from cartloom.domain.shopify.normalise import resource_key
 from cartloom.ops.kafka_admin import apply_topics
-from cartloom.shopify.delivery import DeliveryPlan, SignedDelivery, post, signed
-from cartloom.shopify.store import WebhookEvent
 from cartloom.stream.kafka_clients import KafkaConnection
+from devstack.processes import free_port, spawn, stop
+from devstack.shopify_store import WebhookEvent
+from devstack.stack import StackState, _broker_ready, broker_argv
+from devstack.webhook_deliveries import DeliveryPlan, SignedDelivery, post, signed
 from tests.harness import (
     WorkerProcess,
     eventually,

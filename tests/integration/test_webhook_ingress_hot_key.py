@@ -29,12 +29,12 @@ import aiohttp
 import pytest
 
 from cartloom.core.topology import load_topology
-from cartloom.devstack.stack import StackState
 from cartloom.domain.shopify.normalise import resource_key
 from cartloom.ops.kafka_admin import apply_topics
-from cartloom.shopify.delivery import post, signed
-from cartloom.shopify.store import WebhookEvent
 from cartloom.stream.kafka_clients import KafkaConnection
+from devstack.shopify_store import WebhookEvent
+from devstack.stack import StackState
+from devstack.webhook_deliveries import post, signed
 from tests.harness import serving, start_ingress
 from tests.integration.conftest import SHOPIFY_RECEIVER_ENV, SHOPIFY_SECRET
 from tests.integration.kafka_proxy import sized_broker

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from cartloom.devstack.processes import ServerProcess, free_port, spawn, stop, wait_until
+from devstack.processes import ServerProcess, free_port, spawn, stop, wait_until
 from tests.pki import CLIENT_KEY_PASSWORD, TlsFiles, client_ssl_context, make_pki
 
 

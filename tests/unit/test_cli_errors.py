@@ -49,7 +49,7 @@ def test_a_refused_broker_names_the_setting_and_dev_up() -> None:
     error = explained(KafkaConnectionError("Unable to bootstrap"), [refused])
     assert error.exit_code == EXIT_UNAVAILABLE
     assert "127.0.0.1:1" in error.message and "CARTLOOM_BROKER_URL" in error.message
-    assert error.hint is not None and "`cartloom dev up`" in error.hint
+    assert error.hint is not None and "`python -m devstack up`" in error.hint
 
 
 def test_a_tls_refusal_gets_no_dev_up_hint() -> None:

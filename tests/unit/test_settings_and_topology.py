@@ -61,7 +61,7 @@ def test_the_recovery_consistency_check_reaches_faust(check: bool) -> None:
 
 
 def test_the_local_stack_turns_the_recovery_consistency_check_off() -> None:
-    from cartloom.devstack.stack import LOCAL_TUNING_ENV
+    from devstack.stack import LOCAL_TUNING_ENV
 
     assert LOCAL_TUNING_ENV["CARTLOOM_RECOVERY_CONSISTENCY_CHECK"] == "false"
 

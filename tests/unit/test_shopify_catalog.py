@@ -26,7 +26,7 @@ from cartloom.domain.shopify.catalog import (
     read_catalog_change,
 )
 from cartloom.domain.shopify.normalise import Delivery, normalise
-from cartloom.shopify.store import SimulatedStore
+from devstack.shopify_store import SimulatedStore
 
 SHOP = "cartloom-sim.myshopify.com"
 PRODUCT, DELETION = CATALOG_CHANGE.examples

@@ -6,6 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cartloom.cli.main import cli
+from devstack.cli import cli as devstack_cli
 
 
 @pytest.mark.parametrize(
@@ -13,10 +14,15 @@ from cartloom.cli.main import cli
     [
         ["reconcile"],
         ["shopify", "register-webhooks", "--address", "https://x.example/webhooks/shopify"],
-        ["shopify", "simulate"],
     ],
 )
 def test_commands_name_the_missing_settings(argv: list[str]) -> None:
     result = CliRunner().invoke(cli, ["--env-file", "/nonexistent.env", *argv])
+    assert result.exit_code == 2
+    assert "CARTLOOM_SHOPIFY_" in result.output
+
+
+def test_the_simulator_names_the_missing_settings() -> None:
+    result = CliRunner().invoke(devstack_cli, ["--env-file", "/nonexistent.env", "simulate"])
     assert result.exit_code == 2
     assert "CARTLOOM_SHOPIFY_" in result.output

@@ -21,7 +21,7 @@ from cartloom.domain.shopify.state import (
     apply_item_message,
     redacted,
 )
-from cartloom.shopify.store import SimulatedStore, WebhookEvent
+from devstack.shopify_store import SimulatedStore, WebhookEvent
 
 SHOP = "cartloom-sim.myshopify.com"
 WINDOW = 48 * 3600

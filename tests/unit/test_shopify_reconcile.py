@@ -10,8 +10,8 @@ from cartloom.domain.shopify.reconcile import (
     order_corrections,
     order_payload,
 )
-from cartloom.shopify.simulator import item_node, order_node
-from cartloom.shopify.store import SimulatedStore, gid
+from devstack.shopify_simulator import item_node, order_node
+from devstack.shopify_store import SimulatedStore, gid
 
 SHOP = "cartloom-sim.myshopify.com"
 

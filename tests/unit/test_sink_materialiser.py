@@ -12,9 +12,9 @@ from prometheus_client import REGISTRY
 from cartloom.domain.errors import RejectReason
 from cartloom.sinks.base import ChangeRefused, PartialWrite, ViewChange, WriteOutcome
 from cartloom.sinks.materialiser import Materialiser, MaterialiserStopped
-from cartloom.sinks.memory import MemorySink
 from cartloom.stream.kafka_clients import KafkaConnection
 from tests.harness import eventually
+from tests.memory_sink import MemorySink
 
 
 def change(key: str, version: int) -> ViewChange:

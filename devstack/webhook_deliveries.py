@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 
 from cartloom.shopify.signatures import sign
-from cartloom.shopify.store import WebhookEvent
+from devstack.shopify_store import WebhookEvent
 
 API_VERSION = "2025-10"
 

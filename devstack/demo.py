@@ -1,4 +1,4 @@
-"""``cartloom dev demo``: the main job on the local stack, shown as it happens.
+"""``python -m devstack demo``: the main job on the local stack, shown as it happens.
 
 Starts the stack (if needed) and a worker, publishes stock for the demo's SKUs and then
 sample orders with a plain Kafka producer (more demand than stock, so some orders are
@@ -26,12 +26,12 @@ from rich.table import Table
 
 from cartloom.core.redis_keys import RedisKeys
 from cartloom.core.settings import Settings, load_settings
-from cartloom.devstack.processes import free_port
-from cartloom.devstack.stack import StackState, up
 from cartloom.ops.loadgen import LoadPlan, is_valid_index, publish, sample_orders, sample_stock
 from cartloom.sinks.dynamodb import dynamodb_client_config
 from cartloom.sinks.redis import redis_client
 from cartloom.stream.kafka_clients import kafka_connection
+from devstack.processes import free_port
+from devstack.stack import StackState, up
 
 
 async def run_demo(state_dir: Path, orders: int, console: Console) -> bool:
@@ -53,7 +53,7 @@ async def run_demo(state_dir: Path, orders: int, console: Console) -> bool:
             worker.wait(timeout=20)
         except subprocess.TimeoutExpired:
             worker.kill()
-        console.print("worker stopped; the stack keeps running: [bold]cartloom dev down[/]")
+        console.print("worker stopped; the stack keeps running: [bold]python -m devstack down[/]")
 
 
 def _start_worker(state: StackState, state_dir: Path, web_port: int) -> subprocess.Popen[bytes]:

@@ -6,7 +6,7 @@ connections with ``pageInfo``, money as strings, ``userErrors`` on mutations, an
 ``extensions.cost`` with a leaky-bucket ``throttleStatus``. A request costing more than
 the bucket holds gets Shopify's ``THROTTLED`` error; ``error_share`` injects 502s.
 :meth:`ShopSimulator.deliver` sends the store's history as signed webhooks with retries,
-duplicates, reordering and drops (:class:`~cartloom.shopify.delivery.DeliveryPlan`).
+duplicates, reordering and drops (:class:`~devstack.webhook_deliveries.DeliveryPlan`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from cartloom.shopify.delivery import DeliveryPlan, deliver_with_retries, signed
-from cartloom.shopify.store import SimulatedStore, gid, numeric_id
+from devstack.shopify_store import SimulatedStore, gid, numeric_id
+from devstack.webhook_deliveries import DeliveryPlan, deliver_with_retries, signed
 
 ORDER_COST, ITEM_COST, MUTATION_COST = 3, 2, 10
 _SINCE = re.compile(r"updated_at:>=?'?([^' ]+)'?")

@@ -1,4 +1,4 @@
-"""Debian's Prometheus for the local stack (``cartloom dev up --with-prometheus``).
+"""Debian's Prometheus for the local stack (``python -m devstack up --with-prometheus``).
 
 Prometheus runs on a free loopback port with its configuration, data and target files in
 ``<state dir>/prometheus/``. It loads CartLoom's own alert and recording rules from
@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
-from cartloom.devstack.processes import (
+from devstack.processes import (
     ServerProcess,
     StackError,
     free_port,
@@ -25,7 +25,7 @@ from cartloom.devstack.processes import (
 )
 
 #: CartLoom's rules, beside the package in a source checkout (absent from a wheel install).
-RULES_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules"
+RULES_DIR = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "rules"
 TARGETS_ENV = "CARTLOOM_PROMETHEUS_TARGETS_DIR"
 SCRAPE_INTERVAL = "5s"
 

@@ -7,7 +7,7 @@ DynamoDB sink's CPU per conditional put (``bench/dynamodb_clients.py``, docs/ben
 The same moto application behind waitress, a production WSGI server, keeps HTTP/1.1
 connections open as DynamoDB does; moto's behaviour (conditions, TTL, errors) is unchanged.
 
-    python -m cartloom.devstack.dynamodb_server --port 8000 [--host 127.0.0.1]
+    python -m devstack.dynamodb_server --port 8000 [--host 127.0.0.1]
 """
 
 from __future__ import annotations
