@@ -43,7 +43,13 @@ from cartloom.stream.app import app, settings, topology
 from cartloom.stream.batching import partition_for
 from cartloom.stream.deadletter import DEAD_LETTER_MAX_REQUEST_BYTES, dead_letter_headers
 from cartloom.stream.deliveries import Deliveries, DeliveryFailed
-from cartloom.stream.envelopes import ENVELOPE_MAX, ENVELOPE_MAX_BYTES, fits_alone, pack
+from cartloom.stream.envelopes import (
+    ACCEPTED_ORDERS,
+    ENVELOPE_MAX,
+    ENVELOPE_MAX_BYTES,
+    fits_alone,
+    pack,
+)
 from cartloom.stream.kafka_clients import kafka_connection
 
 log = logging.getLogger(__name__)
@@ -51,7 +57,7 @@ log = logging.getLogger(__name__)
 SOURCE_TOPIC = "orders"
 ENVELOPE_TOPIC = "orders.accepted"
 DEAD_LETTER_TOPIC = "orders.dlq"
-ENVELOPE_FIELD = "orders"
+ENVELOPE_FIELD = ACCEPTED_ORDERS.field
 #: Most records read per batch.
 BATCH_MAX = 5_000
 

@@ -11,6 +11,7 @@ published on ``inventory.alerts`` and counted.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, cast
 
 import faust
@@ -41,17 +42,17 @@ from cartloom.domain.ledger import (
     result_to_json,
     sealed_entry,
 )
-from cartloom.domain.payloads import decode_json_object
-from cartloom.stream.app import app, settings, topology
+from cartloom.stream.app import app, settings
 from cartloom.stream.batching import (
     BatchHandler,
+    MessageHandler,
     Outbox,
     TableBatch,
-    event_key,
     handle_batch,
     in_offset_order,
 )
 from cartloom.stream.deadletter import dead_letter_topic
+from cartloom.stream.envelopes import RESERVATION_RESULTS
 from cartloom.stream.faust_types import TunedConsumer
 from cartloom.stream.tables import inventory_by_sku, reservation_by_line
 from cartloom.stream.topics import inventory_alerts_topic, reservation_results_topic, stock_inputs
@@ -87,40 +88,34 @@ class StockHandler(BatchHandler):
         # of the other lines written before a crash would look counted against it.
         self._stock_found: dict[str, InventoryView] = {}
 
-    def handle(self, event: faust.EventT[Any]) -> None:
-        """Apply one event; raise ``InvalidInput`` for what belongs in a dead-letter topic."""
-        key = event_key(event)
-        payload = decode_json_object(event.value)
-        partition = event.message.partition
-        if topology.declared(event.message.topic) == "inventory":
-            update = parse_stock_message(payload, key=key)
-            if forward_if_elsewhere(event, update.sku, self.outbox, self.tally):
-                return  # applied on its SKU's partition, by whichever worker owns it
-            view, outcome = apply_stock(
-                self._stock(update.sku),
-                update,
-                offset=event.message.offset,
-                now=self.now,
-                forwarded_from=forwarded_from(event.message),
-            )
-            self.tally.count(metrics.STOCK_UPDATES, outcome.value)
-            if outcome is not StockOutcome.STALE:  # a duplicate is written again: see _command
-                self.stock.put(update.sku, view, partition)
-            return
-        if "commands" in payload:
-            apply = lambda item: self._command(event, item, None)  # noqa: E731
-            self.each_item(event, payload["commands"], "sku", apply)
-        else:
-            self._command(event, payload, key)
+    def handlers(self) -> Mapping[str, MessageHandler]:
+        """Stock messages and the ledger's commands."""
+        return {"inventory": self._stock_message, "inventory.commands": self._command}
+
+    def _stock_message(
+        self, event: faust.EventT[Any], payload: dict[str, Any], key: str | None
+    ) -> None:
+        update = parse_stock_message(payload, key=key)
+        if forward_if_elsewhere(event, update.sku, self.outbox, self.tally):
+            return  # applied on its SKU's partition, by whichever worker owns it
+        view, outcome = apply_stock(
+            self._stock(update.sku),
+            update,
+            offset=event.message.offset,
+            now=self.now,
+            forwarded_from=forwarded_from(event.message),
+        )
+        self.tally.count(metrics.STOCK_UPDATES, outcome.value)
+        if outcome is not StockOutcome.STALE:  # a duplicate is written again: see _command
+            self.stock.put(update.sku, view, event.message.partition)
 
     def _command(self, event: faust.EventT[Any], payload: dict[str, Any], key: str | None) -> None:
         partition = event.message.partition
         command = parse_command(payload, key=key)
         if isinstance(command, Fence):  # the saga's deadline: answered in partition order
             body = result_to_json(pass_fence(command))
-            self.outbox.add_to_envelope(
-                reservation_results_topic, command.order_id, "results", body
-            )
+            field = RESERVATION_RESULTS.field
+            self.outbox.add_to_envelope(reservation_results_topic, command.order_id, field, body)
             return
         ledger_key = entry_key(command.order_id, command.line)
         sku = command.sku
@@ -145,7 +140,7 @@ class StockHandler(BatchHandler):
             self.stock.put(sku, before, partition)
         if step.result is not None:  # duplicates are answered again: the first answer may be lost
             body, topic = result_to_json(step.result), reservation_results_topic
-            self.outbox.add_to_envelope(topic, command.order_id, "results", body)
+            self.outbox.add_to_envelope(topic, command.order_id, RESERVATION_RESULTS.field, body)
 
     def _stock(self, sku: str) -> InventoryView:
         stored: InventoryView | None = self.stock.get(sku)

@@ -14,7 +14,7 @@ goes to the source topic's ``.dlq`` with the reason.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import faust
@@ -58,7 +58,7 @@ from cartloom.domain.orders import (
     parse_order,
     read_accepted_order,
 )
-from cartloom.domain.payloads import decode_json_object, require_str
+from cartloom.domain.payloads import keyed_id, require_str
 from cartloom.domain.saga import (
     apply_reservation_result,
     parse_timeout,
@@ -67,18 +67,19 @@ from cartloom.domain.saga import (
     settle_commands,
 )
 from cartloom.domain.shopify.state import personal_data, redacted
-from cartloom.stream.app import app, settings, topology
+from cartloom.stream.app import app, settings
 from cartloom.stream.batching import (
     BatchHandler,
+    MessageHandler,
     Outbox,
     TableBatch,
-    event_key,
     handle_batch,
     in_offset_order,
     partition_for,
     stop_without_acknowledging,
 )
 from cartloom.stream.deadletter import dead_letter_topic
+from cartloom.stream.envelopes import LEDGER_COMMANDS
 from cartloom.stream.faust_types import TunedConsumer
 from cartloom.stream.tables import early_events_by_order, order_by_id
 from cartloom.stream.topics import (
@@ -120,42 +121,47 @@ class OrderHandler(BatchHandler):
         #: ``early_events_by_order`` once that is on the broker (settle_held_events).
         self.settled: dict[str, HeldSettlement] = {}
 
-    def handle(self, event: faust.EventT[Any]) -> None:
-        """Apply one event; raise :class:`InvalidInput` for what belongs in a dead-letter topic."""
-        topic, key = topology.declared(event.message.topic), event_key(event)
-        payload = decode_json_object(event.value)
-        if topic == "orders.accepted" and "orders" in payload:  # the intake validated them
-            apply = lambda item: self._order(event, read_accepted_order(item))  # noqa: E731
-            self.each_item(event, payload["orders"], "order_id", apply)
-        elif topic == "orders.accepted":  # one order, e.g. replayed from orders.accepted.dlq
-            self._order(event, parse_order(payload, key=key))
-        elif topic == "order.events":
-            lifecycle_event = parse_order_event(payload, key=key)
-            if forward_if_elsewhere(event, key, self.outbox, self.tally):
-                return  # applied on its order's partition (a copy is a duplicate by its fields)
-            view: OrderView | None = self.orders.get(key)
-            if view is None:  # it overtook its order (the intake hop): hold it
-                self._hold(event, lifecycle_event)
-            else:
-                self._step("event", event, apply_order_event(view, lifecycle_event, self.now))
-        elif topic == "reservation.results" and "results" in payload:
-            apply = lambda item: self._result(event, item, None)  # noqa: E731
-            self.each_item(event, payload["results"], "order_id", apply)
-        elif topic == "reservation.results":
-            self._result(event, payload, key)
-        elif topic == "shopify.redactions":
-            self._privacy(event, key, payload)
-        elif payload.get("kind") == HELD_NUDGE:  # order.timeouts: held events fell due
-            self._held_nudge(event, parse_held_nudge(payload, key=key))
+    def handlers(self) -> Mapping[str, MessageHandler]:
+        """Everything keyed by order id."""
+        return {
+            "orders.accepted": self._accepted,
+            "order.events": self._lifecycle_event,
+            "reservation.results": self._result,
+            "order.timeouts": self._timeout,
+            "shopify.redactions": self._privacy,
+        }
+
+    def _accepted(self, event: faust.EventT[Any], payload: dict[str, Any], key: str | None) -> None:
+        # An item of the intake's envelope was validated there; a message on its own (e.g.
+        # replayed from orders.accepted.dlq) is validated again.
+        order = read_accepted_order(payload) if key is None else parse_order(payload, key=key)
+        self._order(event, order)
+
+    def _lifecycle_event(
+        self, event: faust.EventT[Any], payload: dict[str, Any], key: str | None
+    ) -> None:
+        lifecycle_event = parse_order_event(payload, key=key)
+        order_id = lifecycle_event.order_id  # the message key: parse_order_event checked it
+        if forward_if_elsewhere(event, order_id, self.outbox, self.tally):
+            return  # applied on its order's partition (a copy is a duplicate by its fields)
+        view: OrderView | None = self.orders.get(order_id)
+        if view is None:  # it overtook its order (the intake hop): hold it
+            self._hold(event, lifecycle_event)
         else:
-            order_id, kind = parse_timeout(payload, key=key)
-            view, partition = self.orders.get(order_id), event.message.partition
-            if view is not None:  # decided on the clock of the input that could change it
-                clock, ttl = decision_clock(kind, partition), settings.reservation_ttl_seconds
-                step = resolve_timeout(view, kind, self.now, clock=clock, ttl_seconds=ttl)
-                self._step("timeout", event, step)
-                if not step.changed:  # too early (an earlier owner's nudge) or no longer due
-                    nudge_ignored(step.view)
+            self._step("event", event, apply_order_event(view, lifecycle_event, self.now))
+
+    def _timeout(self, event: faust.EventT[Any], payload: dict[str, Any], key: str | None) -> None:
+        if payload.get("kind") == HELD_NUDGE:  # held events fell due
+            self._held_nudge(event, parse_held_nudge(payload, key=key))
+            return
+        order_id, kind = parse_timeout(payload, key=key)
+        view, partition = self.orders.get(order_id), event.message.partition
+        if view is not None:  # decided on the clock of the input that could change it
+            clock, ttl = decision_clock(kind, partition), settings.reservation_ttl_seconds
+            step = resolve_timeout(view, kind, self.now, clock=clock, ttl_seconds=ttl)
+            self._step("timeout", event, step)
+            if not step.changed:  # too early (an earlier owner's nudge) or no longer due
+                nudge_ignored(step.view)
 
     def _order(self, event: faust.EventT[Any], order: PlacedOrder) -> None:
         known: OrderView | None = self.orders.get(order.order_id)
@@ -310,7 +316,7 @@ class OrderHandler(BatchHandler):
 
     # -- privacy jobs (shopify.redactions), so that order_by_id has one writer ----------
 
-    def _privacy(self, event: faust.EventT[Any], key: str, job: dict[str, Any]) -> None:
+    def _privacy(self, event: faust.EventT[Any], job: dict[str, Any], key: str | None) -> None:
         """``redact`` / ``export`` one order, or ``redact_shop``: this partition's orders."""
         kind = job.get("kind")
         if kind == "redact_shop":
@@ -322,11 +328,7 @@ class OrderHandler(BatchHandler):
             raise InvalidInput(
                 RejectReason.INVALID_SCHEMA, "kind must be redact, export or redact_shop"
             )
-        order_id = require_str(job, "order_id", max_len=128)
-        if order_id != key:
-            raise InvalidInput(
-                RejectReason.KEY_MISMATCH, f"message key {key!r} differs from order_id {order_id!r}"
-            )
+        order_id = keyed_id(job, "order_id", key)
         view: OrderView | None = self.orders.get(order_id)
         if view is None:
             self.tally.count(metrics.SHOPIFY_PRIVACY_JOBS, kind, "unknown_order")
@@ -357,7 +359,8 @@ class OrderHandler(BatchHandler):
     def _send(self, commands: Iterable[Command]) -> None:
         for command in commands:
             body = command_to_json(command)
-            self.outbox.add_to_envelope(inventory_commands_topic, command.sku, "commands", body)
+            field = LEDGER_COMMANDS.field
+            self.outbox.add_to_envelope(inventory_commands_topic, command.sku, field, body)
 
 
 def shop_orders_on_partition(

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypedDict
 
-from cartloom.domain.errors import InvalidInput, RejectReason
+from cartloom.domain.errors import InvalidInput
 from cartloom.domain.instants import instant_after, is_before, parse_instant
 from cartloom.domain.ledger import Command
 from cartloom.domain.lifecycle import (
@@ -34,7 +34,7 @@ from cartloom.domain.lifecycle import (
     parse_order_event,
 )
 from cartloom.domain.orders import OrderView
-from cartloom.domain.payloads import decode_json_object, require_str
+from cartloom.domain.payloads import decode_json_object, keyed_id
 
 #: ``kind`` of the ``order.timeouts`` nudge that asks the orders agent to look at held events.
 HELD_NUDGE = "held_events"
@@ -164,11 +164,7 @@ def apply_held_events(view: OrderView, held: HeldEventsView, now: str) -> HeldAp
 
 def parse_held_nudge(payload: dict[str, Any], *, key: str | None = None) -> str:
     """The order id of a held-events nudge on ``order.timeouts``."""
-    order_id = require_str(payload, "order_id", max_len=128)
-    if key is not None and key != order_id:
-        raise InvalidInput(
-            RejectReason.KEY_MISMATCH, f"message key {key!r} differs from order_id {order_id!r}"
-        )
+    order_id = keyed_id(payload, "order_id", key)
     return order_id
 
 

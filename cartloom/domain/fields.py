@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cartloom.domain.errors import InvalidInput, RejectReason
+from cartloom.domain.errors import InvalidInput, RejectReason, check_key
 
 #: The largest integer every JSON parser reads exactly (2**53 - 1, RFC 7493); every
 #: integer of the contract stays within +/- this.
@@ -533,8 +533,4 @@ class MessageContract:
 
     def check_key(self, key: str | None, entity_id: str) -> None:
         """Refuse a message whose Kafka key (when known) is not its entity id."""
-        if key is not None and key != entity_id:
-            raise InvalidInput(
-                RejectReason.KEY_MISMATCH,
-                f"message key {key!r} differs from {self.key.name} {entity_id!r}",
-            )
+        check_key(key, self.key.name, entity_id)

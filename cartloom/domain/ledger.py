@@ -28,7 +28,7 @@ from typing import Any, NotRequired, TypedDict
 
 from cartloom.domain.errors import InvalidInput, RejectReason
 from cartloom.domain.inventory import InventoryView, with_counts
-from cartloom.domain.payloads import require_int, require_str
+from cartloom.domain.payloads import keyed_id, require_int, require_str
 
 
 class ReserveOutcome(StrEnum):
@@ -375,11 +375,7 @@ def parse_command(payload: dict[str, Any], *, key: str | None = None) -> Command
     """Validate an ``inventory.commands`` message; raise :class:`InvalidInput` if unusable."""
     order_id = require_str(payload, "order_id", max_len=128)
     line = require_int(payload, "line", minimum=0)
-    sku = require_str(payload, "sku", max_len=128)
-    if key is not None and key != sku:
-        raise InvalidInput(
-            RejectReason.KEY_MISMATCH, f"message key {key!r} differs from sku {sku!r}"
-        )
+    sku = keyed_id(payload, "sku", key)
     kind = payload.get("type")
     if kind == "reserve":
         quantity = require_int(payload, "quantity", minimum=1)
@@ -420,11 +416,7 @@ def result_to_json(result: Answer) -> dict[str, Any]:
 
 def parse_result(payload: dict[str, Any], *, key: str | None = None) -> Answer:
     """Validate a ``reservation.results`` message: a reserve's answer or a fence's."""
-    order_id = require_str(payload, "order_id", max_len=128)
-    if key is not None and key != order_id:
-        raise InvalidInput(
-            RejectReason.KEY_MISMATCH, f"message key {key!r} differs from order_id {order_id!r}"
-        )
+    order_id = keyed_id(payload, "order_id", key)
     if payload.get("type") == "fence":
         line, sku = (
             require_int(payload, "line", minimum=0),

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from cartloom.domain.errors import InvalidInput, RejectReason
+from cartloom.domain.errors import InvalidInput, RejectReason, check_key
 
 
 def decode_json_object(raw: bytes | str | None) -> dict[str, Any]:
@@ -39,4 +39,11 @@ def require_int(payload: dict[str, Any], field: str, *, minimum: int | None = No
         raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{field} must be an integer")
     if minimum is not None and value < minimum:
         raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{field} must be >= {minimum}")
+    return value
+
+
+def keyed_id(payload: dict[str, Any], field: str, key: str | None) -> str:
+    """The entity id in ``field`` (a string of at most 128), which must be the message key."""
+    value = require_str(payload, field, max_len=128)
+    check_key(key, field, value)
     return value

@@ -50,7 +50,7 @@ from cartloom.domain.lifecycle import (
     touched,
 )
 from cartloom.domain.orders import OrderView, OversoldView, RejectionView
-from cartloom.domain.payloads import require_str
+from cartloom.domain.payloads import keyed_id
 
 
 class Timeout(StrEnum):
@@ -177,11 +177,7 @@ def next_timeout(view: OrderView) -> tuple[Timeout, str] | None:
 
 def parse_timeout(payload: dict[str, Any], *, key: str | None = None) -> tuple[str, Timeout]:
     """Validate an ``order.timeouts`` message: (order id, kind)."""
-    order_id = require_str(payload, "order_id", max_len=128)
-    if key is not None and key != order_id:
-        raise InvalidInput(
-            RejectReason.KEY_MISMATCH, f"message key {key!r} differs from order_id {order_id!r}"
-        )
+    order_id = keyed_id(payload, "order_id", key)
     try:
         return order_id, Timeout(str(payload.get("kind")))
     except ValueError:

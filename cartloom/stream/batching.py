@@ -50,10 +50,11 @@ from faust.streams import _current_event
 from cartloom.core import metrics
 from cartloom.core.partitioning import key_partition
 from cartloom.domain.errors import InvalidInput, RejectReason
+from cartloom.domain.payloads import decode_json_object
 from cartloom.stream.app import topology
 from cartloom.stream.deadletter import send_item_to_dead_letter, send_to_dead_letter
 from cartloom.stream.deliveries import acknowledged_all
-from cartloom.stream.envelopes import ENVELOPE_MAX, pack
+from cartloom.stream.envelopes import ENVELOPE_MAX, ENVELOPES, pack
 from cartloom.stream.faust_types import TunedConsumer
 from cartloom.stream.offsets import HandOut, InOrder
 
@@ -116,16 +117,41 @@ class ItemFailure:
     detail: str
 
 
+#: What an agent does with one message of a topic, or one item of an envelope: given the
+#: event it came in, the decoded JSON object, and the message key (``None`` for an item of
+#: an envelope, whose id was checked against the envelope's partition instead).
+MessageHandler = Callable[[faust.EventT[Any], dict[str, Any], str | None], None]
+
+
 class BatchHandler(ABC):
-    """Base of the agents' per-event handlers: item-level failures of envelopes."""
+    """Base of the agents' per-event handlers: a table of handlers by topic, envelopes unwrapped.
+
+    A subclass says, in :meth:`handlers`, which method takes each of its input topics. The
+    message is decoded, its key read, and an envelope (:data:`~cartloom.stream.envelopes.ENVELOPES`)
+    opened here, once for every agent; an item that fails is dead-lettered on its own.
+    """
 
     def __init__(self) -> None:
         self.failed_items: list[ItemFailure] = []
         self.tally = metrics.Tally()  # what the batch counted, published once it is handled
+        self._by_topic = self.handlers()
 
     @abstractmethod
+    def handlers(self) -> Mapping[str, MessageHandler]:
+        """The handler of each input topic, by declared name (``topics.yaml``)."""
+
     def handle(self, event: faust.EventT[Any]) -> None:
         """Apply one event; raise ``InvalidInput`` for what belongs in a dead-letter topic."""
+        topic = topology.declared(event.message.topic)
+        key = event_key(event)
+        payload = decode_json_object(event.value)
+        handler = self._by_topic[topic]
+        envelope = ENVELOPES.get(topic)
+        if envelope is not None and envelope.field in payload:
+            apply = lambda item: handler(event, item, None)  # noqa: E731
+            self.each_item(event, payload[envelope.field], envelope.item_key, apply)
+        else:
+            handler(event, payload, key)
 
     def each_item(
         self,

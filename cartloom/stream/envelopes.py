@@ -13,6 +13,7 @@ Pure: no Kafka client, so the rule is unit-tested on its own.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 #: Kafka's default largest record batch a topic takes (``max.message.bytes``: 1 MiB + 12).
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
@@ -24,6 +25,29 @@ ENVELOPE_MAX = 500
 #: (about 240 KB) is room for the key, headers, record and batch overhead, and for an order
 #: that travels alone to grow by its per-line bookkeeping once it is a view in a table.
 ENVELOPE_MAX_BYTES = 800_000
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """How a topic's envelopes look: ``{field: [item, ...]}``, each item keyed by ``item_key``."""
+
+    field: str
+    item_key: str  # the item's id: it decides the item's partition
+
+
+#: The topics whose messages may be envelopes, by declared name: the one table that the
+#: senders pack with and the agents unwrap by
+#: (:meth:`cartloom.stream.batching.BatchHandler.handle`). A message on these topics
+#: without the field is one item on its own (e.g. replayed from a dead-letter topic),
+#: keyed by its id.
+ACCEPTED_ORDERS = Envelope("orders", "order_id")
+LEDGER_COMMANDS = Envelope("commands", "sku")
+RESERVATION_RESULTS = Envelope("results", "order_id")
+ENVELOPES: dict[str, Envelope] = {
+    "orders.accepted": ACCEPTED_ORDERS,
+    "inventory.commands": LEDGER_COMMANDS,
+    "reservation.results": RESERVATION_RESULTS,
+}
 
 
 class ItemTooLarge(ValueError):  # noqa: N818 - a verdict on an item, like InvalidInput
