@@ -534,3 +534,16 @@ class MessageContract:
     def check_key(self, key: str | None, entity_id: str) -> None:
         """Refuse a message whose Kafka key (when known) is not its entity id."""
         check_key(key, self.key.name, entity_id)
+
+    def read(self, payload: dict[str, Any], key: str | None) -> tuple[Any, ...]:
+        """Each field's checked value, in declaration order, once the key is the entity's id.
+
+        The key field is read and held to the message key first, so a message on the wrong
+        partition is refused as such whatever else is wrong with it.
+        """
+        entity_id = self.key.read(payload)
+        check_key(key, self.key.name, entity_id)
+        values = []
+        for each in self.record.fields:  # a loop, not a generator: every order passes here
+            values.append(entity_id if each is self.key else each.read(payload))
+        return tuple(values)

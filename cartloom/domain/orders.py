@@ -222,18 +222,18 @@ def parse_order(payload: dict[str, Any], *, key: str | None = None) -> PlacedOrd
     ``key`` is the Kafka message key; when given it must equal ``order_id`` so the order
     lands on the partition that owns it.
     """
-    order_id: str = ORDER_ID.read(payload)
-    ORDER_MESSAGE.check_key(key, order_id)
-    lines = tuple(OrderLine(sku, quantity) for sku, quantity in ORDER_LINES.read(payload))
+    order_id, source, created_at, lines, currency, total_price, customer, accepted_upstream = (
+        ORDER_MESSAGE.read(payload, key)  # in the order ORDER_MESSAGE declares the fields
+    )
     return PlacedOrder(
         order_id=order_id,
-        source=SOURCE.read(payload),
-        created_at=CREATED_AT.read(payload),
-        lines=lines,
-        currency=CURRENCY.read(payload),
-        total_price=TOTAL_PRICE.read(payload),
-        customer=CUSTOMER.read(payload),
-        accepted_upstream=ACCEPTED_UPSTREAM.read(payload) or False,
+        source=source,
+        created_at=created_at,
+        lines=tuple(OrderLine(sku, quantity) for sku, quantity in lines),
+        currency=currency,
+        total_price=total_price,
+        customer=customer,
+        accepted_upstream=accepted_upstream or False,
     )
 
 

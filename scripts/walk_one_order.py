@@ -1,0 +1,119 @@
+"""Count the walk of one order through CartLoom's code: calls, modules, returns to a module left.
+
+``docs/architecture.md#the-walk-of-one-order`` describes the path; this script measures it,
+so the figure there can be checked and compared after a change:
+
+    .venv/bin/python scripts/walk_one_order.py
+
+It takes one valid order as the intake does (:func:`cartloom.agents.intake.accept`), then
+hands the ``orders.accepted`` envelope holding it to the order agent's handler
+(``OrderHandler.handle``) over in-memory table batches, with ``sys.setprofile`` recording
+every call into CartLoom's own functions. Nothing is sent: the handler's writes stay in
+its batch. Printed: CartLoom calls, the modules they are in, and how often the walk came
+back to a module it had already left (a measure of how much a reader has to jump around).
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from dataclasses import dataclass, field
+from types import FrameType, SimpleNamespace
+from typing import Any
+
+import orjson
+
+PACKAGE = "cartloom."
+
+
+@dataclass
+class Walk:
+    """The CartLoom frames entered, in order, and the module each one is in."""
+
+    calls: list[str] = field(default_factory=list)
+    visits: list[str] = field(default_factory=list)  # module of the code running, on change
+    _generators: set[int] = field(default_factory=set)
+
+    def profile(self, frame: FrameType, event: str, _: Any) -> None:
+        """``sys.setprofile``'s hook: note CartLoom calls and each change of module."""
+        module = frame.f_globals.get("__name__", "")
+        resumed = event == "call" and _resumes_a_generator(frame, self._generators)
+        if event == "call" and module.startswith(PACKAGE) and not resumed:
+            self.calls.append(f"{module}.{frame.f_code.co_qualname}")
+        if event in ("call", "return"):
+            here = module if event == "call" else _caller_module(frame)
+            if here.startswith(PACKAGE) and (not self.visits or self.visits[-1] != here):
+                self.visits.append(here)
+
+    def returns_to_a_module_left(self) -> int:
+        """How often the walk entered a module it had been in before and left."""
+        seen: set[str] = set()
+        again = 0
+        for module in self.visits:
+            again += module in seen
+            seen.add(module)
+        return again
+
+
+def _resumes_a_generator(frame: FrameType, seen: set[int]) -> bool:
+    """Whether a "call" event is a generator taking up again (one call, many resumes)."""
+    if not frame.f_code.co_flags & inspect.CO_GENERATOR:
+        return False
+    resumed = id(frame) in seen
+    seen.add(id(frame))
+    return resumed
+
+
+def _caller_module(frame: FrameType) -> str:
+    caller = frame.f_back
+    return "" if caller is None else str(caller.f_globals.get("__name__", ""))
+
+
+def walk_one_order() -> Walk:
+    """Trace one order from the intake's ``accept`` through ``OrderHandler.handle``."""
+    from cartloom.agents.intake import accept
+    from cartloom.agents.orders import OrderHandler
+    from cartloom.domain.orders import ORDER_MESSAGE
+    from cartloom.stream.app import app, settings, topology
+    from cartloom.stream.batching import Outbox, TableBatch, partition_for
+    from cartloom.stream.tables import early_events_by_order, order_by_id
+
+    order = ORDER_MESSAGE.examples[0]  # the published example of an order (two lines)
+    accepted_topic = settings.topic_name("orders.accepted")
+    partition = partition_for(order["order_id"], topology.topic(accepted_topic).partitions)
+    record = SimpleNamespace(key=order["order_id"].encode(), value=orjson.dumps(order))
+    message = SimpleNamespace(
+        topic=accepted_topic, partition=partition, offset=0, key=record.key, headers=[]
+    )
+    producer = SimpleNamespace()
+    handler = OrderHandler(
+        TableBatch(order_by_id, producer),
+        Outbox(producer),
+        TableBatch(early_events_by_order, producer),
+    )
+    app.finalize()
+    walk = Walk()
+    sys.setprofile(walk.profile)
+    try:
+        order_id, encoded = accept(record)  # type: ignore[arg-type]
+        message.value = b'{"orders":[' + encoded + b"]}"
+        handler.handle(SimpleNamespace(message=message, value=message.value, key=message.key))  # type: ignore[arg-type]
+    finally:
+        sys.setprofile(None)
+    if handler.failed_items or handler.orders.get(order_id) is None:
+        raise SystemExit(f"the order was not taken: {handler.failed_items}")
+    return walk
+
+
+def main() -> None:
+    """Print the walk's figures and the modules it passed through."""
+    walk = walk_one_order()
+    print(f"CartLoom calls: {len(walk.calls)}")
+    print(f"modules: {len(set(walk.visits))}")
+    print(f"steps from one module to another: {len(walk.visits) - 1}")
+    print(f"returns to a module already left: {walk.returns_to_a_module_left()}")
+    print("path:", " > ".join(walk.visits))
+
+
+if __name__ == "__main__":
+    main()
