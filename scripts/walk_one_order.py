@@ -105,13 +105,30 @@ def walk_one_order() -> Walk:
     return walk
 
 
+def figures(walk: Walk) -> dict[str, int]:
+    """The walk's length, by the four measures docs/architecture.md gives."""
+    return {
+        "CartLoom calls": len(walk.calls),
+        "modules": len(set(walk.visits)),
+        "steps from one module to another": len(walk.visits) - 1,
+        "returns to a module already left": walk.returns_to_a_module_left(),
+    }
+
+
+def markdown(walk: Walk) -> str:
+    """The figures as the table in docs/architecture.md."""
+    rows = [f"| {name} | {value} |" for name, value in figures(walk).items()]
+    return "\n".join(["| measure | one order |", "| --- | ---: |", *rows])
+
+
 def main() -> None:
-    """Print the walk's figures and the modules it passed through."""
+    """Print the walk's figures (``--markdown``: as the docs' table) and its modules."""
     walk = walk_one_order()
-    print(f"CartLoom calls: {len(walk.calls)}")
-    print(f"modules: {len(set(walk.visits))}")
-    print(f"steps from one module to another: {len(walk.visits) - 1}")
-    print(f"returns to a module already left: {walk.returns_to_a_module_left()}")
+    if "--markdown" in sys.argv[1:]:
+        print(markdown(walk))
+        return
+    for name, value in figures(walk).items():
+        print(f"{name}: {value}")
     print("path:", " > ".join(walk.visits))
 
 
