@@ -16,7 +16,6 @@ from typing import Any, cast
 
 import faust
 
-from cartloom.agents.routing import forward_if_elsewhere, forwarded_from
 from cartloom.core import metrics
 from cartloom.core.clock import utc_now_iso
 from cartloom.domain.inventory import (
@@ -54,6 +53,7 @@ from cartloom.stream.batching import (
 from cartloom.stream.deadletter import dead_letter_topic
 from cartloom.stream.envelopes import RESERVATION_RESULTS
 from cartloom.stream.faust_types import TunedConsumer
+from cartloom.stream.forwarding import forward_if_elsewhere, forwarded_from
 from cartloom.stream.tables import inventory_by_sku, reservation_by_line
 from cartloom.stream.topics import inventory_alerts_topic, reservation_results_topic, stock_inputs
 

@@ -25,7 +25,6 @@ from cartloom.agents.early_events import (
     schedule_held,
     settle_held_events,
 )
-from cartloom.agents.routing import forward_if_elsewhere
 from cartloom.agents.saga import decision_clock, inputs, nudge_ignored, schedule_order
 from cartloom.core import metrics
 from cartloom.core.clock import utc_now_iso
@@ -81,6 +80,7 @@ from cartloom.stream.batching import (
 from cartloom.stream.deadletter import dead_letter_topic
 from cartloom.stream.envelopes import LEDGER_COMMANDS
 from cartloom.stream.faust_types import TunedConsumer
+from cartloom.stream.forwarding import forward_if_elsewhere
 from cartloom.stream.tables import early_events_by_order, order_by_id
 from cartloom.stream.topics import (
     inventory_commands_topic,

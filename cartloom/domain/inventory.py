@@ -105,7 +105,7 @@ class InventoryView(TypedDict):
     recent_adjustments: list[str]
     command_offset: NotRequired[int]  # ledger changes counted: commands up to this offset
     # Per origin partition, the offset of the last forwarded message applied (a producer
-    # put it on another partition; cartloom/agents/routing.py forwarded it here).
+    # put it on another partition; cartloom/stream/forwarding.py forwarded it here).
     forwarded_offsets: NotRequired[dict[str, int]]
 
 
