@@ -39,6 +39,7 @@ from cartloom.domain.early_events import (
     HeldEventsView,
     HeldEventView,
     held_due_at,
+    held_nudge_json,
     without_events,
 )
 from cartloom.domain.errors import RejectReason
@@ -184,7 +185,7 @@ async def nudge_held_events() -> None:
             schedule_held(order_id, held)
             continue
         held_due.schedule(order_id, clock + RENUDGE_AFTER_SECONDS)  # repeated until settled
-        value = orjson.dumps({"order_id": order_id, "kind": HELD_NUDGE, "at": now})
+        value = orjson.dumps(held_nudge_json(order_id, now))
         await app.producer.send(
             topic, order_id.encode(), value, partition=None, timestamp=None, headers=None
         )

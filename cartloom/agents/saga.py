@@ -35,7 +35,7 @@ from cartloom.core import metrics
 from cartloom.core.clock import utc_now_iso
 from cartloom.domain.instants import posix
 from cartloom.domain.orders import OrderView
-from cartloom.domain.saga import Timeout, next_timeout
+from cartloom.domain.saga import Timeout, next_timeout, timeout_json
 from cartloom.domain.schedule import NudgeSchedule
 from cartloom.stream.app import app, settings
 from cartloom.stream.batching import partition_for, topic_facts
@@ -107,7 +107,7 @@ async def nudge_overdue_orders() -> None:
                 if view is not None:  # changed since it was held: hold it for what it needs now
                     nudge_ignored(view)
                 continue
-            value = orjson.dumps({"order_id": order_id, "kind": kind.value, "at": now})
+            value = orjson.dumps(timeout_json(order_id, kind, now))
             sent.append((order_id, kind, await _send(topic, order_id, value)))
             if len(sent) % YIELD_EVERY == 0:
                 await asyncio.sleep(0)

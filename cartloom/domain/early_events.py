@@ -162,10 +162,14 @@ def apply_held_events(view: OrderView, held: HeldEventsView, now: str) -> HeldAp
     return HeldApplication(step, tuple(outcomes), tuple(invalid))
 
 
+def held_nudge_json(order_id: str, at: str) -> dict[str, Any]:
+    """A held-events nudge on ``order.timeouts``, as :func:`parse_held_nudge` reads it."""
+    return {"order_id": order_id, "kind": HELD_NUDGE, "at": at}
+
+
 def parse_held_nudge(payload: dict[str, Any], *, key: str | None = None) -> str:
     """The order id of a held-events nudge on ``order.timeouts``."""
-    order_id = keyed_id(payload, "order_id", key)
-    return order_id
+    return keyed_id(payload, "order_id", key)
 
 
 def _parsed(

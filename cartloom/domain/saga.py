@@ -175,6 +175,11 @@ def next_timeout(view: OrderView) -> tuple[Timeout, str] | None:
     return None
 
 
+def timeout_json(order_id: str, kind: Timeout, at: str) -> dict[str, Any]:
+    """An ``order.timeouts`` nudge, as :func:`parse_timeout` reads it (``at``: when sent)."""
+    return {"order_id": order_id, "kind": kind.value, "at": at}
+
+
 def parse_timeout(payload: dict[str, Any], *, key: str | None = None) -> tuple[str, Timeout]:
     """Validate an ``order.timeouts`` message: (order id, kind)."""
     order_id = keyed_id(payload, "order_id", key)
