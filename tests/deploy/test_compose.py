@@ -189,9 +189,10 @@ def test_the_simulator_runs_from_the_checkout() -> None:
     simulator = services["simulator"]
     # The image ships CartLoom only; the simulator is the checkout's devstack, mounted.
     assert simulator["entrypoint"] == ["python", "-m", "devstack"]
-    (mount,) = simulator["volumes"]
-    assert Path(mount["source"]) == ROOT / "devstack"
-    assert mount["target"] == f"{simulator['working_dir']}/devstack"
+    (mount,) = volume_specs(simulator)
+    source, target, mode = mount.rsplit(":", 2)
+    assert Path(source).resolve() == ROOT / "devstack"
+    assert (target, mode) == (f"{simulator['working_dir']}/devstack", "ro")
     command = simulator["command"]
     assert command[0] == "simulate"
     assert "--bind=0.0.0.0" in command, "reachable from the workers' containers"
