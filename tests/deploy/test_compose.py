@@ -189,7 +189,7 @@ def test_the_simulator_runs_from_the_checkout() -> None:
     simulator = services["simulator"]
     # The image ships CartLoom only; the simulator is the checkout's devstack, mounted.
     assert simulator["entrypoint"] == ["python", "-m", "devstack"]
-    (mount,) = volume_specs(simulator)
+    (mount,) = (spec for spec in volume_specs(simulator) if "devstack" in spec)
     source, target, mode = mount.rsplit(":", 2)
     assert Path(source).resolve() == ROOT / "devstack"
     assert (target, mode) == (f"{simulator['working_dir']}/devstack", "ro")
