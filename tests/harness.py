@@ -229,28 +229,22 @@ def run_cartloom(
     The test process's own ``CARTLOOM_*`` variables are left out, and ``--env-file`` names
     a file that does not exist, so no ``.cartloom/dev.env`` is read either.
     """
-    base = {k: v for k, v in os.environ.items() if not k.startswith("CARTLOOM_")}
-    return subprocess.run(
-        [sys.executable, "-m", "cartloom", "--env-file", str(state_dir / "none.env"), *args],
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return _run_module("cartloom", state_dir, env, args, timeout)
 
 
 def run_devstack(
     state_dir: Path, env: dict[str, str], *args: str, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m devstack ARGS`` as a developer runs it: the settings in ``env`` and nothing else.
+    """``python -m devstack ARGS``, with the settings in ``env`` only, as :func:`run_cartloom`."""
+    return _run_module("devstack", state_dir, env, args, timeout)
 
-    The test process's own ``CARTLOOM_*`` variables are left out, and ``--env-file`` names
-    a file that does not exist, so no ``.cartloom/dev.env`` is read either.
-    """
+
+def _run_module(
+    module: str, state_dir: Path, env: dict[str, str], args: tuple[str, ...], timeout: float
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("CARTLOOM_")}
     return subprocess.run(
-        [sys.executable, "-m", "devstack", "--env-file", str(state_dir / "none.env"), *args],
+        [sys.executable, "-m", module, "--env-file", str(state_dir / "none.env"), *args],
         env={**base, **env},
         capture_output=True,
         text=True,

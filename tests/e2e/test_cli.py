@@ -220,38 +220,30 @@ def test_version_prints_the_package_version(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "option"),
+    ("program", "args", "option"),
     [
-        (["loadgen", "--orders", "-5"], "--orders"),
-        (["loadgen", "--skus", "0"], "--skus"),
-        (["loadgen", "--invalid-share", "1.5"], "--invalid-share"),
-        (["dynamodb", "create-tables", "--within", "-1"], "--within"),
-        (["shopify", "register-webhooks", "--address", "cartloom.example"], "--address"),
-        (["worker", "--loglevel", "loud"], "--loglevel"),
+        ("cartloom", ["loadgen", "--orders", "-5"], "--orders"),
+        ("cartloom", ["loadgen", "--skus", "0"], "--skus"),
+        ("cartloom", ["loadgen", "--invalid-share", "1.5"], "--invalid-share"),
+        ("cartloom", ["dynamodb", "create-tables", "--within", "-1"], "--within"),
+        (
+            "cartloom",
+            ["shopify", "register-webhooks", "--address", "cartloom.example"],
+            "--address",
+        ),
+        ("cartloom", ["worker", "--loglevel", "loud"], "--loglevel"),
+        ("python -m devstack", ["demo", "--orders", "0"], "--orders"),
+        ("python -m devstack", ["simulate", "--port", "0"], "--port"),
+        ("python -m devstack", ["simulate", "--drop-share", "2"], "--drop-share"),
     ],
 )
 def test_bad_arguments_are_refused_before_anything_runs(
-    tmp_path: Path, closed_port: int, args: list[str], option: str
+    tmp_path: Path, closed_port: int, program: str, args: list[str], option: str
 ) -> None:
-    result = run_cartloom(tmp_path, nowhere(closed_port), *args)
+    run = run_cartloom if program == "cartloom" else run_devstack
+    result = run(tmp_path, nowhere(closed_port), *args)
     said = assert_clear_error(result, 2, option, "--help")
-    assert f"cartloom {args[0]}" in said  # the hint names the command's help
-
-
-@pytest.mark.parametrize(
-    ("args", "option"),
-    [
-        (["demo", "--orders", "0"], "--orders"),
-        (["simulate", "--port", "0"], "--port"),
-        (["simulate", "--drop-share", "2"], "--drop-share"),
-    ],
-)
-def test_the_local_stack_refuses_bad_arguments_too(
-    tmp_path: Path, closed_port: int, args: list[str], option: str
-) -> None:
-    result = run_devstack(tmp_path, nowhere(closed_port), *args)
-    said = assert_clear_error(result, 2, option, "--help")
-    assert f"python -m devstack {args[0]}" in said  # the hint names the command's help
+    assert f"{program} {args[0]}" in said  # the hint names the command's help
 
 
 def test_an_unknown_command_is_a_usage_error(tmp_path: Path) -> None:
