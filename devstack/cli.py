@@ -20,15 +20,11 @@ from rich.console import Console
 
 from cartloom.cli.errors import (
     EXIT_FAILED,
-    EXIT_OK,
     EXIT_USAGE,
     CliError,
-    explain,
     fail,
-    print_traceback,
-    report,
+    invoke,
     show_tracebacks,
-    tracebacks_shown,
 )
 from cartloom.cli.log_setup import configure_logging, requested_level
 from devstack.processes import StackError
@@ -182,19 +178,7 @@ def _stack_error(exc: BaseException) -> CliError | None:
 def run(argv: list[str] | None = None) -> int:
     """Run the command on ``argv`` (default: the process's); return the exit code."""
     configure_logging(requested_level() or "warning")
-    try:
-        result = cli(args=argv, prog_name="python -m devstack", standalone_mode=False)
-    except Exception as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError":  # typer printed the help already
-            return EXIT_USAGE
-        explained = _stack_error(exc) or explain(exc)
-        if explained is None:
-            raise
-        if tracebacks_shown():
-            print_traceback(exc)
-        report(explained)
-        return explained.exit_code
-    return result if isinstance(result, int) else EXIT_OK
+    return invoke(cli, argv, "python -m devstack", explain_first=_stack_error)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import errno
 import sys
 import traceback
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import IO, Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -96,6 +96,34 @@ def report(error: CliError, file: IO[Any] | None = None) -> None:
 def print_traceback(exc: BaseException) -> None:
     """The traceback of ``exc`` on stderr (``--debug``)."""
     traceback.print_exception(exc, file=sys.stderr)
+
+
+def invoke(
+    command: typer.Typer,
+    argv: list[str] | None,
+    prog_name: str,
+    *,
+    kafka_causes: Iterable[BaseException] = (),
+    explain_first: Callable[[BaseException], CliError | None] = lambda _: None,
+) -> int:
+    """Run a typer ``command`` on ``argv``; a known failure is reported, its code returned.
+
+    ``explain_first`` tells the errors only that command knows; an unknown exception is a
+    bug and propagates with its traceback.
+    """
+    try:
+        result = command(args=argv, prog_name=prog_name, standalone_mode=False)
+    except Exception as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # typer printed the help already
+            return EXIT_USAGE
+        explained = explain_first(exc) or explain(exc, kafka_causes)
+        if explained is None:
+            raise
+        if tracebacks_shown():
+            print_traceback(exc)
+        report(explained)
+        return explained.exit_code
+    return result if isinstance(result, int) else EXIT_OK
 
 
 def explain(exc: BaseException, kafka_causes: Iterable[BaseException] = ()) -> CliError | None:

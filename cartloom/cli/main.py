@@ -17,14 +17,10 @@ from dotenv import load_dotenv
 from rich.console import Console
 
 from cartloom.cli.errors import (
-    EXIT_OK,
     EXIT_USAGE,
-    explain,
     fail,
-    print_traceback,
-    report,
+    invoke,
     show_tracebacks,
-    tracebacks_shown,
 )
 from cartloom.cli.log_setup import LEVELS, configure_logging, faust_loglevel, requested_level
 
@@ -487,20 +483,9 @@ def run(argv: list[str] | None = None) -> int:
     logging.getLogger("aiokafka").addHandler(failures)
     configure_logging(requested_level() or "warning")
     try:
-        result = cli(args=argv, prog_name="cartloom", standalone_mode=False)
-    except Exception as exc:
-        if type(exc).__name__ == "NoArgsIsHelpError":  # typer printed the help already
-            return EXIT_USAGE
-        explained = explain(exc, failures.causes)
-        if explained is None:
-            raise
-        if tracebacks_shown():
-            print_traceback(exc)
-        report(explained)
-        return explained.exit_code
+        return invoke(cli, argv, "cartloom", kafka_causes=failures.causes)
     finally:
         logging.getLogger("aiokafka").removeHandler(failures)
-    return result if isinstance(result, int) else EXIT_OK
 
 
 def main() -> None:
