@@ -52,7 +52,6 @@ from cartloom.domain.lifecycle import (
 )
 from cartloom.domain.orders import (
     OrderView,
-    PlacedOrder,
     new_order_view,
     parse_order,
     read_accepted_order,
@@ -124,18 +123,12 @@ class OrderHandler(BatchHandler):
     def handlers(self) -> Mapping[str, MessageHandler]:
         """Everything keyed by order id."""
         return {
-            "orders.accepted": self._accepted,
+            "orders.accepted": self._order,
             "order.events": self._lifecycle_event,
             "reservation.results": self._result,
             "order.timeouts": self._timeout,
             "shopify.redactions": self._privacy,
         }
-
-    def _accepted(self, event: faust.EventT[Any], payload: dict[str, Any], key: str | None) -> None:
-        # An item of the intake's envelope was validated there; a message on its own (e.g.
-        # replayed from orders.accepted.dlq) is validated again.
-        order = read_accepted_order(payload) if key is None else parse_order(payload, key=key)
-        self._order(event, order)
 
     def _lifecycle_event(
         self, event: faust.EventT[Any], payload: dict[str, Any], key: str | None
@@ -163,7 +156,10 @@ class OrderHandler(BatchHandler):
             if not step.changed:  # too early (an earlier owner's nudge) or no longer due
                 nudge_ignored(step.view)
 
-    def _order(self, event: faust.EventT[Any], order: PlacedOrder) -> None:
+    def _order(self, event: faust.EventT[Any], payload: dict[str, Any], key: str | None) -> None:
+        # An item of the intake's envelope was validated there; a message on its own (e.g.
+        # replayed from orders.accepted.dlq) is validated again.
+        order = read_accepted_order(payload) if key is None else parse_order(payload, key=key)
         known: OrderView | None = self.orders.get(order.order_id)
         if known is not None:  # a redelivery or replay: repeat what the order implies
             self.tally.count(metrics.ORDERS_DUPLICATE)

@@ -27,17 +27,3 @@ class InvalidInput(ValueError):  # noqa: N818 - reads better at raise sites than
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-def check_key(key: str | None, field: str, value: str) -> None:
-    """Refuse a message whose Kafka key (when known) is not the id it carries in ``field``.
-
-    Every input and internal topic is keyed by its entity's id (an order's, a SKU's): a
-    record whose key and payload disagree would be applied on the wrong partition. An
-    item of an envelope has no key of its own (``None``): the envelope's partition was
-    checked instead (:meth:`cartloom.stream.batching.BatchHandler.each_item`).
-    """
-    if key is not None and key != value:
-        raise InvalidInput(
-            RejectReason.KEY_MISMATCH, f"message key {key!r} differs from {field} {value!r}"
-        )

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cartloom.domain.errors import InvalidInput, RejectReason, check_key
+from cartloom.domain.errors import InvalidInput, RejectReason
+from cartloom.domain.payloads import check_key
 
 #: The largest integer every JSON parser reads exactly (2**53 - 1, RFC 7493); every
 #: integer of the contract stays within +/- this.

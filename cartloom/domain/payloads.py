@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from cartloom.domain.errors import InvalidInput, RejectReason, check_key
+from cartloom.domain.errors import InvalidInput, RejectReason
 
 
 def decode_json_object(raw: bytes | str | None) -> dict[str, Any]:
@@ -40,6 +40,20 @@ def require_int(payload: dict[str, Any], field: str, *, minimum: int | None = No
     if minimum is not None and value < minimum:
         raise InvalidInput(RejectReason.INVALID_SCHEMA, f"{field} must be >= {minimum}")
     return value
+
+
+def check_key(key: str | None, field: str, value: str) -> None:
+    """Refuse a message whose Kafka key (when known) is not the id it carries in ``field``.
+
+    Every input and internal topic is keyed by its entity's id (an order's, a SKU's): a
+    record whose key and payload disagree would be applied on the wrong partition. An
+    item of an envelope has no key of its own (``None``): the envelope's partition was
+    checked instead (:meth:`cartloom.stream.batching.BatchHandler.each_item`).
+    """
+    if key is not None and key != value:
+        raise InvalidInput(
+            RejectReason.KEY_MISMATCH, f"message key {key!r} differs from {field} {value!r}"
+        )
 
 
 def keyed_id(payload: dict[str, Any], field: str, key: str | None) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cache
 
 #: Kafka's default largest record batch a topic takes (``max.message.bytes``: 1 MiB + 12).
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
@@ -63,6 +64,7 @@ def _frame(field: str) -> tuple[bytes, bytes]:
     return b'{"' + field.encode() + b'":[', b"]}"
 
 
+@cache  # asked once per order by the intake, with the same few arguments
 def overhead_free(limit: int, field: str = "orders") -> int:
     """The largest single item an envelope of ``limit`` bytes can hold."""
     head, tail = _frame(field)
