@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,28 @@ CRASH = re.compile(r"ConsistencyError|Crashed reason=|Error in recovery|Worker c
 #: Log records worth counting (errors): reported, not failed on.
 ERROR = re.compile(r"\[ERROR\]|\[CRITICAL\]")
 CRASH_LINES_KEPT = 5
+
+
+def dump_stacks(pid: int, out: Path) -> str:
+    """Every thread's Python stack of a stuck process into ``out``, with py-spy if installed.
+
+    A worker that does not stop on SIGTERM is killed; its stacks say where it hung.
+    """
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return "no py-spy to dump its stacks"
+    try:
+        dumped = subprocess.run(
+            [spy, "dump", "--pid", str(pid), "--locals"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"py-spy failed: {exc}"
+    out.write_text(dumped.stdout + dumped.stderr)
+    return f"stacks in {out}"
 
 
 @dataclass
@@ -165,9 +189,10 @@ class Cluster:
         while process.poll() is None and time.monotonic() < deadline:
             await asyncio.sleep(0.2)  # polling the process's exit, bounded by the deadline
         if process.poll() is None:
+            stacks = dump_stacks(process.pid, incarnation.worker.log.with_suffix(".stacks.txt"))
             process.kill()
             process.wait(timeout=30)
-            self._end(incarnation, "stopped (SIGKILL after SIGTERM timed out)")
+            self._end(incarnation, f"stopped (SIGKILL after SIGTERM timed out; {stacks})")
             return None
         self._end(incarnation, "stopped")
         self.note("exited", slot, returncode=process.returncode)
