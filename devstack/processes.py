@@ -110,6 +110,24 @@ def _reap(pid: int) -> None:
         return
 
 
+class ExitedAtStart(StackError):  # noqa: N818 - a StackError, told as one
+    """A server exited before it answered; ``port_taken`` when its port was no longer free."""
+
+    def __init__(self, server: ServerProcess) -> None:
+        tail = _log_tail(Path(server.log))
+        super().__init__(f"{server.name} exited during start-up; see {server.log}: {tail}")
+        # free_port() only promises a port was free when it asked: another process (a
+        # client's ephemeral port, say) can take it before the server binds it.
+        self.port_taken = "in use" in tail.lower()
+
+
+def _log_tail(log: Path, lines: int = 3) -> str:
+    try:
+        return " | ".join(log.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
 async def wait_until(
     server: ServerProcess, probe: Callable[[], Awaitable[bool]], within: float = 30.0
 ) -> None:
@@ -118,7 +136,7 @@ async def wait_until(
     last_error: BaseException | None = None
     while time.monotonic() < deadline:
         if not is_running(server):
-            raise StackError(f"{server.name} exited during start-up; see {server.log}")
+            raise ExitedAtStart(server)
         try:
             if await probe():
                 return

@@ -27,6 +27,7 @@ from cartloom.ops.kafka_admin import apply_topics
 from cartloom.sinks.dynamodb_tables import ensure_tables
 from cartloom.stream.kafka_clients import KafkaConnection
 from devstack.processes import (
+    ExitedAtStart,
     ServerProcess,
     StackError,
     free_port,
@@ -191,13 +192,12 @@ async def up(
     return state, started
 
 
-async def _up_servers(state_dir: Path, api_token: bool) -> tuple[StackState, bool]:
-    """Start broker, redis-server and moto_server unless they already run."""
-    current = load_state(state_dir)
-    if current is not None and current.running():
-        return current, False
-    if current is not None:
-        down(state_dir)
+#: Starts tried when a server finds the free port it was given taken by then.
+PORT_ATTEMPTS = 3
+
+
+async def _start_servers(state_dir: Path) -> tuple[dict[str, int], dict[str, ServerProcess]]:
+    """Start every server on free ports and wait until each answers; stop them all if not."""
     ports = {name: free_port() for name in _SERVERS}
     started: dict[str, ServerProcess] = {}
     try:
@@ -206,6 +206,28 @@ async def _up_servers(state_dir: Path, api_token: bool) -> tuple[StackState, boo
         await asyncio.gather(
             *(wait_until(started[n], lambda n=n: _SERVERS[n][1](ports[n])) for n in _SERVERS)  # type: ignore[misc]
         )
+    except BaseException:
+        for server in started.values():
+            stop(server)
+        raise
+    return ports, started
+
+
+async def _up_servers(state_dir: Path, api_token: bool) -> tuple[StackState, bool]:
+    """Start broker, redis-server and moto_server unless they already run."""
+    current = load_state(state_dir)
+    if current is not None and current.running():
+        return current, False
+    if current is not None:
+        down(state_dir)
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            ports, started = await _start_servers(state_dir)
+            break
+        except ExitedAtStart as exc:
+            if not exc.port_taken or attempt == PORT_ATTEMPTS:
+                raise
+    try:
         env = stack_env(ports, secrets.token_urlsafe(24) if api_token else None)
         await _provision(env)
     except BaseException:
