@@ -188,6 +188,12 @@ class Settings(BaseSettings):
         0.0, ge=0, le=5, description="Longest wait to fill a sink batch (0 = write what came)."
     )
     sink_concurrency: int = Field(32, ge=1, description="Conditional writes in flight per store.")
+    dynamodb_write_group: int = Field(
+        100,
+        ge=1,
+        le=100,
+        description="Conditional writes per TransactWriteItems call (1 = one PutItem each).",
+    )
     sink_retry_max_seconds: float = Field(30.0, gt=0, description="Longest back-off on an outage.")
     sink_max_attempts: int = Field(
         5, ge=1, description="Attempts a change failing on its own gets before sinks.dlq."

@@ -26,6 +26,7 @@ from aiobotocore.config import AioConfig
 from aiodynamo.errors import (
     ConditionalCheckFailed,
     ItemCollectionSizeLimitExceeded,
+    TransactionCanceled,
     UnknownError,
     ValidationException,
 )
@@ -72,6 +73,53 @@ STORE_ERRORS = frozenset(
 )
 
 
+#: DynamoDB caps a transaction at 4 MB; groups stay under this (the items' estimated size).
+GROUP_BYTES = 3_000_000
+#: Cancellation reasons that refuse the item itself: it can never be written as it is.
+REFUSING_CANCELLATIONS = frozenset({"ValidationError", "ItemCollectionSizeLimitExceeded"})
+#: Cancellation reasons of the table or of other writers, not of the item: retried like
+#: throttling, without bound.
+PASSING_CANCELLATIONS = frozenset(
+    {"TransactionConflict", "ProvisionedThroughputExceeded", "ThrottlingError"}
+)
+
+
+class CancelledInTransactionError(Exception):
+    """One change of a cancelled ``TransactWriteItems``, with DynamoDB's reason code for it."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(f"TransactWriteItems cancelled this item: {code}")
+        self.code = code
+
+
+def cancellation_codes(error: Exception) -> list[str] | None:
+    """The ``CancellationReasons`` codes of a cancelled transaction (``"None"``: item was fine).
+
+    aiodynamo parses them when every reason has a message; otherwise it hands back the body
+    as an :class:`UnknownError`, which is read here the same way.
+    """
+    body: Any = getattr(error, "body", None)
+    if isinstance(error, UnknownError):
+        try:
+            body = orjson.loads(error.body)
+        except orjson.JSONDecodeError:
+            return None
+        if "TransactionCanceledException" not in str(body.get("__type", "")):
+            return None
+    if not isinstance(body, dict) or not isinstance(body.get("CancellationReasons"), list):
+        return None
+    return [str(reason.get("Code", "None")) for reason in body["CancellationReasons"]]
+
+
+def item_outcome(code: str) -> str | Exception:
+    """What a cancellation reason other than ``None`` means for its change."""
+    if code == "ConditionalCheckFailed":
+        return "stale"
+    if code in REFUSING_CANCELLATIONS:
+        return ChangeRefused(f"DynamoDB TransactWriteItems: {code}")
+    return CancelledInTransactionError(code)
+
+
 def store_unavailable(error: BaseException) -> bool:
     """Whether ``error`` is DynamoDB (or the way to it) failing as a whole, not one item.
 
@@ -80,6 +128,8 @@ def store_unavailable(error: BaseException) -> bool:
     """
     if isinstance(error, STORE_FAILURES):
         return True
+    if isinstance(error, CancelledInTransactionError):
+        return error.code in PASSING_CANCELLATIONS
     if isinstance(error, UnknownError):
         return unknown_error_is_store_failure(error)
     if isinstance(error, ClientError):
@@ -184,6 +234,10 @@ async def scan_items(
             yield item[attribute]["S"], from_item(item)
 
 
+#: One change to write, with its ``PutItem`` request (``None``: a deletion).
+_Write = tuple[ViewChange, dict[str, Any] | None]
+
+
 class DynamoDBSink:
     """Writes views to ``{prefix}orders``, ``{prefix}inventory`` and ``{prefix}products``."""
 
@@ -203,59 +257,135 @@ class DynamoDBSink:
         await self._client.stop()
 
     async def write(self, changes: Sequence[ViewChange]) -> WriteOutcome:
-        """Write every change concurrently (bounded); wait for all, then report.
+        """Write every change (in groups, and groups concurrently, bounded); then report.
 
         Every call finishes before this returns, so a retry never races the previous
         attempt; the changes that failed are raised as :class:`PartialWrite`.
         """
+        parts = self._parts(changes)
         results = await asyncio.gather(
-            *(self._write_one(change) for change in changes), return_exceptions=True
+            *(self._write_part(part) for part in parts), return_exceptions=True
         )
         outcome = WriteOutcome()
         failed: list[ViewChange] = []
         errors: list[BaseException] = []
-        for change, result in zip(changes, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, Exception):
-                    raise result  # cancellation and the like are not retried here
-                failed.append(change)
-                errors.append(result)
-            elif result == "written":
-                outcome.written += 1
-            elif result == "deleted":
-                outcome.deleted += 1
-            else:
-                outcome.stale += 1
-                outcome.stale_keys.append(change.key)
+        for part, result in zip(parts, results, strict=True):
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result  # cancellation and the like are not retried here
+            each = [result] * len(part) if isinstance(result, Exception) else result
+            for (change, _), taken in zip(part, each, strict=True):
+                if isinstance(taken, Exception):
+                    failed.append(change)
+                    errors.append(taken)
+                elif taken == "written":
+                    outcome.written += 1
+                elif taken == "deleted":
+                    outcome.deleted += 1
+                else:
+                    outcome.stale += 1
+                    outcome.stale_keys.append(change.key)
         if errors:
             raise PartialWrite(outcome, failed, errors[0], errors)
         return outcome
 
+    def _parts(self, changes: Sequence[ViewChange]) -> list[list[_Write]]:
+        """Deletions one by one; documents in groups for one ``TransactWriteItems`` each."""
+        most = self._settings.dynamodb_write_group
+        parts: list[list[_Write]] = []
+        group: list[_Write] = []
+        size = 0
+        for change in changes:
+            if change.document is None:
+                parts.append([(change, None)])
+                continue
+            request = self._put_request(change)
+            weight = 2 * len(request["Item"]["doc"]["S"]) + 512  # the doc, its fields, the rest
+            if group and (len(group) == most or size + weight > GROUP_BYTES):
+                parts.append(group)
+                group, size = [], 0
+            group.append((change, request))
+            size += weight
+        if group:
+            parts.append(group)
+        return parts
+
+    async def _write_part(self, part: list[_Write]) -> list[str | Exception]:
+        async with self._limit:
+            if len(part) == 1:
+                return [await self._write_one(*part[0])]
+            return await self._write_group(part)
+
+    async def _write_group(self, group: list[_Write]) -> list[str | Exception]:
+        """One ``TransactWriteItems``; a cancelled one is sent again without its refusals.
+
+        DynamoDB cancels the whole transaction when one condition fails, and says which
+        (``CancellationReasons``, one per item, ``None`` for the items that were fine). A
+        failed version guard is a stale change; the rest are sent again. A request refused
+        as a whole (``ValidationException``: an item too large, say) is written change by
+        change, so only the change at fault is set aside.
+        """
+        taken: list[str | Exception] = ["written"] * len(group)
+        pending = list(range(len(group)))
+        while pending:
+            items = [{"Put": group[index][1]} for index in pending]
+            try:
+                await self._client.call("TransactWriteItems", {"TransactItems": items})
+            except (TransactionCanceled, UnknownError) as exc:
+                codes = cancellation_codes(exc)
+                if codes is None or len(codes) != len(pending):
+                    raise
+                again = []
+                for index, code in zip(pending, codes, strict=True):
+                    if code == "None":
+                        again.append(index)
+                    else:
+                        taken[index] = item_outcome(code)
+                if len(again) == len(pending):
+                    raise  # nothing refused, nothing to learn: the caller's back-off retries
+                pending = again
+                continue
+            except ValidationException:
+                return await self._one_by_one(group)
+            pending = []
+        return taken
+
+    async def _one_by_one(self, group: list[_Write]) -> list[str | Exception]:
+        taken: list[str | Exception] = []
+        for change, request in group:
+            try:
+                taken.append(await self._write_one(change, request))
+            except Exception as exc:
+                taken.append(exc)
+        return taken
+
+    def _put_request(self, change: ViewChange) -> dict[str, Any]:
+        """The ``PutItem`` of ``change``, version-guarded unless the key starts over."""
+        ttl = self._settings.dynamodb_closed_order_ttl_seconds
+        request: dict[str, Any] = {
+            "TableName": self._settings.dynamodb_table(change.entity),
+            "Item": to_item(change.entity, change, ttl),
+        }
+        if not change.replaces:  # a key that starts over after a deletion takes any item
+            request["ConditionExpression"] = GUARD
+            request["ExpressionAttributeNames"] = {"#v": "version"}
+            request["ExpressionAttributeValues"] = {":v": {"N": str(change.version)}}
+        return request
+
+    async def _write_one(self, change: ViewChange, request: dict[str, Any] | None) -> str:
+        """One ``PutItem`` (``request``), or a ``DeleteItem`` for a deletion (``None``)."""
+        if request is None:
+            table = self._settings.dynamodb_table(change.entity)
+            key = {KEY_ATTRIBUTE[change.entity]: {"S": change.key}}
+            await self._client.call("DeleteItem", {"TableName": table, "Key": key})
+            return "deleted"
+        try:
+            await self._client.call("PutItem", request)
+        except ConditionalCheckFailed:
+            return "stale"
+        except (ValidationException, ItemCollectionSizeLimitExceeded) as exc:
+            raise ChangeRefused(f"DynamoDB {type(exc).__name__}: {error_message(exc)}") from exc
+        return "written"
+
     def store_unavailable(self, error: BaseException) -> bool:
         """See :func:`store_unavailable`."""
         return store_unavailable(error)
-
-    async def _write_one(self, change: ViewChange) -> str:
-        table = self._settings.dynamodb_table(change.entity)
-        async with self._limit:
-            if change.document is None:
-                key = {KEY_ATTRIBUTE[change.entity]: {"S": change.key}}
-                await self._client.call("DeleteItem", {"TableName": table, "Key": key})
-                return "deleted"
-            request: dict[str, Any] = {
-                "TableName": table,
-                "Item": to_item(
-                    change.entity, change, self._settings.dynamodb_closed_order_ttl_seconds
-                ),
-            }
-            if not change.replaces:  # a key that starts over after a deletion takes any item
-                request["ConditionExpression"] = GUARD
-                request["ExpressionAttributeNames"] = {"#v": "version"}
-                request["ExpressionAttributeValues"] = {":v": {"N": str(change.version)}}
-            try:
-                await self._client.call("PutItem", request)
-            except ConditionalCheckFailed:
-                return "stale"
-            except (ValidationException, ItemCollectionSizeLimitExceeded) as exc:
-                raise ChangeRefused(f"DynamoDB {type(exc).__name__}: {error_message(exc)}") from exc
-            return "written"

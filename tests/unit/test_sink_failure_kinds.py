@@ -1,7 +1,11 @@
-"""Which store errors mean the store is failing (retried without bound) and which one change."""
+"""Which store errors mean the store is failing (retried without bound) and which one change.
+
+And what DynamoDB's reasons for cancelling a grouped write mean for each change in it.
+"""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from aiodynamo.errors import (
     ConditionalCheckFailed,
@@ -10,6 +14,7 @@ from aiodynamo.errors import (
     ProvisionedThroughputExceeded,
     TableNotFound,
     Throttled,
+    TransactionCanceled,
     UnknownError,
     ValidationException,
 )
@@ -27,6 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cartloom.sinks import dynamodb, redis
+from cartloom.sinks.base import ChangeRefused
 
 
 def client_error(code: str, status: int = 400) -> ClientError:
@@ -63,6 +69,11 @@ def client_error(code: str, status: int = 400) -> ClientError:
         (UnknownError(400, b"{}"), False),
         (ValidationException({"message": "Item size has exceeded the maximum"}), False),
         (ConditionalCheckFailed({"message": "stale"}), False),
+        # one item of a cancelled TransactWriteItems
+        (dynamodb.CancelledInTransactionError("TransactionConflict"), True),
+        (dynamodb.CancelledInTransactionError("ThrottlingError"), True),
+        (dynamodb.CancelledInTransactionError("ProvisionedThroughputExceeded"), True),
+        (dynamodb.CancelledInTransactionError("SomethingNew"), False),
     ],
 )
 def test_dynamodb_errors(error: BaseException, store_failing: bool) -> None:
@@ -83,3 +94,32 @@ def test_dynamodb_errors(error: BaseException, store_failing: bool) -> None:
 )
 def test_redis_errors(error: BaseException, store_failing: bool) -> None:
     assert redis.store_unavailable(error) is store_failing
+
+
+REASONS = [
+    {"Code": "None"},
+    {"Code": "ConditionalCheckFailed", "Message": "The conditional request failed"},
+    {"Code": "ValidationError", "Message": "Item size has exceeded the maximum"},
+    {"Code": "TransactionConflict", "Message": "in progress"},
+]
+
+
+def test_cancellation_reasons_are_read_from_either_form_of_the_error() -> None:
+    body = {"__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException"}
+    body |= {"CancellationReasons": REASONS, "Message": "Transaction cancelled"}
+    codes = ["None", "ConditionalCheckFailed", "ValidationError", "TransactionConflict"]
+    assert dynamodb.cancellation_codes(TransactionCanceled(body)) == codes
+    # a reason without a message: aiodynamo gives up and hands the body back raw
+    raw = orjson.dumps(body | {"CancellationReasons": [{"Code": "None"}, {"Code": "X"}]})
+    assert dynamodb.cancellation_codes(UnknownError(400, raw)) == ["None", "X"]
+    assert dynamodb.cancellation_codes(UnknownError(400, b'{"__type": "Other"}')) is None
+    assert dynamodb.cancellation_codes(UnknownError(400, b"not json")) is None
+
+
+def test_what_each_cancellation_reason_means_for_its_change() -> None:
+    assert dynamodb.item_outcome("ConditionalCheckFailed") == "stale"
+    for refused in ("ValidationError", "ItemCollectionSizeLimitExceeded"):
+        assert isinstance(dynamodb.item_outcome(refused), ChangeRefused)
+    conflict = dynamodb.item_outcome("TransactionConflict")
+    assert isinstance(conflict, dynamodb.CancelledInTransactionError)
+    assert dynamodb.store_unavailable(conflict)

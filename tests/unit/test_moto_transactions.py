@@ -1,0 +1,43 @@
+"""Pins what ``devstack/moto_transactions.py`` takes from moto, whose internals it replaces.
+
+The local endpoint serves ``TransactWriteItems`` with :func:`transact_write_items` in place of
+moto's own. It calls moto's backend methods by name and raises moto's exceptions; a moto
+release that renames one of them fails here, before a test against the endpoint fails in a
+less obvious way. (What the replacement does is tested against the running endpoint:
+``tests/integration/test_dynamodb_grouped_writes.py``.)
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from moto.dynamodb.models import DynamoDBBackend
+
+from devstack import moto_transactions
+
+
+def parameters(method: object) -> set[str]:
+    return set(inspect.signature(method).parameters)  # type: ignore[arg-type]
+
+
+def test_moto_still_has_what_the_replacement_calls() -> None:
+    assert {"table_name", "item_attrs"} <= parameters(DynamoDBBackend.put_item)
+    assert {"table_name", "key"} <= parameters(DynamoDBBackend.delete_item)
+    assert {"table_name", "keys"} <= parameters(DynamoDBBackend.get_item)
+    assert {
+        "table_name",
+        "key",
+        "update_expression",
+        "expression_attribute_names",
+        "expression_attribute_values",
+    } <= parameters(DynamoDBBackend.update_item)
+    assert parameters(DynamoDBBackend.transact_write_items) == {"self", "transact_items"}
+
+
+def test_install_replaces_moto_transactions_in_this_process() -> None:
+    original = DynamoDBBackend.transact_write_items
+    try:
+        moto_transactions.install()
+        assert DynamoDBBackend.transact_write_items is moto_transactions.transact_write_items
+    finally:
+        DynamoDBBackend.transact_write_items = original  # type: ignore[method-assign]
