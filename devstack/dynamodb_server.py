@@ -10,6 +10,9 @@ One method is replaced: ``TransactWriteItems``, which moto rolls back from deep 
 whole tables; :mod:`devstack.moto_transactions` does the same by the transaction's own items.
 
     python -m devstack.dynamodb_server --port 8000 [--host 127.0.0.1]
+
+docker-compose runs it too, in moto's own image with ``./devstack`` mounted; that image has
+no waitress, so there it falls back to werkzeug's threaded server (no keep-alive).
 """
 
 from __future__ import annotations
@@ -83,8 +86,13 @@ def main(argv: list[str] | None = None) -> None:
     # moto builds some answers (queue and bucket URLs) from the port it believes it serves on.
     os.environ.setdefault("MOTO_PORT", str(args.port))
 
-    import waitress
+    try:
+        import waitress
+    except ImportError:  # moto's own image (docker-compose's endpoint) has werkzeug only
+        from werkzeug.serving import run_simple
 
+        run_simple(args.host, args.port, dynamodb_only_application(), threaded=True)
+        return
     waitress.serve(
         dynamodb_only_application(),
         host=args.host,

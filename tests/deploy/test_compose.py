@@ -318,3 +318,17 @@ def test_make_falls_back_to_docker_compose_v1(tmp_path: Path) -> None:
 def test_the_checks_use_the_compose_the_makefile_would() -> None:
     command = compose_command()
     assert command[-1] in {"compose", "docker-compose"} or command[-1].endswith("docker-compose")
+
+
+def test_the_dynamodb_endpoint_runs_the_checkouts_server_in_motos_image() -> None:
+    services = compose_config()["services"]
+    dynamodb = services["dynamodb"]
+    pinned = re.search(r"^moto==(\S+)$", (ROOT / "constraints.txt").read_text(), re.M)
+    assert pinned and dynamodb["image"] == f"motoserver/moto:{pinned.group(1)}", "as the tests"
+    assert dynamodb["entrypoint"][:3] == ["python", "-m", "devstack.dynamodb_server"]
+    (mount,) = (spec for spec in volume_specs(dynamodb) if "devstack" in spec)
+    source, target, mode = mount.rsplit(":", 2)
+    assert Path(source).resolve() == ROOT / "devstack"
+    assert (target, mode) == (f"{dynamodb['working_dir']}/devstack", "ro")
+    assert "--port=5000" in dynamodb["entrypoint"]
+    assert services["worker"]["environment"]["CARTLOOM_DYNAMODB_ENDPOINT"] == "http://dynamodb:5000"

@@ -6,20 +6,25 @@ with aiobotocore, a client CartLoom's sink does not use for writes:
 
 - a transaction with one failed condition writes nothing, and names the item;
 - a transaction whose write fails after others applied leaves every item as it was;
+- the endpoint serves the same without waitress, as in moto's image (docker-compose);
 - the sink writes a batch in groups, refuses the stale versions among them (and only
   those), and keeps the newer items already stored.
 """
 
 from __future__ import annotations
 
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
+from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
 from cartloom.sinks.base import ViewChange
 from cartloom.sinks.dynamodb import DynamoDBSink, read_items
+from devstack.processes import free_port, spawn, stop, wait_until
 from devstack.stack import StackState
 from tests.integration.sink_helpers import make_namespace, order_document
 
@@ -127,3 +132,40 @@ async def test_the_sink_writes_in_groups_and_refuses_only_the_stale_versions(
     assert {k: view.version for k, view in stored.items()} == {
         k: 5 if k in newer else 3 for k in keys
     }
+
+
+async def test_the_endpoint_serves_transactions_without_waitress_as_in_motos_image(
+    stack: StackState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shadow = tmp_path / "no-waitress" / "waitress"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("not in moto\'s image")\n')
+    monkeypatch.setenv("PYTHONPATH", str(shadow.parent))
+    port = free_port()
+    argv = [sys.executable, "-m", "devstack.dynamodb_server", "--port", str(port)]
+    server = spawn("dynamodb", argv, tmp_path, port)
+    try:
+        async with get_session().create_client(
+            "dynamodb",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region_name=stack.env["AWS_DEFAULT_REGION"],
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ) as dynamodb:
+
+            async def answering() -> bool:
+                return "TableNames" in await dynamodb.list_tables()
+
+            await wait_until(server, answering)
+            table = await scratch_table(dynamodb)
+            await dynamodb.put_item(TableName=table, Item={"id": {"S": "b"}, "version": {"N": "9"}})
+            with pytest.raises(ClientError) as cancelled:
+                await dynamodb.transact_write_items(
+                    TransactItems=[put(table, "a", 1), put(table, "b", 2)]
+                )
+            reasons = cancelled.value.response["CancellationReasons"]
+            assert [r["Code"] for r in reasons] == ["None", "ConditionalCheckFailed"]
+            assert await versions(dynamodb, table) == {"b": 9}
+    finally:
+        stop(server)
+    assert "development server" in Path(server.log).read_text(), "served by werkzeug"
