@@ -650,13 +650,19 @@ async def backlog_run(
     - resolved: every order reserved or rejected in the ``order_by_id`` changelog (read
       by this bench), the time from the views' own timestamps;
     - stored (sinks on): DynamoDB and Redis hold every order in its final state. Every
-      ``sample_every``-th order is read each second (progress); once a store holds all of
-      the sample, every order not yet seen final there is read, until none is left. The
-      time is when this bench saw the last one (about a second late at most, plus the last
-      read);
+      ``sample_every``-th order is read each second (progress). Once the orders are
+      resolved, the store's sink consumer group is asked twice a second for its committed
+      offsets of the ``order_by_id`` changelog (the broker's answer, from outside): a sink
+      commits a batch only after its store took every change of it, so with nothing left
+      uncommitted the store holds the final version of every order. That moment is the
+      time, and the CPU is read then. Then every order is read from the store (not timed)
+      to check it; any order not found final there is read again each second until it is,
+      and then that later moment is the time (``"checked"`` in the result says which);
     - CPU of every process (workers, sinks, broker, redis-server, the DynamoDB server, this bench)
       from ``/proc``, at each of those two moments.
     """
+    from cartloom.sinks.materialiser import sink_group_id
+
     on_hand = 10 * orders  # every order can be reserved
     publish(stack.bootstrap, "inventory", stock(on_hand))
     stack.start(form)
@@ -670,6 +676,7 @@ async def backlog_run(
     sample = ids[::sample_every]
     pending = {store: list(sample) for store in ("dynamodb", "redis")} if form.stores else {}
     sweeping: dict[str, bool] = dict.fromkeys(pending, False)
+    checked: dict[str, dict[str, int]] = {}
     done_at: dict[str, float] = {}
     cpu_at: dict[str, dict[str, float]] = {}
     tasks: dict[str, Any] = {}
@@ -706,6 +713,22 @@ async def backlog_run(
                         display.update(tasks["resolved"], completed=count)
                     if count >= orders:
                         done_at["resolved"], cpu_at["resolved"] = time.monotonic(), meter.read()
+                if "resolved" in done_at:
+                    for store, waiting in pending.items():
+                        if store in done_at or sweeping[store]:
+                            continue
+                        group = sink_group_id(stack.settings().app_id, store)
+                        if await group_lag(stack.bootstrap, group, tail.topic) != 0:
+                            continue
+                        committed_at, committed_cpu = time.monotonic(), meter.read()
+                        seen = await (probe.dynamodb if store == "dynamodb" else probe.redis)(ids)
+                        missing = [i for i in ids if seen.get(i, ("?",))[0] not in FINAL]
+                        checked[store] = {"orders": len(ids), "not_final": len(missing)}
+                        advance(store, len(sample) - len(waiting))
+                        if missing:  # read them again each second below, until final
+                            sweeping[store], pending[store] = True, missing
+                        else:
+                            done_at[store], cpu_at[store] = committed_at, committed_cpu
                 if now - last_store_check >= 1.0:
                     last_store_check = now
                     for store, waiting in pending.items():
@@ -722,11 +745,6 @@ async def backlog_run(
                         ]
                         if pending[store] and not sweeping[store]:
                             continue
-                        if not pending[store] and not sweeping[store]:
-                            # the whole sample is there: now every order not seen final yet
-                            sweeping[store] = True
-                            taken = set(sample)
-                            pending[store] = [i for i in ids if i not in taken]
                         if not pending[store] and sweeping[store]:
                             done_at[store], cpu_at[store] = time.monotonic(), meter.read()
                 if all(key in done_at for key in ("resolved", *pending)):
@@ -753,6 +771,7 @@ async def backlog_run(
         "statuses": {s: statuses.count(s) for s in sorted(set(statuses))},
         "peak_rss_mib": {p.name: round(peak_rss_mib(p.pid)) for p in stack.procs},
         "store_reads": dict(probe.calls),
+        "checked": checked,
     }
     try:
         records = await topic_records(stack.bootstrap)

@@ -1,16 +1,18 @@
-"""DynamoDB sink: version-guarded conditional ``PutItem`` calls, many in flight at once.
+"""DynamoDB sink: version-guarded conditional puts, grouped into ``TransactWriteItems`` calls.
 
 The calls go through :class:`cartloom.sinks.dynamodb_client.DynamoDBWriteClient` (aiodynamo:
 about half botocore's CPU per call); everything else here (tables, reads, the audit) uses
 aiobotocore.
 
 ``BatchWriteItem`` cannot carry a condition, so it could overwrite a newer item with an
-older one; each change is a ``PutItem`` with ``attribute_not_exists(version) OR version <
-:v``. A failed condition is a stale change, counted and skipped. Throttling and transient
-errors are retried briefly by the client; what still fails is handed back to the
-materialiser as a :class:`PartialWrite`, which retries just those changes. A change
-DynamoDB can never take (an item over 400 KB, a ``ValidationException``) is raised as
-:class:`ChangeRefused`, which the materialiser sets aside to the sinks' dead-letter topic.
+older one; each change is a ``Put`` with ``attribute_not_exists(version) OR version < :v``,
+up to ``dynamodb_write_group`` of them per ``TransactWriteItems`` (1: one ``PutItem`` each).
+A failed condition is a stale change, counted and skipped; a transaction it cancelled is
+sent again without it. Throttling and transient errors are retried briefly by the client;
+what still fails is handed back to the materialiser as a :class:`PartialWrite`, which
+retries just those changes. A change DynamoDB can never take (an item over 400 KB, a
+``ValidationException``) is raised as :class:`ChangeRefused`, which the materialiser sets
+aside to the sinks' dead-letter topic. docs/sinks.md has the why of each.
 """
 
 from __future__ import annotations

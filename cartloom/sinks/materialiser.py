@@ -107,8 +107,10 @@ class Materialiser:
         batch_within_seconds: float = 0.0,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         dead_letter_topic: str = SINK_DEAD_LETTER_TOPIC,
+        fetch_max_wait_ms: int = 500,
     ) -> None:
         self.sink = sink
+        self._fetch_max_wait_ms = fetch_max_wait_ms
         self._entities = dict(entities)  # changelog topic -> entity
         self._retry_max = retry_max_seconds
         self._max_attempts = max(1, max_attempts)
@@ -130,6 +132,7 @@ class Materialiser:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self._batch_max,
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
         )
         self._producer = self._kafka.producer(
             acks="all",

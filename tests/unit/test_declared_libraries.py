@@ -18,7 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 LIBRARIES_DOC = ROOT / "docs" / "libraries.md"
 #: Imported but rightly not declared: the reason is in docs/libraries.md.
-PROVIDED_BY = {"botocore": "aiobotocore, which pins botocore's exact range"}
+PROVIDED_BY = {
+    "botocore": "aiobotocore, which pins botocore's exact range",
+    "werkzeug": "moto[server], whose server runs on it (devstack's fallback in moto's image)",
+}
 
 
 def normalise(name: str) -> str:
