@@ -4,13 +4,14 @@ Starts its own redis-server and moto_server (devstack, temporary directory) and
 drives CartLoom's sinks directly, without Kafka, so the figures are the stores' cost:
 
 - redis: ``RedisSink.write`` (one pipeline of version-checking Lua calls per batch).
-- dynamodb_putitem: ``DynamoDBSink.write`` (conditional PutItem, ``--concurrency`` in flight).
-- dynamodb_transact: the same condition in ``TransactWriteItems`` of 100 puts, one
-  transaction per 100 items of ``--concurrency`` in flight (at least one).
-  Each contender writes into its own fresh table: moto copies a whole table for every
-  transaction (to roll back), so its transaction cost grows with the table's size, an
-  emulator artefact; on AWS a transactional write costs two write units per item and a
-  single stale item cancels all 100.
+- dynamodb_putitem: ``DynamoDBSink.write`` with ``dynamodb_write_group=1`` (one conditional
+  PutItem per change, ``--concurrency`` in flight).
+- dynamodb_transact: ``DynamoDBSink.write`` as configured by default: the same condition in
+  ``TransactWriteItems`` of 100 puts, ``--concurrency`` of them in flight. The endpoint is
+  the local stack's (``devstack/dynamodb_server.py``), whose transactions roll back by their
+  own items; on AWS a transactional write costs two write units per item.
+  Each contender writes into its own fresh table. For both, the DynamoDB server's CPU per
+  item is read from ``/proc`` (outside it).
 - dynamodb_batchwrite_unconditional: ``BatchWriteItem`` of 25, for reference only: it
   cannot carry the version condition, so the sinks never use it.
 - coalescing: a hot-key (Zipf) stream of versioned changes, cut into batches as the
@@ -39,13 +40,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from benchlib import cpu_seconds
 from redis.asyncio import Redis
 
 from cartloom.core.settings import Settings
 from cartloom.sinks.base import ViewChange, coalesce
-from cartloom.sinks.dynamodb import GUARD, DynamoDBSink, dynamodb_client_config, to_item
+from cartloom.sinks.dynamodb import DynamoDBSink, dynamodb_client_config, to_item
 from cartloom.sinks.dynamodb_tables import ensure_tables
 from cartloom.sinks.redis import RedisSink
 from devstack.processes import free_port, spawn, stop, wait_until
@@ -109,48 +110,21 @@ async def bench_redis(settings: Settings, args: argparse.Namespace) -> dict[str,
         await sink.stop()
 
 
-async def bench_putitem(settings: Settings, args: argparse.Namespace) -> dict[str, float]:
+async def bench_dynamodb(
+    settings: Settings, args: argparse.Namespace, server_pid: int, prefix: str
+) -> dict[str, float]:
+    """The DynamoDB sink's ``write`` as ``settings`` configure it; the server's CPU beside."""
     sink = DynamoDBSink(settings)
     await sink.start()
     try:
-        await sink.write(changes("warm-p", 200))
-        return await timed(sink.write, changes("put", args.dynamodb_items), args.batch)
+        await sink.write(changes(f"warm-{prefix}", 200))
+        cpu_before = cpu_seconds(server_pid)
+        result = await timed(sink.write, changes(prefix, args.dynamodb_items), args.batch)
+        server_cpu = cpu_seconds(server_pid) - cpu_before
     finally:
         await sink.stop()
-
-
-async def bench_transact(settings: Settings, args: argparse.Namespace) -> dict[str, float]:
-    """TransactWriteItems with the sink's condition; all-or-nothing per 100 puts."""
-    in_flight = asyncio.Semaphore(max(1, args.concurrency // 100) or 1)
-    table = settings.dynamodb_table("inventory")
-    config = dynamodb_client_config(settings).merge(AioConfig(read_timeout=300))
-    async with get_session().create_client(
-        "dynamodb", endpoint_url=settings.dynamodb_endpoint, config=config
-    ) as client:
-
-        async def transact(chunk: Sequence[ViewChange]) -> None:
-            async with in_flight:
-                await client.transact_write_items(
-                    TransactItems=[
-                        {
-                            "Put": {
-                                "TableName": table,
-                                "Item": to_item(change.entity, change),
-                                "ConditionExpression": GUARD,
-                                "ExpressionAttributeNames": {"#v": "version"},
-                                "ExpressionAttributeValues": {":v": {"N": str(change.version)}},
-                            }
-                        }
-                        for change in chunk
-                    ]
-                )
-
-        async def write(batch: Sequence[ViewChange]) -> None:
-            await asyncio.gather(*(transact(chunk) for chunk in batches(batch, 100)))
-
-        await write(changes("warm-t", 200))
-        result = await timed(write, changes("transact", args.dynamodb_items), args.batch)
-    result["transactions_in_flight"] = max(1, args.concurrency // 100)
+    result["server_cpu_us_per_item"] = round(server_cpu / args.dynamodb_items * 1e6)
+    result["changes_per_request"] = settings.dynamodb_write_group
     return result
 
 
@@ -240,15 +214,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     dynamodb_endpoint=f"http://127.0.0.1:{ports['dynamodb']}",
                     table_prefix=f"bench-{name}-",
                     sink_concurrency=args.concurrency,
+                    dynamodb_write_group=1 if name == "put" else 100,
                 )
                 for name in ("put", "transact", "batch")
             }
             for one in settings.values():
                 await wait_until(servers["dynamodb"], lambda one=one: _tables(one))
+            moto = servers["dynamodb"].pid
             return {
                 "redis": await bench_redis(settings["put"], args),
-                "dynamodb_putitem": await bench_putitem(settings["put"], args),
-                "dynamodb_transact": await bench_transact(settings["transact"], args),
+                "dynamodb_putitem": await bench_dynamodb(settings["put"], args, moto, "put"),
+                "dynamodb_transact": await bench_dynamodb(
+                    settings["transact"], args, moto, "transact"
+                ),
                 "dynamodb_batchwrite_unconditional": await bench_batchwrite(
                     settings["batch"], args
                 ),

@@ -1,13 +1,13 @@
 """The DynamoDB sink's write client: aiodynamo over one keep-alive aiohttp session.
 
-The sink makes one conditional ``PutItem`` per view change, so the client's cost per call is
-most of its CPU. Measured side by side (``bench/sinks.py``, "client cost per conditional
-put"), aiodynamo spends about half of what aiobotocore does per call: it signs and posts the
-request body CartLoom already built, where botocore validates, serialises, runs its event
-hooks and parses a model for each call. So the hot write path uses aiodynamo's
-``send_request`` with the request CartLoom builds (:func:`cartloom.sinks.dynamodb.to_item`,
-the version guard), while the table tools, the reader and the audit keep aiobotocore (few
-calls, paginators, waiters, the control plane).
+The sink's writes are ``TransactWriteItems`` of up to 100 conditional puts (or one
+``PutItem`` per change, ``dynamodb_write_group=1``). Measured side by side on single puts
+(``bench/dynamodb_clients.py``), aiodynamo spends about half of what aiobotocore does per
+call: it signs and posts the request body CartLoom already built, where botocore validates,
+serialises, runs its event hooks and walks its model for every call and every attribute.
+So the hot write path uses aiodynamo's ``send_request`` with the request CartLoom builds
+(:func:`cartloom.sinks.dynamodb.to_item`, the version guard), while the table tools, the
+reader and the audit keep aiobotocore (few calls, paginators, waiters, the control plane).
 
 Credentials and region come from botocore's own chain (:class:`BotocoreCredentials`), so
 the write path authenticates exactly as every other AWS call of CartLoom does (environment,
@@ -98,7 +98,7 @@ class BotocoreCredentials(Credentials):
 
 
 class DynamoDBWriteClient:
-    """``PutItem`` and ``DeleteItem`` requests, as DynamoDB's JSON, on keep-alive connections."""
+    """``TransactWriteItems``, ``PutItem`` and ``DeleteItem`` calls on keep-alive connections."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import Any
+from unittest.mock import patch
 
 import pytest
 from prometheus_client import REGISTRY
 
+from cartloom.core.settings import Settings
+from cartloom.core.topology import load_topology
 from cartloom.domain.errors import RejectReason
 from cartloom.sinks.base import ChangeRefused, PartialWrite, ViewChange, WriteOutcome
 from cartloom.sinks.materialiser import Materialiser, MaterialiserStopped
+from cartloom.sinks.runner import build_materialiser
 from cartloom.stream.kafka_clients import KafkaConnection
 from tests.harness import eventually
 from tests.memory_sink import MemorySink
@@ -179,3 +184,23 @@ async def test_a_whole_write_failing_on_one_value_is_narrowed_to_that_change() -
         ("bad", RejectReason.RETRIES_EXHAUSTED)
     ]
     assert "TypeError" in outcome.set_aside[0].detail
+
+
+class RecordingConnection(KafkaConnection):
+    """A connection that records the options of the consumer it is asked for, then refuses."""
+
+    def consumer(self, *topics: str, **options: object) -> Any:
+        self.asked.append(options)  # type: ignore[attr-defined]
+        raise ConnectionRefusedError("recorded")
+
+
+def test_the_sinks_consumers_wait_on_fetches_as_long_as_every_other_consumer() -> None:
+    settings = Settings(broker_fetch_max_wait_ms=50)
+    connection = RecordingConnection("127.0.0.1:9")
+    object.__setattr__(connection, "asked", [])
+    with patch("cartloom.sinks.runner.kafka_connection", return_value=connection):
+        built = build_materialiser(settings, load_topology(), MemorySink())
+    with pytest.raises(ConnectionRefusedError):
+        asyncio.run(built.run())
+    (options,) = connection.asked  # type: ignore[attr-defined]
+    assert options["fetch_max_wait_ms"] == 50, "the embedded broker waits this long per fetch"
