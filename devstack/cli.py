@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from dotenv import load_dotenv
 from rich.console import Console
 
 from cartloom.cli.errors import (
@@ -24,8 +23,8 @@ from cartloom.cli.errors import (
     CliError,
     fail,
     invoke,
-    show_tracebacks,
 )
+from cartloom.cli.first_options import DEFAULT_STATE_DIR, Debug, EnvFile, load_env_file
 from cartloom.cli.log_setup import configure_logging, requested_level
 from devstack.processes import StackError
 
@@ -38,22 +37,12 @@ cli = typer.Typer(
 console = Console()
 
 StateDir = Annotated[Path, typer.Option(help="Where the local stack keeps pids, logs, dev.env.")]
-DEFAULT_STATE_DIR = Path(".cartloom")
 
 
 @cli.callback()
-def _options(
-    env_file: Annotated[
-        Path, typer.Option(help="Settings file loaded into the environment if it exists.")
-    ] = DEFAULT_STATE_DIR / "dev.env",
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Print the traceback of an error too.")
-    ] = False,
-) -> None:
+def _options(env_file: EnvFile = DEFAULT_STATE_DIR / "dev.env", debug: Debug = False) -> None:
     """The local stack for a checkout of CartLoom."""
-    if env_file.exists():
-        load_dotenv(env_file, override=False)  # real environment variables win
-    show_tracebacks(debug or requested_level() == "debug")
+    load_env_file(env_file, debug)
 
 
 @cli.command("up")

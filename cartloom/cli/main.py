@@ -13,15 +13,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from dotenv import load_dotenv
 from rich.console import Console
 
 from cartloom.cli.errors import (
     EXIT_USAGE,
     fail,
     invoke,
-    show_tracebacks,
 )
+from cartloom.cli.first_options import DEFAULT_STATE_DIR, Debug, EnvFile, load_env_file
 from cartloom.cli.log_setup import LEVELS, configure_logging, faust_loglevel, requested_level
 
 cli = typer.Typer(
@@ -49,7 +48,6 @@ cli.add_typer(config_cli, name="config")
 console = Console()
 
 StateDir = Annotated[Path, typer.Option(help="Where the local stack keeps pids, logs, dev.env.")]
-DEFAULT_STATE_DIR = Path(".cartloom")
 
 
 def package_version() -> str:
@@ -73,12 +71,8 @@ def _print_version(wanted: bool) -> None:
 @cli.callback()
 def _load_env(
     ctx: typer.Context,
-    env_file: Annotated[
-        Path, typer.Option(help="Settings file loaded into the environment if it exists.")
-    ] = DEFAULT_STATE_DIR / "dev.env",
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Print the traceback of an error too.")
-    ] = False,
+    env_file: EnvFile = DEFAULT_STATE_DIR / "dev.env",
+    debug: Debug = False,
     version: Annotated[
         bool,
         typer.Option(
@@ -90,12 +84,9 @@ def _load_env(
     from cartloom.cli.config import env_file_names
 
     from_env_file = env_file_names(env_file)
-    if env_file.exists():
-        load_dotenv(env_file, override=False)
+    level = load_env_file(env_file, debug)  # the env file may set the level
     ctx.obj = from_env_file  # for `config show`: which settings the file provided
-    level = requested_level()  # the env file may set it
     configure_logging(level or "warning")
-    show_tracebacks(debug or level == "debug")
 
 
 def _log_level(value: str | None) -> str | None:
