@@ -121,7 +121,10 @@ def _plan(
             errors.append((type(error).__name__, str(error), None))
             continue
         if holds:
-            steps.append(_Step(kind, operation, table_name, key, copy.deepcopy(current)))
+            # moto's put and delete replace an item object and leave the old one as it was;
+            # only its update changes the item in place, so only an update needs a copy.
+            before = copy.deepcopy(current) if kind == "Update" else current
+            steps.append(_Step(kind, operation, table_name, key, before))
             errors.append((None, None, None))
             continue
         old = None

@@ -102,6 +102,27 @@ async def test_a_write_failing_midway_puts_back_what_the_transaction_wrote(
     assert await versions(dynamodb, table) == {"old": 1}
 
 
+async def test_an_update_undone_midway_gets_its_old_attributes_back(
+    stack: StackState, dynamodb: Any
+) -> None:
+    table = await scratch_table(dynamodb)
+    await dynamodb.put_item(TableName=table, Item={"id": {"S": "u"}, "version": {"N": "1"}})
+    too_large = {"id": {"S": "huge"}, "version": {"N": "1"}, "doc": {"S": "x" * 450_000}}
+    update = {
+        "TableName": table,
+        "Key": {"id": {"S": "u"}},
+        "UpdateExpression": "SET version = :v",
+        "ExpressionAttributeValues": {":v": {"N": "7"}},
+    }
+
+    with pytest.raises(ClientError):
+        await dynamodb.transact_write_items(
+            TransactItems=[{"Update": update}, {"Put": {"TableName": table, "Item": too_large}}]
+        )
+
+    assert await versions(dynamodb, table) == {"u": 1}
+
+
 async def test_two_operations_on_one_item_are_refused(stack: StackState, dynamodb: Any) -> None:
     table = await scratch_table(dynamodb)
     with pytest.raises(ClientError) as refused:
