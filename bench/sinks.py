@@ -89,14 +89,16 @@ def batches(items: Sequence[ViewChange], size: int) -> list[Sequence[ViewChange]
 async def timed(
     write: Callable[[Sequence[ViewChange]], Awaitable[Any]], items: list[ViewChange], size: int
 ) -> dict[str, float]:
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for batch in batches(items, size):
         await write(batch)
     seconds = time.perf_counter() - started
+    client_cpu = time.process_time() - cpu_started
     return {
         "items": len(items),
         "seconds": round(seconds, 3),
         "items_per_s": round(len(items) / seconds),
+        "client_cpu_us_per_item": round(client_cpu / len(items) * 1e6, 1),
     }
 
 

@@ -13,7 +13,6 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any
 
-import orjson
 from aiobotocore.session import get_session
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -21,9 +20,9 @@ from redis.exceptions import RedisError
 from cartloom.core import metrics
 from cartloom.core.redis_keys import RedisKeys
 from cartloom.core.settings import Settings
-from cartloom.sinks.base import KEY_ATTRIBUTE, StoredView, redis_ttl_seconds
+from cartloom.sinks.base import KEY_ATTRIBUTE, StoredView, ViewChange
 from cartloom.sinks.dynamodb import dynamodb_client_config, from_item
-from cartloom.sinks.redis import PUT_IF_NEWER, read_views, redis_client
+from cartloom.sinks.redis import WRITE_VIEWS, read_views, redis_client, write_views_args
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ class ViewReader:
         """Open the Redis and DynamoDB clients."""
         self._redis = redis_client(self._settings)
         self._exit.push_async_callback(self._redis.aclose)
-        self._script = self._redis.register_script(PUT_IF_NEWER)
+        self._script = self._redis.register_script(WRITE_VIEWS)
         self._dynamodb = await self._exit.enter_async_context(
             get_session().create_client(
                 "dynamodb",
@@ -111,13 +110,14 @@ class ViewReader:
 
     async def _put_back(self, entity: str, key: str, view: StoredView) -> None:
         assert view.document is not None
-        ttl = redis_ttl_seconds(
-            entity, view.document, self._settings.redis_closed_order_ttl_seconds
+        keys, args = write_views_args(
+            [ViewChange(entity, key, view.version, view.document)],
+            RedisKeys(self._settings.namespace),
+            self._settings.redis_closed_order_ttl_seconds,
         )
         try:
-            await self._script(
-                keys=[RedisKeys(self._settings.namespace).view(entity, key)],
-                args=[view.version, orjson.dumps(view.document), ttl],
-            )
+            (result,) = await self._script(keys=keys, args=args)
+            if isinstance(result, RedisError):  # an error of this key alone, such as WRONGTYPE
+                raise result
         except RedisError as exc:  # the read succeeded; the cache stays cold
             log.warning("could not refill Redis with %s %s: %s", entity, key, exc)

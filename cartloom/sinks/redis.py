@@ -1,12 +1,19 @@
-"""Redis sink: one pipeline per batch, each write a Lua script that refuses older versions.
+"""Redis sink: a batch in one call of a Lua script that refuses older versions per key.
 
 Key layout (one hash per view, see ``docs/sinks.md``): ``cartloom:order:{order_id}``,
 ``cartloom:inventory:{sku}``, ``cartloom:product:{product_id}``, each with the fields
 ``version`` (integer) and ``doc`` (the view as JSON). Closed orders carry a TTL; every
 other view is kept without one. Connection errors are retried by redis-py's own
-``Retry``; a batch that still fails is retried by the materialiser. A command Redis
-answers with an error for one key (a foreign value of another type at the key, a script
-error) fails that change alone: the materialiser retries it a bounded number of times.
+``Retry``; a batch that still fails is retried by the materialiser. An error that belongs
+to one key (a foreign value of another type at the key, a version that is not a number)
+comes back in that key's place in the script's answer and fails that change alone: the
+materialiser retries it a bounded number of times.
+
+One call per batch rather than a pipeline of one call per change: redis-py spends most of
+its time per command, packing it and parsing its reply, so one command carrying the whole
+batch costs the client about a fifth as much per change (``docs/sinks.md``). Redis runs
+a script to its end before serving anyone else, so ``CARTLOOM_SINK_BATCH_MAX`` bounds how
+long one call holds it.
 """
 
 from __future__ import annotations
@@ -44,22 +51,59 @@ from cartloom.sinks.base import (
 #: The default deployment's keys (no namespace).
 DEFAULT_KEYS = RedisKeys()
 
-# KEYS[1] = item key; ARGV[1] = version, ARGV[2] = document JSON, ARGV[3] = TTL (0 = none).
-# Returns 1 when written, 0 when the stored version is the same or newer.
-PUT_IF_NEWER = """
-local current = redis.call('HGET', KEYS[1], 'version')
-if current and tonumber(current) >= tonumber(ARGV[1]) then
-  return 0
+# One call writes a batch. KEYS[i] is the view key of change i, and ARGV[4i-3 .. 4i] its
+# operation ('P' put if newer, 'R' delete then put, 'D' delete), version, document JSON and
+# TTL in seconds (0 = none). The answer has one entry per key: 1 written (or deleted), 0
+# stale (or nothing to delete), or an error reply that belongs to that key alone.
+WRITE_VIEWS = """
+local results = {}
+for i, key in ipairs(KEYS) do
+  local at = (i - 1) * 4
+  local op = ARGV[at + 1]
+  if op == 'D' then
+    results[i] = redis.call('DEL', key)
+  else
+    if op == 'R' then
+      redis.call('DEL', key)
+    end
+    local current = redis.pcall('HGET', key, 'version')
+    if type(current) == 'table' then
+      results[i] = current
+    elseif current and tonumber(current) == nil then
+      results[i] = {err = 'ERR the version field at ' .. key .. ' is not a number'}
+    elseif current and tonumber(current) >= tonumber(ARGV[at + 2]) then
+      results[i] = 0
+    else
+      redis.call('HSET', key, 'version', ARGV[at + 2], 'doc', ARGV[at + 3])
+      local ttl = tonumber(ARGV[at + 4])
+      if ttl > 0 then
+        redis.call('EXPIRE', key, ttl)
+      else
+        redis.call('PERSIST', key)
+      end
+      results[i] = 1
+    end
+  end
 end
-redis.call('HSET', KEYS[1], 'version', ARGV[1], 'doc', ARGV[2])
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then
-  redis.call('EXPIRE', KEYS[1], ttl)
-else
-  redis.call('PERSIST', KEYS[1])
-end
-return 1
+return results
 """
+
+
+def write_views_args(
+    changes: Sequence[ViewChange], names: RedisKeys, closed_order_ttl: int
+) -> tuple[list[str], list[bytes | int | str]]:
+    """The keys and arguments of one :data:`WRITE_VIEWS` call writing ``changes``."""
+    keys: list[str] = []
+    args: list[bytes | int | str] = []
+    for change in changes:
+        keys.append(names.view(change.entity, change.key))
+        if change.document is None:
+            args += ("D", 0, b"", 0)
+        else:
+            expiry = redis_ttl_seconds(change.entity, change.document, closed_order_ttl)
+            op = "R" if change.replaces else "P"
+            args += (op, change.version, orjson.dumps(change.document), expiry)
+    return keys, args
 
 
 #: Errors of the server, not of one key: retried without bound.
@@ -133,18 +177,8 @@ async def scan_keys(
         yield raw.decode()[len(prefix) :]
 
 
-def _commands(changes: Sequence[ViewChange]) -> list[bool]:
-    """Per pipeline command, whether it is the one whose result judges its change."""
-    judged: list[bool] = []
-    for change in changes:
-        if change.document is not None and change.replaces:
-            judged.append(False)
-        judged.append(True)
-    return judged
-
-
 class RedisSink:
-    """Writes views to Redis hashes through a version-checking Lua script."""
+    """Writes views to Redis hashes, a batch in one call of a version-checking Lua script."""
 
     name = "redis"
 
@@ -155,9 +189,9 @@ class RedisSink:
         self._script: Any = None
 
     async def start(self) -> None:
-        """Create the client and register the script (loaded lazily by the pipeline)."""
+        """Create the client and register the script (redis-py loads it on first use)."""
         self._client = redis_client(self._settings)
-        self._script = self._client.register_script(PUT_IF_NEWER)
+        self._script = self._client.register_script(WRITE_VIEWS)
 
     async def stop(self) -> None:
         """Close the connection pool."""
@@ -166,39 +200,26 @@ class RedisSink:
             self._client = None
 
     async def write(self, changes: Sequence[ViewChange]) -> WriteOutcome:
-        """Send the batch as one pipeline; raise if Redis cannot take it.
+        """Send the batch as one script call; raise if Redis cannot take it.
 
-        A connection failure raises from ``execute`` (nothing is known to be taken, the
-        whole batch is retried); a command Redis answered with an error raises
-        :class:`PartialWrite` for just the failed changes.
+        A failed call raises (nothing is known to be taken; the batch is retried, and
+        what was taken comes back stale); an error the script returns for one key raises
+        :class:`PartialWrite` for just those changes.
         """
         assert self._client is not None
-        ttl = self._settings.redis_closed_order_ttl_seconds
-        async with self._client.pipeline(transaction=False) as pipe:
-            for change in changes:
-                key = self._names.view(change.entity, change.key)
-                if change.document is None:
-                    pipe.delete(key)
-                else:
-                    if change.replaces:
-                        pipe.delete(key)
-                    payload = orjson.dumps(change.document)
-                    expiry = redis_ttl_seconds(change.entity, change.document, ttl)
-                    await self._script(
-                        keys=[key], args=[change.version, payload, expiry], client=pipe
-                    )
-            results = await pipe.execute(raise_on_error=False)
+        keys, args = write_views_args(
+            changes, self._names, self._settings.redis_closed_order_ttl_seconds
+        )
+        results = await self._script(keys=keys, args=args)
         outcome = WriteOutcome()
         failed: list[ViewChange] = []
         errors: list[BaseException] = []
-        # A replacing change sent two commands (DEL, then the script): judge by the script.
-        results = [r for c, r in zip(_commands(changes), results, strict=True) if c]
         for change, result in zip(changes, results, strict=True):
             if isinstance(result, BaseException):
                 failed.append(change)
                 errors.append(result)
             elif change.document is None:
-                outcome.deleted += int(bool(result))
+                outcome.deleted += result
             elif result == 1:
                 outcome.written += 1
             else:
