@@ -6,8 +6,10 @@ call is most of what the views cost a worker. This measures two clients on the s
 
 - ``aiobotocore``: ``put_item`` on an aiobotocore client (the sink's write path until
   2026-12-04, and still what the table tools, the reader and the audit use);
-- ``aiodynamo``: ``DynamoDBSink.write`` as it is now (aiodynamo's ``send_request`` over one
-  keep-alive aiohttp session, credentials from botocore's chain).
+- ``cartloom``: ``DynamoDBSink.write`` with ``dynamodb_write_group=1`` (one ``PutItem`` per
+  change) through the sink's own write client: the body encoded with orjson, signed by
+  botocore's ``SigV4Auth`` with botocore's credentials, posted over one keep-alive aiohttp
+  session. Until 2026-12-05 that client was aiodynamo's ``send_request``.
 
 Each client runs in a child process of its own, twice per round: once making no call (its
 start-up: imports, session, credentials) and once making ``--items`` calls. The child's CPU
@@ -47,7 +49,7 @@ from devstack.processes import ServerProcess, free_port, spawn, stop, wait_until
 from devstack.stack import LOCAL_AWS_ENV, moto_argv
 
 ROOT = Path(__file__).resolve().parent.parent
-CLIENTS = ("aiobotocore", "aiodynamo")
+CLIENTS = ("aiobotocore", "cartloom")
 SERVERS = {"moto": moto_argv, "dynalite": dynalite_argv}
 
 
@@ -111,8 +113,8 @@ async def drive_aiobotocore(settings: Settings, items: list[ViewChange]) -> None
         await asyncio.gather(*(put(change) for change in items))
 
 
-async def drive_aiodynamo(settings: Settings, items: list[ViewChange]) -> None:
-    """The sink's write path as it is: ``DynamoDBSink.write``."""
+async def drive_cartloom(settings: Settings, items: list[ViewChange]) -> None:
+    """The sink's write path as it is: ``DynamoDBSink.write``, one ``PutItem`` per change."""
     from cartloom.sinks.dynamodb import DynamoDBSink
 
     sink = DynamoDBSink(settings)
@@ -130,8 +132,9 @@ def child(args: argparse.Namespace) -> None:
         dynamodb_endpoint=args.endpoint,
         table_prefix="bench-clients-",
         sink_concurrency=args.concurrency,
+        dynamodb_write_group=1,
     )
-    drive = drive_aiobotocore if args.drive == "aiobotocore" else drive_aiodynamo
+    drive = drive_aiobotocore if args.drive == "aiobotocore" else drive_cartloom
     asyncio.run(drive(settings, changes(args.prefix, args.items)))
 
 
@@ -200,12 +203,12 @@ def summary(rounds: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
         for client in CLIENTS
     }
     cost = "client_cpu_us_per_put"
-    per_round = [round(r["aiobotocore"][cost] / r["aiodynamo"][cost], 2) for r in rounds]
+    per_round = [round(r["aiobotocore"][cost] / r["cartloom"][cost], 2) for r in rounds]
     return {
         "median": median,
-        "aiobotocore_over_aiodynamo_client_cpu": round(
+        "aiobotocore_over_cartloom_client_cpu": round(
             median["aiobotocore"]["client_cpu_us_per_put"]
-            / median["aiodynamo"]["client_cpu_us_per_put"],
+            / median["cartloom"]["client_cpu_us_per_put"],
             2,
         ),
         "ratio_per_round": per_round,
@@ -220,16 +223,16 @@ def plot(result: dict[str, Any], rounds: list[dict[str, dict[str, float]]], path
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.2, 3.2))
-    colours = {"aiobotocore": "#d98c4a", "aiodynamo": "#3b7dd8"}
+    colours = {"aiobotocore": "#d98c4a", "cartloom": "#3b7dd8"}
     values = [result["median"][c]["client_cpu_us_per_put"] for c in CLIENTS]
     bars = ax.bar(CLIENTS, values, color=[colours[c] for c in CLIENTS], width=0.55)
     ax.bar_label(bars, labels=[f"{v:,.0f} µs" for v in values], fontsize=9)
     for x, client in enumerate(CLIENTS):
         each = [r[client]["client_cpu_us_per_put"] for r in rounds]
         ax.scatter([x] * len(each), each, color="#222222", s=10, zorder=3)
-    ratio = result["aiobotocore_over_aiodynamo_client_cpu"]
+    ratio = result["aiobotocore_over_cartloom_client_cpu"]
     ax.set_ylabel("client CPU per conditional put (µs)")
-    ax.set_title(f"DynamoDB clients: aiobotocore / aiodynamo = {ratio}x", fontsize=10)
+    ax.set_title(f"DynamoDB clients: aiobotocore / CartLoom's client = {ratio}x", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -273,8 +276,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"client CPU per conditional put, median of {args.rounds} rounds on {args.server}: "
         f"aiobotocore {result['median']['aiobotocore']['client_cpu_us_per_put']:,.0f} µs, "
-        f"aiodynamo {result['median']['aiodynamo']['client_cpu_us_per_put']:,.0f} µs "
-        f"({result['aiobotocore_over_aiodynamo_client_cpu']}x; rounds {result['ratio_per_round']})"
+        f"cartloom {result['median']['cartloom']['client_cpu_us_per_put']:,.0f} µs "
+        f"({result['aiobotocore_over_cartloom_client_cpu']}x; rounds {result['ratio_per_round']})"
     )
 
 

@@ -1,18 +1,18 @@
 """DynamoDB sink: version-guarded conditional puts, grouped into ``TransactWriteItems`` calls.
 
-The calls go through :class:`cartloom.sinks.dynamodb_client.DynamoDBWriteClient` (aiodynamo:
-about half botocore's CPU per call); everything else here (tables, reads, the audit) uses
-aiobotocore.
+The calls go through :class:`cartloom.sinks.dynamodb_client.DynamoDBWriteClient` (orjson,
+botocore's signer and aiohttp: about half botocore's CPU per call); everything else here
+(tables, reads, the audit) uses aiobotocore.
 
 ``BatchWriteItem`` cannot carry a condition, so it could overwrite a newer item with an
 older one; each change is a ``Put`` with ``attribute_not_exists(version) OR version < :v``,
 up to ``dynamodb_write_group`` of them per ``TransactWriteItems`` (1: one ``PutItem`` each).
 A failed condition is a stale change, counted and skipped; a transaction it cancelled is
-sent again without it. Throttling and transient errors are retried briefly by the client;
-what still fails is handed back to the materialiser as a :class:`PartialWrite`, which
-retries just those changes. A change DynamoDB can never take (an item over 400 KB, a
-``ValidationException``) is raised as :class:`ChangeRefused`, which the materialiser sets
-aside to the sinks' dead-letter topic. docs/sinks.md has the why of each.
+sent again without it. What fails otherwise (throttling, transient errors) is handed back
+to the materialiser as a :class:`PartialWrite`, which retries just those changes. A
+change DynamoDB can never take (an item over 400 KB, a ``ValidationException``) is raised
+as :class:`ChangeRefused`, which the materialiser sets aside to the sinks' dead-letter
+topic. docs/sinks.md has the why of each.
 """
 
 from __future__ import annotations
@@ -23,15 +23,9 @@ import math
 from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
+import aiohttp
 import orjson
 from aiobotocore.config import AioConfig
-from aiodynamo.errors import (
-    ConditionalCheckFailed,
-    ItemCollectionSizeLimitExceeded,
-    TransactionCanceled,
-    UnknownError,
-    ValidationException,
-)
 from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
@@ -46,11 +40,7 @@ from cartloom.sinks.base import (
     WriteOutcome,
     dynamodb_expiry,
 )
-from cartloom.sinks.dynamodb_client import (
-    STORE_FAILURES,
-    DynamoDBWriteClient,
-    unknown_error_is_store_failure,
-)
+from cartloom.sinks.dynamodb_client import DynamoDBCallError, DynamoDBWriteClient
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +67,8 @@ STORE_ERRORS = frozenset(
 
 #: DynamoDB caps a transaction at 4 MB; groups stay under this (the items' estimated size).
 GROUP_BYTES = 3_000_000
+#: Errors of a ``PutItem`` that refuse the item itself: it can never be written as it is.
+REFUSING_ERRORS = frozenset({"ValidationException", "ItemCollectionSizeLimitExceededException"})
 #: Cancellation reasons that refuse the item itself: it can never be written as it is.
 REFUSING_CANCELLATIONS = frozenset({"ValidationError", "ItemCollectionSizeLimitExceeded"})
 #: Cancellation reasons of the table or of other writers, not of the item: retried like
@@ -94,25 +86,6 @@ class CancelledInTransactionError(Exception):
         self.code = code
 
 
-def cancellation_codes(error: Exception) -> list[str] | None:
-    """The ``CancellationReasons`` codes of a cancelled transaction (``"None"``: item was fine).
-
-    aiodynamo parses them when every reason has a message; otherwise it hands back the body
-    as an :class:`UnknownError`, which is read here the same way.
-    """
-    body: Any = getattr(error, "body", None)
-    if isinstance(error, UnknownError):
-        try:
-            body = orjson.loads(error.body)
-        except orjson.JSONDecodeError:
-            return None
-        if "TransactionCanceledException" not in str(body.get("__type", "")):
-            return None
-    if not isinstance(body, dict) or not isinstance(body.get("CancellationReasons"), list):
-        return None
-    return [str(reason.get("Code", "None")) for reason in body["CancellationReasons"]]
-
-
 def item_outcome(code: str) -> str | Exception:
     """What a cancellation reason other than ``None`` means for its change."""
     if code == "ConditionalCheckFailed":
@@ -125,31 +98,26 @@ def item_outcome(code: str) -> str | Exception:
 def store_unavailable(error: BaseException) -> bool:
     """Whether ``error`` is DynamoDB (or the way to it) failing as a whole, not one item.
 
-    Knows both clients' errors: aiobotocore's (tables, reads, audit) and aiodynamo's (the
-    sink's writes).
+    Knows both clients' errors: aiobotocore's (tables, reads, audit) and the sink's write
+    client's; both name DynamoDB's error by the same code.
     """
-    if isinstance(error, STORE_FAILURES):
-        return True
     if isinstance(error, CancelledInTransactionError):
         return error.code in PASSING_CANCELLATIONS
-    if isinstance(error, UnknownError):
-        return unknown_error_is_store_failure(error)
+    if isinstance(error, DynamoDBCallError):
+        return error.code in STORE_ERRORS or error.status >= 500
     if isinstance(error, ClientError):
         code = error.response.get("Error", {}).get("Code", "")
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return code in STORE_ERRORS or (isinstance(status, int) and status >= 500)
     return isinstance(
         error,
-        BotocoreConnectionError | HTTPClientError | NoCredentialsError | OSError | TimeoutError,
+        BotocoreConnectionError
+        | HTTPClientError
+        | NoCredentialsError
+        | aiohttp.ClientError
+        | OSError
+        | TimeoutError,
     )
-
-
-def error_message(error: Exception) -> str:
-    """The message of an aiodynamo error (its argument is DynamoDB's JSON error body)."""
-    body = error.args[0] if error.args else None
-    if isinstance(body, dict):
-        return str(body.get("message") or body.get("Message") or "")
-    return str(body or "")
 
 
 def dynamodb_client_config(settings: Settings) -> AioConfig:
@@ -332,9 +300,13 @@ class DynamoDBSink:
             items = [{"Put": group[index][1]} for index in pending]
             try:
                 await self._client.call("TransactWriteItems", {"TransactItems": items})
-            except (TransactionCanceled, UnknownError) as exc:
-                codes = cancellation_codes(exc)
-                if codes is None or len(codes) != len(pending):
+            except DynamoDBCallError as exc:
+                if exc.code == "ValidationException":
+                    return await self._one_by_one(group)
+                codes = exc.cancellation_codes
+                if exc.code != "TransactionCanceledException" or codes is None:
+                    raise
+                if len(codes) != len(pending):
                     raise
                 again = []
                 for index, code in zip(pending, codes, strict=True):
@@ -346,8 +318,6 @@ class DynamoDBSink:
                     raise  # nothing refused, nothing to learn: the caller's back-off retries
                 pending = again
                 continue
-            except ValidationException:
-                return await self._one_by_one(group)
             pending = []
         return taken
 
@@ -382,10 +352,12 @@ class DynamoDBSink:
             return "deleted"
         try:
             await self._client.call("PutItem", request)
-        except ConditionalCheckFailed:
-            return "stale"
-        except (ValidationException, ItemCollectionSizeLimitExceeded) as exc:
-            raise ChangeRefused(f"DynamoDB {type(exc).__name__}: {error_message(exc)}") from exc
+        except DynamoDBCallError as exc:
+            if exc.code == "ConditionalCheckFailedException":
+                return "stale"
+            if exc.code in REFUSING_ERRORS:
+                raise ChangeRefused(f"DynamoDB {exc.code}: {exc.message}") from exc
+            raise
         return "written"
 
     def store_unavailable(self, error: BaseException) -> bool:

@@ -7,18 +7,6 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from aiodynamo.errors import (
-    ConditionalCheckFailed,
-    ExpiredToken,
-    NoCredentialsFound,
-    ProvisionedThroughputExceeded,
-    TableNotFound,
-    Throttled,
-    TransactionCanceled,
-    UnknownError,
-    ValidationException,
-)
-from aiodynamo.models import RetryTimeout
 from aiohttp import ClientConnectionError
 from botocore.exceptions import (
     ClientError,
@@ -33,6 +21,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cartloom.sinks import dynamodb, redis
 from cartloom.sinks.base import ChangeRefused
+from cartloom.sinks.dynamodb_client import call_error
+
+
+def answer(error_type: str, status: int = 400, **more: object) -> dict[str, object]:
+    """DynamoDB's JSON error body, as the service sends it."""
+    return {"__type": error_type, "message": f"about {error_type}", **more}
+
+
+def write_error(error_type: str, status: int = 400) -> Exception:
+    """The sink's write client's error for DynamoDB's answer ``error_type``."""
+    return call_error(status, orjson.dumps(answer(error_type, status)))
 
 
 def client_error(code: str, status: int = 400) -> ClientError:
@@ -57,18 +56,22 @@ def client_error(code: str, status: int = 400) -> ClientError:
         (client_error("ValidationException"), False),
         (ParamValidationError(report="bad item"), False),
         (TypeError("cannot encode"), False),
-        # aiodynamo's, from the sink's write client
+        # the sink's write client's
         (ClientConnectionError("refused"), True),
-        (RetryTimeout(), True),
-        (NoCredentialsFound(), True),
-        (ExpiredToken({"message": "expired"}), True),
-        (Throttled({"message": "slow down"}), True),
-        (ProvisionedThroughputExceeded({"message": "over"}), True),
-        (TableNotFound({"message": "no table"}), True),
-        (UnknownError(503, b"unavailable"), True),
-        (UnknownError(400, b"{}"), False),
-        (ValidationException({"message": "Item size has exceeded the maximum"}), False),
-        (ConditionalCheckFailed({"message": "stale"}), False),
+        (TimeoutError(), True),
+        (write_error("com.amazon.coral.service#ExpiredTokenException"), True),
+        (write_error("com.amazon.coral.service#UnrecognizedClientException"), True),
+        (write_error("com.amazonaws.dynamodb.v20120810#ThrottlingException"), True),
+        (
+            write_error("com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException"),
+            True,
+        ),
+        (write_error("com.amazonaws.dynamodb.v20120810#ResourceNotFoundException"), True),
+        (write_error("com.amazonaws.dynamodb.v20120810#InternalServerError", 500), True),
+        (call_error(503, b"<html>unavailable</html>"), True),
+        (call_error(400, b"{}"), False),
+        (write_error("com.amazonaws.dynamodb.v20120810#ValidationException"), False),
+        (write_error("com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException"), False),
         # one item of a cancelled TransactWriteItems
         (dynamodb.CancelledInTransactionError("TransactionConflict"), True),
         (dynamodb.CancelledInTransactionError("ThrottlingError"), True),
@@ -104,16 +107,24 @@ REASONS = [
 ]
 
 
-def test_cancellation_reasons_are_read_from_either_form_of_the_error() -> None:
-    body = {"__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException"}
-    body |= {"CancellationReasons": REASONS, "Message": "Transaction cancelled"}
+def test_an_answer_is_read_into_its_code_message_and_cancellation_reasons() -> None:
+    body = answer("com.amazonaws.dynamodb.v20120810#TransactionCanceledException")
+    body["CancellationReasons"] = REASONS
+    error = call_error(400, orjson.dumps(body))
+    assert (error.status, error.code) == (400, "TransactionCanceledException")
+    assert error.message == "about com.amazonaws.dynamodb.v20120810#TransactionCanceledException"
     codes = ["None", "ConditionalCheckFailed", "ValidationError", "TransactionConflict"]
-    assert dynamodb.cancellation_codes(TransactionCanceled(body)) == codes
-    # a reason without a message: aiodynamo gives up and hands the body back raw
-    raw = orjson.dumps(body | {"CancellationReasons": [{"Code": "None"}, {"Code": "X"}]})
-    assert dynamodb.cancellation_codes(UnknownError(400, raw)) == ["None", "X"]
-    assert dynamodb.cancellation_codes(UnknownError(400, b'{"__type": "Other"}')) is None
-    assert dynamodb.cancellation_codes(UnknownError(400, b"not json")) is None
+    assert error.cancellation_codes == codes
+    # "Message" as some answers spell it; a reason without a message or a code
+    other = {"__type": "TransactionCanceledException", "Message": "cancelled"}
+    other["CancellationReasons"] = [{"Code": "None"}, {}]
+    error = call_error(400, orjson.dumps(other))
+    assert (error.message, error.cancellation_codes) == ("cancelled", ["None", "None"])
+    # an answer that is not DynamoDB's JSON (a proxy's page, say) keeps its status
+    page = call_error(502, b"<html>Bad Gateway</html>")
+    assert (page.code, page.cancellation_codes) == ("HTTP502", None)
+    assert "Bad Gateway" in page.message
+    assert call_error(400, b'{"__type": "x#ValidationException"}').cancellation_codes is None
 
 
 def test_what_each_cancellation_reason_means_for_its_change() -> None:
