@@ -352,6 +352,7 @@ def sink(
     order workers: see cartloom/sinks/process.py. Stops on SIGTERM once each store's batch
     in hand is written and committed.
     """
+    from cartloom.core.runtime import tune_garbage_collector
     from cartloom.core.settings import load_settings
     from cartloom.core.topology import load_topology
     from cartloom.sinks.process import serve_sinks
@@ -368,6 +369,7 @@ def sink(
     settings = load_settings()
     configure_logging(settings.log_level)  # a server: info unless CARTLOOM_LOG_LEVEL says
     topology = load_topology(settings.topics_file, settings.topic_prefix)
+    tune_garbage_collector(settings.gc_young_threshold)
     asyncio.run(serve_sinks(settings, topology, chosen))
 
 

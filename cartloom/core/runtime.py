@@ -9,6 +9,11 @@ messages are trees freed by reference counting. ``tune_garbage_collector`` freez
 start-up built (modules, Faust's objects) out of the collector's sight and makes young
 collections rarer. Measured in ``bench/orders.py``; ``CARTLOOM_GC_YOUNG_THRESHOLD=0``
 keeps Python's defaults.
+
+``cartloom sink`` and ``cartloom ingress`` call it too. A sink process decodes every
+changelog record into a dict of dicts, twice (once per store); with Python's defaults it ran
+15 full collections while it wrote 10,000 orders, 0.83 s of its CPU, about half of what it
+spent (``bench/views.py`` with a ``gc.callbacks`` timer).
 """
 
 from __future__ import annotations

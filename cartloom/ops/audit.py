@@ -35,6 +35,7 @@ from cartloom.sinks import redis as rds
 from cartloom.sinks.base import StoredView
 from cartloom.sinks.comparison import AuditReport, ChangelogState, Judge, StoreReport
 from cartloom.sinks.materialiser import sink_group_id
+from cartloom.sinks.runner import changelog_entities
 from cartloom.stream.kafka_clients import kafka_connection
 
 STORES = ("dynamodb", "redis")
@@ -156,15 +157,6 @@ async def open_store_readers(settings: Settings, stack: AsyncExitStack) -> dict[
         return await rds.read_views(redis, entity, keys, names)
 
     return {"dynamodb": read_dynamodb, "redis": read_redis}
-
-
-def changelog_entities(settings: Settings, topology: Topology) -> dict[str, str]:
-    """Changelog topic -> entity, for every materialised table."""
-    return {
-        spec.changelog_topic(settings.app_id): spec.entity
-        for spec in topology.tables.values()
-        if spec.entity
-    }
 
 
 async def run_audit(

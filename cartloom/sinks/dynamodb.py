@@ -104,7 +104,8 @@ def store_unavailable(error: BaseException) -> bool:
     if isinstance(error, CancelledInTransactionError):
         return error.code in PASSING_CANCELLATIONS
     if isinstance(error, DynamoDBCallError):
-        return error.code in STORE_ERRORS or error.status >= 500
+        # An answer that is not DynamoDB's own names no item: the way to the store fails.
+        return not error.code or error.code in STORE_ERRORS or error.status >= 500
     if isinstance(error, ClientError):
         code = error.response.get("Error", {}).get("Code", "")
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)

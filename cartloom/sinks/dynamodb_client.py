@@ -44,8 +44,10 @@ class DynamoDBCallError(Exception):
     """DynamoDB answered a call with an error.
 
     ``code`` is DynamoDB's error type without its namespace (``ConditionalCheckFailedException``,
-    ``TransactionCanceledException``...), the same code botocore reports; ``cancellation_codes``
-    holds a cancelled transaction's reason per item (``"None"`` for the items that were fine).
+    ``TransactionCanceledException``...), the same code botocore reports, or ``""`` when the
+    answer is not DynamoDB's JSON (a proxy's page, an endpoint checking signatures its own
+    way); ``cancellation_codes`` holds a cancelled transaction's reason per item (``"None"``
+    for the items that were fine).
     """
 
     def __init__(
@@ -65,8 +67,8 @@ def call_error(status: int, body: bytes) -> DynamoDBCallError:
     except orjson.JSONDecodeError:
         data = None
     if not isinstance(data, dict):
-        return DynamoDBCallError(status, f"HTTP{status}", body[:200].decode(errors="replace"))
-    code = str(data.get("__type", "")).rpartition("#")[2] or f"HTTP{status}"
+        return DynamoDBCallError(status, "", body[:200].decode(errors="replace"))
+    code = str(data.get("__type", "")).rpartition("#")[2]
     message = str(data.get("message") or data.get("Message") or "")
     reasons = data.get("CancellationReasons")
     codes = None

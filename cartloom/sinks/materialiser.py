@@ -107,7 +107,7 @@ class Materialiser:
         batch_within_seconds: float = 0.0,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         dead_letter_topic: str = SINK_DEAD_LETTER_TOPIC,
-        fetch_max_wait_ms: int = 500,
+        fetch_max_wait_ms: int,
     ) -> None:
         self.sink = sink
         self._fetch_max_wait_ms = fetch_max_wait_ms

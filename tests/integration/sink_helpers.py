@@ -22,12 +22,12 @@ from prometheus_client import REGISTRY
 
 from cartloom.core.settings import Settings
 from cartloom.core.topology import Topology, load_topology
-from cartloom.ops.audit import changelog_entities
 from cartloom.ops.kafka_admin import apply_topics
 from cartloom.sinks.dynamodb import DynamoDBSink
 from cartloom.sinks.dynamodb_tables import ensure_tables
-from cartloom.sinks.materialiser import Materialiser, sink_group_id
+from cartloom.sinks.materialiser import Materialiser
 from cartloom.sinks.redis import RedisSink
+from cartloom.sinks.runner import build_materialiser, changelog_entities
 from cartloom.stream.kafka_clients import kafka_connection
 from tests.harness import settings_from_env
 
@@ -76,15 +76,7 @@ async def make_namespace(stack_env: dict[str, str], redis_db: int, **overrides: 
 def build_materialisers(ns: Namespace) -> list[Materialiser]:
     """One materialiser per store, configured as the worker configures them."""
     return [
-        Materialiser(
-            sink,
-            kafka=kafka_connection(ns.settings),
-            group_id=sink_group_id(ns.settings.app_id, sink.name),
-            entities=changelog_entities(ns.settings, ns.topology),
-            batch_max=ns.settings.sink_batch_max,
-            retry_max_seconds=ns.settings.sink_retry_max_seconds,
-            max_attempts=ns.settings.sink_max_attempts,
-        )
+        build_materialiser(ns.settings, ns.topology, sink)
         for sink in (DynamoDBSink(ns.settings), RedisSink(ns.settings))
     ]
 

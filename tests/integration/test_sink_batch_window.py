@@ -17,8 +17,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
-from cartloom.ops.audit import changelog_entities
 from cartloom.sinks.materialiser import Materialiser, sink_group_id
+from cartloom.sinks.runner import changelog_entities
 from cartloom.stream.kafka_clients import kafka_connection
 from devstack.stack import StackState
 from tests.harness import eventually
@@ -45,6 +45,7 @@ async def store_calls_for_two_versions(
         batch_max=ns.settings.sink_batch_max,
         retry_max_seconds=1,
         batch_within_seconds=within,
+        fetch_max_wait_ms=ns.settings.broker_fetch_max_wait_ms,
     )
     task = asyncio.create_task(materialiser.run())
 

@@ -614,6 +614,7 @@ def _entry_points(settings: Settings) -> dict[str, Callable[[], Awaitable[Any]]]
             entities={"cartloom-order_by_id-changelog": "orders"},
             batch_max=10,
             retry_max_seconds=0.1,
+            fetch_max_wait_ms=100,
         ).run(),
         "cartloom/agents/shopify_jobs.py": writeback,
         "cartloom/shopify/writeback_progress.py": lambda: WritebackProgress(

@@ -69,7 +69,9 @@ def client_error(code: str, status: int = 400) -> ClientError:
         (write_error("com.amazonaws.dynamodb.v20120810#ResourceNotFoundException"), True),
         (write_error("com.amazonaws.dynamodb.v20120810#InternalServerError", 500), True),
         (call_error(503, b"<html>unavailable</html>"), True),
-        (call_error(400, b"{}"), False),
+        (call_error(403, b"<ErrorResponse>SignatureDoesNotMatch</ErrorResponse>"), True),
+        (call_error(400, b"{}"), True),
+        (write_error("com.amazonaws.dynamodb.v20120810#SomethingNew"), False),
         (write_error("com.amazonaws.dynamodb.v20120810#ValidationException"), False),
         (write_error("com.amazonaws.dynamodb.v20120810#ConditionalCheckFailedException"), False),
         # one item of a cancelled TransactWriteItems
@@ -122,7 +124,7 @@ def test_an_answer_is_read_into_its_code_message_and_cancellation_reasons() -> N
     assert (error.message, error.cancellation_codes) == ("cancelled", ["None", "None"])
     # an answer that is not DynamoDB's JSON (a proxy's page, say) keeps its status
     page = call_error(502, b"<html>Bad Gateway</html>")
-    assert (page.code, page.cancellation_codes) == ("HTTP502", None)
+    assert (page.status, page.code, page.cancellation_codes) == (502, "", None)
     assert "Bad Gateway" in page.message
     assert call_error(400, b'{"__type": "x#ValidationException"}').cancellation_codes is None
 

@@ -60,6 +60,7 @@ def materialiser(sink: MemorySink, retry_max: float = 0.05) -> Materialiser:
         entities={"cartloom-order_by_id-changelog": "orders"},
         batch_max=100,
         retry_max_seconds=retry_max,
+        fetch_max_wait_ms=500,
     )
 
 
@@ -132,6 +133,7 @@ def feeder(sink: MemorySink, max_attempts: int = 3) -> Materialiser:
         batch_max=100,
         retry_max_seconds=0.01,
         max_attempts=max_attempts,
+        fetch_max_wait_ms=500,
     )
 
 
