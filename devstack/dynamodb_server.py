@@ -6,8 +6,9 @@ on that server every client call also paid a TCP connect and close: about a thir
 DynamoDB sink's CPU per conditional put (``bench/dynamodb_clients.py``, docs/benchmarks.md).
 The same moto application behind waitress, a production WSGI server, keeps HTTP/1.1
 connections open as DynamoDB does; moto's behaviour (conditions, TTL, errors) is unchanged.
-One method is replaced: ``TransactWriteItems``, which moto rolls back from deep copies of
-whole tables; :mod:`devstack.moto_transactions` does the same by the transaction's own items.
+Some of moto is replaced, for speed alone: ``TransactWriteItems``, which moto rolls back from
+deep copies of whole tables (:mod:`devstack.moto_transactions` does it by the transaction's
+own items), and the reading of a request's parameters (:mod:`devstack.moto_patches`).
 
     python -m devstack.dynamodb_server --port 8000 [--host 127.0.0.1]
 
@@ -18,38 +19,12 @@ no waitress, so there it falls back to werkzeug's threaded server (no keep-alive
 from __future__ import annotations
 
 import argparse
-import functools
 import os
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 #: Requests moto handles at once (one runs at a time under the GIL anyway); more wait in a queue.
 THREADS = 4
-
-
-def record_one_request_at_a_time() -> None:
-    """Keep each line of moto's request recording whole under waitress's threads.
-
-    moto's recorder (``MOTO_ENABLE_RECORDING``, which the sink outage test replays into a
-    restarted endpoint) appends a request as a line in unlocked, buffered writes; two large
-    requests (a ``TransactWriteItems`` of 100 items is about 40 KB) recorded at once
-    interleave, and the file no longer replays. One lock around it keeps every line whole.
-    """
-    from moto.moto_api._internal.recorder.models import Recorder
-
-    record = Recorder._record_request
-    if getattr(record, "one_at_a_time", False):
-        return
-    lock = threading.Lock()
-
-    @functools.wraps(record)
-    def locked(self: Recorder, *args: Any, **kwargs: Any) -> None:
-        with lock:
-            record(self, *args, **kwargs)
-
-    locked.one_at_a_time = True  # type: ignore[attr-defined]
-    Recorder._record_request = locked  # type: ignore[method-assign]
 
 
 def dynamodb_only_application() -> Callable[..., Iterable[bytes]]:
@@ -62,10 +37,10 @@ def dynamodb_only_application() -> Callable[..., Iterable[bytes]]:
     """
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-    from devstack import moto_transactions
+    from devstack import moto_patches, moto_transactions
 
     moto_transactions.install()
-    record_one_request_at_a_time()
+    moto_patches.install()
     dispatcher = DomainDispatcherApplication(create_backend_app)
     dynamodb = create_backend_app("dynamodb")
 

@@ -25,16 +25,17 @@ CPU under the sink's writes, in a profile. The sink sends one expression with fe
 values (the versions), so :func:`remember_parsed_conditions` keeps the parsed trees by
 expression, names and values, and moto evaluates the same tree again.
 
-:func:`install` puts both in place in moto; ``tests/unit/test_moto_transactions.py`` pins
-the moto methods and attributes they rely on.
+:func:`install` puts both in place in moto (the conditions through
+:func:`devstack.moto_patches.wrap_once`); ``tests/unit/test_moto_transactions.py`` pins the
+moto methods and attributes they rely on.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,8 @@ from moto.dynamodb.exceptions import (
 )
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import Item
+
+from devstack.moto_patches import wrap_once
 
 OPERATIONS = frozenset({"ConditionCheck", "Put", "Delete", "Update"})
 MOST_ITEMS = 100
@@ -190,37 +193,34 @@ def remember_parsed_conditions() -> None:
     one tree serves every item with the same condition. What the parser also notes (the
     names and values it found, which moto's request validation reads) is kept beside it.
     """
-    parse = ConditionExpressionParser.parse
-    if getattr(parse, "remembers", False):
-        return
     parsed: dict[tuple[str, str, str], tuple[Any, list[str], list[str]]] = {}
 
-    @functools.wraps(parse)
-    def remembered(self: ConditionExpressionParser) -> Any:
-        if not self.condition_expression:
-            return parse(self)
-        key = (
-            self.condition_expression,
-            json.dumps(self.expression_attribute_names, sort_keys=True),
-            json.dumps(self.expression_attribute_values, sort_keys=True),
-        )
-        known = parsed.get(key)
-        if known is None:
-            tree = parse(self)
-            if len(parsed) >= MOST_PARSED:
-                parsed.clear()
-            known = parsed[key] = (
-                tree,
-                list(self.expr_attr_names_found),
-                list(self.expr_attr_values_found),
+    def wrapper(parse: Callable[..., Any]) -> Callable[..., Any]:
+        def remembered(self: ConditionExpressionParser) -> Any:
+            if not self.condition_expression:
+                return parse(self)
+            key = (
+                self.condition_expression,
+                json.dumps(self.expression_attribute_names, sort_keys=True),
+                json.dumps(self.expression_attribute_values, sort_keys=True),
             )
-        tree = known[0]
-        self.expr_attr_names_found = list(known[1])
-        self.expr_attr_values_found = list(known[2])
-        return tree
+            known = parsed.get(key)
+            if known is None:
+                tree = parse(self)
+                if len(parsed) >= MOST_PARSED:
+                    parsed.clear()
+                known = parsed[key] = (
+                    tree,
+                    list(self.expr_attr_names_found),
+                    list(self.expr_attr_values_found),
+                )
+            self.expr_attr_names_found = list(known[1])
+            self.expr_attr_values_found = list(known[2])
+            return known[0]
 
-    remembered.remembers = True  # type: ignore[attr-defined]
-    ConditionExpressionParser.parse = remembered  # type: ignore[method-assign]
+        return remembered
+
+    wrap_once(ConditionExpressionParser, "parse", wrapper)
 
 
 def install() -> None:

@@ -15,7 +15,7 @@ from moto.dynamodb.comparisons import ConditionExpressionParser
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType, Item
 
-from devstack import moto_transactions
+from devstack import moto_patches, moto_transactions
 
 
 def parameters(method: object) -> set[str]:
@@ -55,7 +55,7 @@ def test_install_replaces_moto_transactions_in_this_process() -> None:
     try:
         moto_transactions.install()
         assert DynamoDBBackend.transact_write_items is moto_transactions.transact_write_items
-        assert getattr(ConditionExpressionParser.parse, "remembers", False)
+        assert getattr(ConditionExpressionParser.parse, moto_patches.WRAPPED, False)
         # a remembered tree still judges each item: the same condition, two answers
         guard = "attribute_not_exists(#v) OR #v < :v"
         values = {":v": {"N": "3"}}
