@@ -474,32 +474,65 @@ class StoreProbe:
         return found
 
 
-async def group_lag(bootstrap: str, group: str, topic: str) -> int | None:
-    """Records of ``topic`` not yet committed by ``group`` (the broker's view); None if unknown.
+class GroupLag:
+    """Records of ``topic`` not yet committed by consumer groups (the broker's view).
 
-    Asked with a consumer of that group id that never joins it (``committed`` only fetches
-    the group's offsets), so the group's members are not disturbed.
+    Asked with one consumer per group id, kept open between questions, that never joins its
+    group (``committed`` only fetches the group's offsets), so the group's members are not
+    disturbed. Close it with :meth:`close`.
     """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self._consumers: dict[str, Any] = {}
+
+    async def __call__(self, group: str) -> int | None:
+        """The group's lag on the topic; None if the broker could not say."""
+        from aiokafka import TopicPartition
+
+        try:
+            consumer = await self._consumer(group)
+            partitions = consumer.partitions_for_topic(self.topic) or ()
+            tps = [TopicPartition(self.topic, p) for p in partitions]
+            ends = await consumer.end_offsets(tps)
+            lag = 0
+            for tp in tps:
+                committed = await consumer.committed(tp)
+                # the embedded broker may report an end a record short of a commit: never < 0
+                lag += max(0, ends[tp] - (committed or 0))
+            return lag
+        except Exception:
+            return None
+
+    async def _consumer(self, group: str) -> Any:
+        from aiokafka import AIOKafkaConsumer
+
+        if group not in self._consumers:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False
+            )
+            try:
+                await consumer.start()
+                await consumer.topics()
+            except Exception:
+                await consumer.stop()
+                raise
+            self._consumers[group] = consumer
+        return self._consumers[group]
+
+    async def close(self) -> None:
+        for consumer in self._consumers.values():
+            await consumer.stop()
+        self._consumers.clear()
+
+
+async def group_lag(bootstrap: str, group: str, topic: str) -> int | None:
+    """Once: records of ``topic`` not yet committed by ``group`` (see :class:`GroupLag`)."""
+    lag = GroupLag(bootstrap, topic)
     try:
-        await consumer.start()
-        await consumer.topics()
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        ends = await consumer.end_offsets(tps)
-        lag = 0
-        for tp in tps:
-            committed = await consumer.committed(tp)
-            # the embedded broker may report an end a record short of a commit: never < 0
-            lag += max(0, ends[tp] - (committed or 0))
-        return lag
-    except Exception:
-        return None
+        return await lag(group)
     finally:
-        await consumer.stop()
+        await lag.close()
 
 
 async def topic_records(bootstrap: str) -> dict[str, int]:
@@ -672,6 +705,7 @@ async def backlog_run(
     idle = await wait_quiet(meter, under_test)
     tail = ChangelogTail(stack.bootstrap, "cartloom-order_by_id-changelog")
     await tail.start()
+    sink_lag = GroupLag(stack.bootstrap, tail.topic)
     ids = [f"o-{n}" for n in range(orders)]
     sample = ids[::sample_every]
     pending = {store: list(sample) for store in ("dynamodb", "redis")} if form.stores else {}
@@ -718,7 +752,7 @@ async def backlog_run(
                         if store in done_at or sweeping[store]:
                             continue
                         group = sink_group_id(stack.settings().app_id, store)
-                        if await group_lag(stack.bootstrap, group, tail.topic) != 0:
+                        if await sink_lag(group) != 0:
                             continue
                         committed_at, committed_cpu = time.monotonic(), meter.read()
                         seen = await (probe.dynamodb if store == "dynamodb" else probe.redis)(ids)
@@ -754,6 +788,7 @@ async def backlog_run(
                     break
             await tail.poll()
     finally:
+        await sink_lag.close()
         await tail.stop()
     views = tail.views(b"o-")
     statuses = [v["status"] for v in views.values()]
