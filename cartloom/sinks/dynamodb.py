@@ -60,6 +60,7 @@ STORE_ERRORS = frozenset(
         "UnrecognizedClientException",
         "ExpiredTokenException",
         "InvalidSignatureException",
+        "IncompleteSignatureException",
         "MissingAuthenticationTokenException",
     }
 )

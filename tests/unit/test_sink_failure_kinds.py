@@ -61,6 +61,7 @@ def client_error(code: str, status: int = 400) -> ClientError:
         (TimeoutError(), True),
         (write_error("com.amazon.coral.service#ExpiredTokenException"), True),
         (write_error("com.amazon.coral.service#UnrecognizedClientException"), True),
+        (write_error("com.amazon.coral.service#IncompleteSignatureException"), True),
         (write_error("com.amazonaws.dynamodb.v20120810#ThrottlingException"), True),
         (
             write_error("com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException"),
