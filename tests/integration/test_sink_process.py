@@ -79,10 +79,20 @@ async def test_a_sink_process_materialises_what_workers_without_sinks_decide(
         await producer.send_and_wait(
             f"{namespace}.inventory", orjson.dumps(level), key=sku.encode()
         )
+
+        async def stocked() -> bool:
+            # The stock reaches Redis through the sink process only once the worker holds
+            # it; an order sent before then could be judged against no stock (another
+            # topic, no order between the two) and rejected.
+            cached = await redis.hget(f"{namespace}:cartloom:inventory:{sku}", "doc")
+            return cached is not None and orjson.loads(cached)["on_hand"] == 5
+
+        await eventually(stocked, timeout=120, what="the stock level in Redis")
         order = orjson.dumps(order_message(order_id, [(sku, 2)]))
         await producer.send_and_wait(f"{namespace}.orders", order, key=order_id.encode())
 
-        async def reserved_in_both_stores() -> bool:
+        async def statuses() -> dict[str, str | None]:
+            """The order's status in each store (None: not there)."""
             cached = await redis.hget(f"{namespace}:cartloom:order:{order_id}", "doc")
             item = (
                 await dynamodb.get_item(
@@ -91,14 +101,21 @@ async def test_a_sink_process_materialises_what_workers_without_sinks_decide(
                     ConsistentRead=True,
                 )
             ).get("Item")
-            return (
-                cached is not None
-                and orjson.loads(cached)["status"] == "reserved"
-                and item is not None
-                and orjson.loads(item["doc"]["S"])["status"] == "reserved"
-            )
+            return {
+                "redis": orjson.loads(cached)["status"] if cached is not None else None,
+                "dynamodb": orjson.loads(item["doc"]["S"])["status"] if item else None,
+            }
 
-        await eventually(reserved_in_both_stores, timeout=120, what="the order in both stores")
+        async def reserved_in_both_stores() -> bool:
+            return set((await statuses()).values()) == {"reserved"}
+
+        try:
+            await eventually(reserved_in_both_stores, timeout=120, what="the order in both stores")
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}: {await statuses()}\n--- worker log\n{worker.log_tail()}"
+                f"\n--- sink process log\n{sinks.log_tail()}"
+            ) from exc
 
         assert written_stores(await get_text(f"{sinks.url}/metrics")) == {"dynamodb", "redis"}
         assert written_stores(await get_text(f"{worker.url}/metrics")) == set(), (
