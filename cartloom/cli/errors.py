@@ -128,7 +128,16 @@ def invoke(
 
 def explain(exc: BaseException, kafka_causes: Iterable[BaseException] = ()) -> CliError | None:
     """The :class:`CliError` telling ``exc`` to an operator; None for an unexpected one."""
-    explainers = (_command_line, _configuration, _kafka, _redis, _dynamodb, _shopify, _port)
+    explainers = (
+        _command_line,
+        _configuration,
+        _topics,
+        _kafka,
+        _redis,
+        _dynamodb,
+        _shopify,
+        _port,
+    )
     for explainer in explainers:
         error = explainer(exc, list(kafka_causes))
         if error is not None:
@@ -178,6 +187,20 @@ def _configuration(exc: BaseException, _: list[BaseException]) -> CliError | Non
         hint = "topics.yaml (or the file in CARTLOOM_TOPICS_FILE) declares the topics"
         return CliError(str(exc), hint, EXIT_USAGE)
     return None
+
+
+def _topics(exc: BaseException, _: list[BaseException]) -> CliError | None:
+    from cartloom.ops.kafka_admin import TopicPartitionsError
+
+    if not isinstance(exc, TopicPartitionsError):
+        return None
+    return CliError(
+        f"topics exist with another partition count than topics.yaml gives: {exc}",
+        "a Kafka client used them before `cartloom topics apply` created them, and the broker"
+        " created them with its default count; delete them (their records go too) and start"
+        " again, with `cartloom topics apply` before any other process",
+        EXIT_FAILED,
+    )
 
 
 def _kafka(exc: BaseException, causes: list[BaseException]) -> CliError | None:

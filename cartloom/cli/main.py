@@ -345,6 +345,7 @@ def sink(
         list[str] | None,
         typer.Option(help="dynamodb or redis; repeat for both (default: both)."),
     ] = None,
+    create_topics: Annotated[bool, typer.Option(help="Create missing topics first.")] = True,
 ) -> None:
     """Run the DynamoDB and Redis sinks in a process of their own (CARTLOOM_SINK_PORT, 6069).
 
@@ -355,8 +356,10 @@ def sink(
     from cartloom.core.runtime import tune_garbage_collector
     from cartloom.core.settings import load_settings
     from cartloom.core.topology import load_topology
+    from cartloom.ops.kafka_admin import apply_topics
     from cartloom.sinks.process import serve_sinks
     from cartloom.sinks.runner import STORES
+    from cartloom.stream.kafka_clients import kafka_connection
 
     chosen = list(dict.fromkeys(store or STORES))
     unknown = sorted(set(chosen) - set(STORES))
@@ -369,6 +372,10 @@ def sink(
     settings = load_settings()
     configure_logging(settings.log_level)  # a server: info unless CARTLOOM_LOG_LEVEL says
     topology = load_topology(settings.topics_file, settings.topic_prefix)
+    if create_topics:
+        # Before the materialisers subscribe: the broker would create a changelog they ask
+        # for with its own partition count, which the worker then cannot write to.
+        asyncio.run(apply_topics(kafka_connection(settings), topology.all_topics(settings.app_id)))
     tune_garbage_collector(settings.gc_young_threshold)
     asyncio.run(serve_sinks(settings, topology, chosen))
 

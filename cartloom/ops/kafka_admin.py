@@ -128,36 +128,62 @@ async def observed_partitions(admin: AIOKafkaAdminClient) -> dict[str, int]:
     }
 
 
+class TopicPartitionsError(Exception):
+    """Topics that already exist with another partition count than ``topics.yaml`` gives.
+
+    A broker creates a topic on a client's first metadata request for it (Kafka's
+    ``auto.create.topics.enable``, on by default, and the embedded broker alike), with the
+    broker's default partition count. A worker cannot use such a topic: a table's changelog
+    must have the partitions of the topic it is keyed by, or a write to the changelog names a
+    partition that does not exist.
+    """
+
+    def __init__(self, drift: Sequence[Drift]) -> None:
+        super().__init__("; ".join(str(item) for item in drift))
+        self.drift = list(drift)
+
+
 async def apply_topics(kafka: KafkaConnection, specs: Sequence[TopicSpec]) -> list[str]:
-    """Create every declared topic that is missing; return the names created."""
+    """Create every declared topic that is missing; return the names created.
+
+    Raises :class:`TopicPartitionsError` when a declared topic exists with another partition
+    count, the others created first. The counts are read again after creating: a client may
+    have had the broker create a topic between the first look and the creation, which then
+    answers "already exists".
+    """
     admin = kafka.admin()
     await admin.start()
     try:
         existing = await observed_partitions(admin)
         missing = [spec for spec in specs if spec.name not in existing]
-        if not missing:
-            return []
-        response = await admin.create_topics(
-            [
-                NewTopic(
-                    spec.name,
-                    spec.partitions,
-                    spec.replication_factor,
-                    topic_configs=spec.configs,
-                )
-                for spec in missing
-            ]
-        )
-        failed = [
-            f"{topic}: {message or code}"
-            for topic, code, message in response.topic_errors
-            if code not in (0, _TOPIC_ALREADY_EXISTS)
-        ]
-        if failed:
-            raise RuntimeError("could not create topics: " + "; ".join(failed))
+        if missing:
+            await _create(admin, missing)
+            existing = await observed_partitions(admin)
+        present = [spec for spec in specs if spec.name in existing]
+        differing = compare_topics(present, existing)
+        if differing:
+            raise TopicPartitionsError(differing)
         return [spec.name for spec in missing]
     finally:
         await admin.close()
+
+
+async def _create(admin: AIOKafkaAdminClient, missing: Sequence[TopicSpec]) -> None:
+    response = await admin.create_topics(
+        [
+            NewTopic(
+                spec.name, spec.partitions, spec.replication_factor, topic_configs=spec.configs
+            )
+            for spec in missing
+        ]
+    )
+    failed = [
+        f"{topic}: {message or code}"
+        for topic, code, message in response.topic_errors
+        if code not in (0, _TOPIC_ALREADY_EXISTS)
+    ]
+    if failed:
+        raise RuntimeError("could not create topics: " + "; ".join(failed))
 
 
 async def reported_settings(

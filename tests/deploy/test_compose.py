@@ -160,7 +160,7 @@ def test_the_webhook_ingress_runs_the_cli_command() -> None:
 def test_the_sinks_can_run_apart_as_an_opt_in_service() -> None:
     services = compose_config()["services"]
     sinks = services["sinks"]
-    assert sinks["command"] == ["sink"]
+    assert sinks["command"] == ["sink", "--no-create-topics"]
     assert sinks["profiles"] == ["split-sinks"], "not started by a plain `up`"
     assert "entrypoint" not in sinks, "the image's entry point: `cartloom`"
     assert sinks["environment"] == services["worker"]["environment"]

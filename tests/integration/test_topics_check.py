@@ -106,3 +106,38 @@ def test_the_topics_cartloom_creates_match_in_every_setting(
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "not compared" not in ok.stdout
     assert "topics match topics.yaml (partitions, cleanup.policy, retention.ms)" in ok.stdout
+
+
+def test_a_topic_the_broker_created_on_first_use_is_refused_with_the_reason(
+    stack: StackState, bootstrap: str, tmp_path: Path
+) -> None:
+    """A producer that publishes before `topics apply` makes the broker create the topic.
+
+    The broker gives it its default partition count, not the one topics.yaml declares: apply
+    still creates the other topics, then exits 1 naming the topic and both counts, so that no
+    worker starts on a changelog it cannot write to.
+    """
+    from confluent_kafka import Producer
+
+    prefix = f"ac-{uuid.uuid4().hex[:8]}"
+    declared = tmp_path / "topics.yaml"
+    declared.write_text(
+        "defaults: {partitions: 6, replication_factor: 1, cleanup_policy: delete,"
+        " retention_ms: 604800000}\n"
+        f"topics:\n  {prefix}.early: {{}}\n  {prefix}.later: {{}}\n"
+    )
+    early = Producer({"bootstrap.servers": bootstrap})  # librdkafka's defaults otherwise
+    early.produce(f"{prefix}.early", b"an order published before the topics were applied")
+    assert early.flush(30) == 0, "the broker did not take the record"
+
+    env = {**stack.env, "CARTLOOM_TOPICS_FILE": str(declared)}
+    applied = cartloom(env, tmp_path, "topics", "apply")
+    assert applied.returncode == 1, applied.stdout + applied.stderr
+    errors = applied.stderr.splitlines()
+    assert errors[0].startswith("error: topics exist with another partition count")
+    assert f"{prefix}.early: has " in errors[0] and "topics.yaml says 6" in errors[0]
+    assert errors[1].startswith("hint: a Kafka client used them before `cartloom topics apply`")
+
+    check = cartloom(env, tmp_path, "topics", "check")
+    drift = [line for line in check.stdout.splitlines() if line.startswith("drift: ")]
+    assert len(drift) == 1 and drift[0].startswith(f"drift: {prefix}.early: has "), check.stdout
