@@ -116,9 +116,10 @@ def test_topics_apply_then_check_reports_drift(tmp_path: Path) -> None:
         assert "orders: has 8 partitions, topics.yaml says 4" in bad.stdout
         assert "brand.new: missing" in bad.stdout
 
+        # apply creates what is missing, and refuses what it cannot mend: a partition count.
         applied = cartloom("--env-file", env_file, "topics", "apply", env=env)
-        assert applied.returncode == 0, applied.stderr
-        assert "brand.new" in applied.stdout
+        assert applied.returncode == 1, applied.stdout + applied.stderr
+        assert "orders: has 8 partitions, topics.yaml says 4" in applied.stderr
         after = cartloom("--env-file", env_file, "topics", "check", env=env)
         assert "brand.new" not in after.stdout
     finally:
