@@ -375,6 +375,8 @@ async def end_of_phase(
     stack: Stack, meter: CpuMeter, samples: dict[str, dict[int, Any]], state: dict[str, Any]
 ) -> dict[str, Any]:
     """CPU and backlog at the moment the load generator finished publishing."""
+    from cartloom.sinks.materialiser import sink_group_id
+
     at, cpu = time.monotonic(), meter.read()
     changelog = "cartloom-order_by_id-changelog"
     backlog: dict[str, Any] = {
@@ -384,7 +386,7 @@ async def end_of_phase(
     }
     for store, known in samples.items():
         backlog[f"{store}_sink_changelog_records_uncommitted"] = await group_lag(
-            stack.bootstrap, f"cartloom-sink-{store}", changelog
+            stack.bootstrap, sink_group_id("cartloom", store), changelog
         )
         missing = sum(1 for s in known.values() if s.final is None)
         backlog[f"{store}_sampled_not_final"] = f"{missing} of {len(known)}"

@@ -313,10 +313,12 @@ class DynamoDBSink:
                 if exc.code == "ValidationException":
                     return await self._one_by_one(group)
                 codes = exc.cancellation_codes
-                if exc.code != "TransactionCanceledException" or codes is None:
-                    raise
-                if len(codes) != len(pending):
-                    raise
+                if (
+                    exc.code != "TransactionCanceledException"
+                    or codes is None
+                    or len(codes) != len(pending)
+                ):
+                    raise  # no reason per item to learn from
                 again = []
                 for index, code in zip(pending, codes, strict=True):
                     if code == "None":
@@ -355,8 +357,9 @@ class DynamoDBSink:
         """One ``PutItem`` (``request``), or a ``DeleteItem`` for a deletion (``None``)."""
         if request is None:
             key = {KEY_ATTRIBUTE[change.entity]: {"S": change.key}}
-            request = {"TableName": self._tables[change.entity], "Key": key}
-            await self._client.call("DeleteItem", request)
+            await self._client.call(
+                "DeleteItem", {"TableName": self._tables[change.entity], "Key": key}
+            )
             return "deleted"
         try:
             await self._client.call("PutItem", request)
