@@ -187,13 +187,6 @@ class Settings(BaseSettings):
     sink_batch_within_seconds: float = Field(
         0.0, ge=0, le=5, description="Longest wait to fill a sink batch (0 = write what came)."
     )
-    sink_fetch_max_wait_ms: int = Field(
-        500,
-        ge=1,
-        le=30_000,
-        description="Longest a sink's fetch waits for changelog records: a sink is not on the"
-        " order path, so on the embedded broker it may wait longer than the workers.",
-    )
     sink_concurrency: int = Field(32, ge=1, description="Conditional writes in flight per store.")
     dynamodb_write_group: int = Field(
         100,

@@ -49,7 +49,7 @@ def build_materialiser(settings: Settings, topology: Topology, sink: Sink) -> Ma
         retry_max_seconds=settings.sink_retry_max_seconds,
         max_attempts=settings.sink_max_attempts,
         dead_letter_topic=settings.topic_name(SINK_DEAD_LETTER_TOPIC),
-        fetch_max_wait_ms=settings.sink_fetch_max_wait_ms,
+        fetch_max_wait_ms=settings.broker_fetch_max_wait_ms,
     )
 
 

@@ -45,7 +45,7 @@ async def store_calls_for_two_versions(
         batch_max=ns.settings.sink_batch_max,
         retry_max_seconds=1,
         batch_within_seconds=within,
-        fetch_max_wait_ms=ns.settings.sink_fetch_max_wait_ms,
+        fetch_max_wait_ms=ns.settings.broker_fetch_max_wait_ms,
     )
     task = asyncio.create_task(materialiser.run())
 

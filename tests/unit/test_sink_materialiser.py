@@ -196,8 +196,8 @@ class RecordingConnection(KafkaConnection):
         raise ConnectionRefusedError("recorded")
 
 
-def test_the_sinks_consumers_wait_on_fetches_as_long_as_their_own_setting_says() -> None:
-    settings = Settings(broker_fetch_max_wait_ms=50, sink_fetch_max_wait_ms=250)
+def test_the_sinks_consumers_wait_on_fetches_as_long_as_every_other_consumer() -> None:
+    settings = Settings(broker_fetch_max_wait_ms=50)
     connection = RecordingConnection("127.0.0.1:9")
     object.__setattr__(connection, "asked", [])
     with patch("cartloom.sinks.runner.kafka_connection", return_value=connection):
@@ -205,6 +205,4 @@ def test_the_sinks_consumers_wait_on_fetches_as_long_as_their_own_setting_says()
     with pytest.raises(ConnectionRefusedError):
         asyncio.run(built.run())
     (options,) = connection.asked  # type: ignore[attr-defined]
-    assert options["fetch_max_wait_ms"] == 250, (
-        "not the workers' wait: a sink is off the order path"
-    )
+    assert options["fetch_max_wait_ms"] == 50, "the embedded broker waits this long per fetch"
