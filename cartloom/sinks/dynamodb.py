@@ -132,31 +132,55 @@ def dynamodb_client_config(settings: Settings) -> AioConfig:
     )
 
 
-def to_item(entity: str, change: ViewChange, closed_ttl: int = 0) -> dict[str, Any]:
-    """The DynamoDB item for ``change``: scalar fields as attributes, the whole view as ``doc``.
+#: The view fields an item carries as attributes of their own, beside its key, ``version``,
+#: ``doc`` and the TTL attribute: the ones a secondary index or a filter would use. Every
+#: other field is read from ``doc``, as the readers and the audit do. Copying every scalar
+#: made items twice the size: DynamoDB bills a write by the KB (a transaction twice over),
+#: and the sink and the endpoint handle every attribute (docs/sinks.md, What an item holds).
+ITEM_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "orders": ("status", "created_at", "updated_at"),
+    "inventory": ("on_hand", "reserved", "available", "updated_at"),
+    "products": ("status", "updated_at"),
+}
 
-    Top-level strings, finite numbers and booleans are copied as attributes (so ``status``
-    can be indexed); ``doc`` keeps the whole view as JSON, which is what readers and the
-    audit use. A closed order gets the TTL attribute when ``closed_ttl`` > 0.
+
+def attribute_value(value: Any) -> dict[str, Any] | None:
+    """The typed DynamoDB value of a JSON scalar; None for anything else (or NaN, infinity).
+
+    Views are decoded JSON, so exact types: a check of ``type(value)`` costs half of the
+    isinstance chain.
     """
-    assert change.document is not None
-    item: dict[str, Any] = {}
-    for name, value in change.document.items():
-        # Views are decoded JSON, so exact types: a check of type(value) costs half of the
-        # isinstance chain, and this runs for every attribute of every item written.
-        kind = type(value)
-        if kind is str:
-            item[name] = {"S": value}
-        elif kind is int:
-            item[name] = {"N": str(value)}
-        elif kind is bool:
-            item[name] = {"BOOL": value}
-        elif kind is float and math.isfinite(value):
-            item[name] = {"N": str(value)}
-    item[KEY_ATTRIBUTE[entity]] = {"S": change.key}
-    item["version"] = {"N": str(change.version)}
-    item["doc"] = {"S": orjson.dumps(change.document).decode()}
-    expiry = dynamodb_expiry(entity, change.document, closed_ttl)
+    kind = type(value)
+    if kind is str:
+        return {"S": value}
+    if kind is int:
+        return {"N": str(value)}
+    if kind is bool:
+        return {"BOOL": value}
+    if kind is float and math.isfinite(value):
+        return {"N": str(value)}
+    return None
+
+
+def to_item(entity: str, change: ViewChange, closed_ttl: int = 0) -> dict[str, Any]:
+    """The DynamoDB item for ``change``: its key, ``version``, the whole view as ``doc``.
+
+    The fields :data:`ITEM_ATTRIBUTES` names for the entity are attributes of their own when
+    the view holds a scalar there. A closed order gets the TTL attribute when
+    ``closed_ttl`` > 0.
+    """
+    document = change.document
+    assert document is not None
+    item: dict[str, Any] = {
+        KEY_ATTRIBUTE[entity]: {"S": change.key},
+        "version": {"N": str(change.version)},
+        "doc": {"S": orjson.dumps(document).decode()},
+    }
+    for name in ITEM_ATTRIBUTES[entity]:
+        value = attribute_value(document.get(name))
+        if value is not None:
+            item[name] = value
+    expiry = dynamodb_expiry(entity, document, closed_ttl)
     if expiry is not None:
         item[TTL_ATTRIBUTE] = {"N": str(expiry)}
     return item

@@ -74,17 +74,35 @@ def test_a_zero_closed_order_ttl_keeps_every_view() -> None:
     assert redis_ttl_seconds("orders", {"status": "cancelled"}, 0) == 0
 
 
-def test_item_carries_scalars_key_version_and_the_whole_document() -> None:
-    document = doc("o-1", 3, status="paid", total=12.5, gift=False, lines=[{"sku": "A"}])
+def test_item_carries_its_key_version_declared_attributes_and_the_whole_document() -> None:
+    document = doc(
+        "o-1",
+        3,
+        status="paid",
+        created_at="2026-12-05T10:00:00+00:00",
+        total=12.5,
+        gift=False,
+        lines=[{"sku": "A"}],
+    )
     item = to_item("orders", ViewChange("orders", "o-1", 3, document))
-    assert item["order_id"] == {"S": "o-1"}
-    assert item["version"] == {"N": "3"}
-    assert item["status"] == {"S": "paid"}
-    assert item["total"] == {"N": "12.5"}
-    assert item["gift"] == {"BOOL": False}
-    assert "ttl_epoch" not in item  # an open order never expires
-    assert "lines" not in item
+    assert item == {
+        "order_id": {"S": "o-1"},
+        "version": {"N": "3"},
+        "doc": item["doc"],
+        "status": {"S": "paid"},
+        "created_at": {"S": "2026-12-05T10:00:00+00:00"},
+    }, "no updated_at in this view; total, gift and lines only in doc; no TTL while open"
     assert from_item(item) == StoredView(3, document)
+
+
+def test_inventory_items_carry_the_stock_figures_as_numbers() -> None:
+    level = {"sku": "A", "version": 2, "on_hand": 5, "reserved": 2, "available": 3}
+    item = to_item("inventory", ViewChange("inventory", "A", 2, level))
+    assert (item["on_hand"], item["reserved"], item["available"]) == (
+        {"N": "5"},
+        {"N": "2"},
+        {"N": "3"},
+    )
 
 
 def test_closed_orders_expire_from_dynamodb_only_when_a_ttl_is_set() -> None:
@@ -102,8 +120,9 @@ def test_closed_orders_expire_from_dynamodb_only_when_a_ttl_is_set() -> None:
 
 
 def test_non_finite_numbers_are_not_copied_as_attributes() -> None:
-    item = to_item("orders", ViewChange("orders", "o", 1, doc("o", 1, ratio=float("nan"))))
-    assert "ratio" not in item
+    level = {"sku": "A", "version": 1, "on_hand": float("nan"), "available": float("inf")}
+    item = to_item("inventory", ViewChange("inventory", "A", 1, level))
+    assert "on_hand" not in item and "available" not in item
 
 
 def fold(*records: tuple[str, dict[str, Any] | None]) -> ChangelogState:
