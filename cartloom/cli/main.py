@@ -10,7 +10,7 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -22,6 +22,10 @@ from cartloom.cli.errors import (
 )
 from cartloom.cli.first_options import DEFAULT_STATE_DIR, Debug, EnvFile, load_env_file
 from cartloom.cli.log_setup import LEVELS, configure_logging, faust_loglevel, requested_level
+
+if TYPE_CHECKING:  # the commands import what they use, so that `--help` stays fast
+    from cartloom.core.settings import Settings
+    from cartloom.core.topology import Topology
 
 cli = typer.Typer(
     help="CartLoom: real-time e-commerce backend on Faust and Kafka.",
@@ -95,6 +99,18 @@ def _log_level(value: str | None) -> str | None:
     return value.lower() if value is not None else None
 
 
+def _create_missing_topics(settings: Settings, topology: Topology) -> None:
+    """Create the missing topics before a process subscribes (worker, ``sink``).
+
+    A broker creates a topic a client asks for with its own partition count; the refusal of
+    a topic made so is :class:`cartloom.ops.kafka_admin.TopicPartitionsError`.
+    """
+    from cartloom.ops.kafka_admin import apply_topics
+    from cartloom.stream.kafka_clients import kafka_connection
+
+    asyncio.run(apply_topics(kafka_connection(settings), topology.all_topics(settings.app_id)))
+
+
 @cli.command()
 def worker(
     loglevel: Annotated[
@@ -108,16 +124,14 @@ def worker(
 ) -> None:
     """Run a CartLoom worker (same as ``faust -A cartloom.stream.app worker``)."""
     from cartloom.core.runtime import tune_garbage_collector
-    from cartloom.ops.kafka_admin import apply_topics
     from cartloom.stream.app import app, settings, topology
     from cartloom.stream.kafka_clients import check_connection, kafka_connection
 
-    kafka = kafka_connection(settings)
     # Fail here, with the reason, rather than let Faust retry a refused connection forever.
     if create_topics:
-        asyncio.run(apply_topics(kafka, topology.all_topics(settings.app_id)))
+        _create_missing_topics(settings, topology)
     else:
-        asyncio.run(check_connection(kafka))
+        asyncio.run(check_connection(kafka_connection(settings)))
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust does not create it
     tune_garbage_collector(settings.gc_young_threshold)
     sys.argv = ["cartloom", "worker", "--loglevel", faust_loglevel(loglevel or settings.log_level)]
@@ -356,10 +370,8 @@ def sink(
     from cartloom.core.runtime import tune_garbage_collector
     from cartloom.core.settings import load_settings
     from cartloom.core.topology import load_topology
-    from cartloom.ops.kafka_admin import apply_topics
     from cartloom.sinks.process import serve_sinks
     from cartloom.sinks.runner import STORES
-    from cartloom.stream.kafka_clients import kafka_connection
 
     chosen = list(dict.fromkeys(store or STORES))
     unknown = sorted(set(chosen) - set(STORES))
@@ -373,9 +385,7 @@ def sink(
     configure_logging(settings.log_level)  # a server: info unless CARTLOOM_LOG_LEVEL says
     topology = load_topology(settings.topics_file, settings.topic_prefix)
     if create_topics:
-        # Before the materialisers subscribe: the broker would create a changelog they ask
-        # for with its own partition count, which the worker then cannot write to.
-        asyncio.run(apply_topics(kafka_connection(settings), topology.all_topics(settings.app_id)))
+        _create_missing_topics(settings, topology)
     tune_garbage_collector(settings.gc_young_threshold)
     asyncio.run(serve_sinks(settings, topology, chosen))
 

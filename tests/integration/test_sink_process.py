@@ -62,14 +62,11 @@ async def test_a_sink_process_materialises_what_workers_without_sinks_decide(
     # the topics before its materialisers subscribe (the broker would otherwise create the
     # changelogs on the subscription, with its own partition count, and the worker could
     # not write them: "Unrecognized partition", seen in CI before the sink process did so).
-    sinks = start_worker(
-        stack.env,
-        stack_dir,
-        f"{namespace}-sink",
-        extra_env={"CARTLOOM_NAMESPACE": namespace},
-        command=("sink",),
-        port_setting="CARTLOOM_SINK_PORT",
-    )
+    def start(role: str, settings: dict[str, str], **how: Any) -> WorkerProcess:
+        extra = {"CARTLOOM_NAMESPACE": namespace, **settings}
+        return start_worker(stack.env, stack_dir, f"{namespace}-{role}", extra_env=extra, **how)
+
+    sinks = start("sink", {}, command=("sink",), port_setting="CARTLOOM_SINK_PORT")
     worker: WorkerProcess | None = None
 
     def logs() -> str:
@@ -80,12 +77,7 @@ async def test_a_sink_process_materialises_what_workers_without_sinks_decide(
         await wait_ready(sinks)
         topics = run_cartloom(stack_dir, env, "topics", "check")
         assert topics.returncode == 0, topics.stdout + topics.stderr
-        worker = start_worker(
-            stack.env,
-            stack_dir,
-            f"{namespace}-worker",
-            extra_env={"CARTLOOM_NAMESPACE": namespace, "CARTLOOM_SINKS_ENABLED": "false"},
-        )
+        worker = start("worker", {"CARTLOOM_SINKS_ENABLED": "false"})
         await wait_ready(worker)
         sku, order_id = f"SINKP-{namespace}", f"sinkp-{namespace}"
         level = {"sku": sku, "on_hand": 5, "updated_at": now_iso()}
